@@ -1,0 +1,1 @@
+"""Model families (captioner, sequence classifier) and safe checkpoint loading."""

@@ -1,0 +1,115 @@
+"""Greedy and beam-search caption decoding in numpy, over any backend (Python 3.6).
+
+The search is written once and shared by every backend and by the PyTorch reference, so that "same
+caption" comparisons test the numerics of the graphs, not two implementations of the search.
+
+A backend provides a *decoder session* for a batch of encoded images:
+
+* ``session.step(prev_words)`` takes int64 ids of shape ``(n,)``, advances the hidden state that the
+  session keeps (on the device, for TensorRT), and returns numpy ``(log_probs (n, V), alpha (n, P))``;
+* ``session.reorder(rows)`` keeps/duplicates state rows by index (beam selection, finished rows).
+"""
+import collections
+
+import numpy as np
+
+Hypothesis = collections.namedtuple("Hypothesis", ["tokens", "score", "alphas", "finished"])
+Hypothesis.__doc__ = """One decoded caption: token ids (without <start>/<end>), the summed log-probability
+(including that of <end> when finished), per-token attention weights ``(len(tokens), P)`` and whether
+<end> was produced within the length limit."""
+
+
+def greedy_decode(session, batch_size, start_id, end_id, max_len):
+    """Greedy decoding of ``batch_size`` images that share one decoder session.
+
+    Args:
+        session: the decoder session (see module docstring), with ``batch_size`` rows.
+        batch_size: number of images.
+        start_id, end_id: special token ids.
+        max_len: the most decoding steps (the <end> token counts as one).
+    Returns:
+        a list of :class:`Hypothesis`, one per image.
+    """
+    tokens = [[] for _ in range(batch_size)]
+    alphas = [[] for _ in range(batch_size)]
+    scores = np.zeros(batch_size, dtype=np.float64)
+    finished = np.zeros(batch_size, dtype=bool)
+    active = np.arange(batch_size)
+    prev = np.full(batch_size, start_id, dtype=np.int64)
+    for _ in range(max_len):
+        log_probs, alpha = session.step(prev)
+        best = np.argmax(log_probs, axis=1)
+        for row, image in enumerate(active):
+            scores[image] += float(log_probs[row, best[row]])
+            if best[row] == end_id:
+                finished[image] = True
+            else:
+                tokens[image].append(int(best[row]))
+                alphas[image].append(np.asarray(alpha[row], dtype=np.float32))
+        keep = np.nonzero(best != end_id)[0]
+        if keep.size == 0:
+            break
+        if keep.size < active.size:
+            session.reorder(keep)
+            active = active[keep]
+        prev = best[keep].astype(np.int64)
+    return [
+        Hypothesis(tokens[i], float(scores[i]), _stack(alphas[i]), bool(finished[i]))
+        for i in range(batch_size)
+    ]
+
+
+def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
+    """Beam search for one image whose decoder session starts with a single row.
+
+    Keeps the ``beam_size`` best partial captions by summed log-probability; a caption that emits <end>
+    is complete and leaves the beam (which shrinks), as in Show-Attend-Tell.  Ties are broken by the
+    lower flat index (stable sort), so every backend explores the same beams for the same scores.
+
+    Returns:
+        the best :class:`Hypothesis` (best complete one; the best incomplete one if none completed).
+    """
+    if beam_size < 1:
+        raise ValueError("beam_size must be >= 1")
+    seqs = [[]]
+    seq_alphas = [[]]
+    seq_scores = np.zeros(1, dtype=np.float64)
+    prev = np.full(1, start_id, dtype=np.int64)
+    complete = []
+    for _ in range(max_len):
+        log_probs, alpha = session.step(prev)
+        vocab = log_probs.shape[1] if vocab_size is None else vocab_size
+        total = seq_scores[:, None] + log_probs.astype(np.float64)
+        live = beam_size - len(complete)
+        order = np.argsort(-total.ravel(), kind="stable")[:live]
+        rows = order // vocab
+        words = order % vocab
+        new_seqs, new_alphas, new_scores, keep_rows, keep_words = [], [], [], [], []
+        for row, word, flat in zip(rows, words, order):
+            score = float(total.ravel()[flat])
+            history = seq_alphas[row] + [np.asarray(alpha[row], dtype=np.float32)]
+            if word == end_id:
+                complete.append(Hypothesis(list(seqs[row]), score, _stack(seq_alphas[row]), True))
+            else:
+                new_seqs.append(seqs[row] + [int(word)])
+                new_alphas.append(history)
+                new_scores.append(score)
+                keep_rows.append(int(row))
+                keep_words.append(int(word))
+        if len(complete) >= beam_size or not new_seqs:
+            seqs = []
+            break
+        session.reorder(np.asarray(keep_rows, dtype=np.int64))
+        seqs, seq_alphas = new_seqs, new_alphas
+        seq_scores = np.asarray(new_scores, dtype=np.float64)
+        prev = np.asarray(keep_words, dtype=np.int64)
+    candidates = complete or [
+        Hypothesis(seqs[i], float(seq_scores[i]), _stack(seq_alphas[i]), False) for i in range(len(seqs))
+    ]
+    return max(candidates, key=lambda h: h.score)
+
+
+def _stack(rows):
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack(rows).astype(np.float32)
