@@ -256,7 +256,8 @@ class CaptionerFamily(ModelFamily):
         return [encoder, step]
 
     def graph_module(self, model: MobileNetCaptioningModel, graph: str) -> nn.Module:
-        return {"encoder": EncoderGraph, "decoder_step": DecoderStepGraph}[graph](model)
+        # the wrapper takes the model's mode: torch.onnx.export restores the wrapper's mode recursively
+        return {"encoder": EncoderGraph, "decoder_step": DecoderStepGraph}[graph](model).train(model.training)
 
     def dummy_inputs(self, config: Dict[str, Any], graph: str, axes: Mapping[str, int], seed: int = 0):
         rng = np.random.RandomState(seed)
@@ -306,6 +307,7 @@ def infer_backbone(state_dict: Mapping[str, Any], encoder_dim: int) -> Dict[str,
 register(CaptionerFamily(
     name="captioner",
     description="MobileNet/ResNet encoder + Show-Attend-Tell attention-LSTM decoder",
+    int8_keep_float=("decode_step",),  # the LSTMCell: TensorRT 8.2 has no INT8 recurrence
     tolerances={
         "fp32": Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.99999),
         "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),

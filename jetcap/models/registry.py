@@ -73,6 +73,8 @@ class ModelFamily:
     description: str = ""
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
     task_thresholds: Mapping[str, TaskThresholds] = field(default_factory=dict)
+    # substrings of ONNX node names left in float in the INT8 variant (recurrent parts)
+    int8_keep_float: Tuple[str, ...] = ()
 
     # -- building -------------------------------------------------------------------------------
     def build(self, config: Dict[str, Any]):
@@ -99,7 +101,8 @@ class ModelFamily:
         raise NotImplementedError
 
     def graph_module(self, model, graph: str):
-        """A torch module whose forward takes the graph's inputs in order and returns its outputs."""
+        """A torch module whose forward takes the graph's inputs in order and returns its outputs
+        (in the model's train/eval mode)."""
         raise NotImplementedError
 
     def dummy_inputs(self, config: Dict[str, Any], graph: str, axes: Mapping[str, int], seed: int = 0) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ INSTALL_HINTS = {
     "torchvision": "pip install 'jetcap[export]'",
     "onnx": "pip install 'jetcap[export]'",
     "onnxslim": "pip install 'jetcap[export]'",
+    "onnxscript": "pip install 'jetcap[export]' (the dynamo exporter needs onnxscript)",
     "onnxruntime": "pip install onnxruntime (on Jetson: the onnxruntime-gpu wheel for your JetPack)",
     "tensorrt": "TensorRT ships with JetPack on Jetson; on a PC: pip install tensorrt (NVIDIA's index)",
     "pycuda": "pip install pycuda (builds against the CUDA toolkit; on JetPack 4.6 export CUDA_HOME=/usr/local/cuda first)",

@@ -1,0 +1,70 @@
+"""``jetcap export``: checkpoint -> ONNX bundle, validated against PyTorch."""
+import click
+
+from jetcap.commands.options import echo_json, json_option, log
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Bundle directory to create.")
+@click.option("--family", default=None, help="Model family (captioner, classifier); detected by default.")
+@click.option("--opset", type=int, default=13, show_default=True,
+              help="ONNX opset; 13 is what TensorRT 8.2 (JetPack 4.6) parses.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter: torchscript for opset <= 17, dynamo for opset >= 18 (TensorRT >= 10).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Variants to produce (repeatable); fp32 is always produced.")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch of the dynamic batch axis.")
+@click.option("--image-size", type=int, default=None, help="Captioner input size (default: the checkpoint's).")
+@click.option("--min-len", type=int, default=None, help="Classifier: shortest sequence (default 1).")
+@click.option("--opt-len", type=int, default=None, help="Classifier: typical sequence length (profile 'opt').")
+@click.option("--max-len", type=int, default=None,
+              help="Classifier: longest sequence (default: the positional-encoding length).")
+@click.option("--calibration-data", type=click.Path(file_okay=False), default=None,
+              help="Folder of images / sequences for INT8 calibration and reference data (default: built-in samples).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="INT8 activation-range calibration.")
+@click.option("--calibration-samples", type=int, default=32, show_default=True, help="Calibration inputs to use.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading whole pickled modules (executes code from the checkpoint: only for files you trust).")
+@click.option("--code-path", type=click.Path(file_okay=False), default=None,
+              help="Directory with the training code whose classes a trusted pickle needs.")
+@click.option("--word-map", type=click.Path(dir_okay=False), default=None, help="Captioner word map JSON.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Classifier labels (JSON list/map or a scikit-learn LabelEncoder pickle, read safely).")
+@click.option("--num-heads", type=int, default=None, help="Classifier attention heads, when the checkpoint lacks them.")
+@click.option("--backbone", default=None, help="Captioner backbone, when it cannot be inferred.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@json_option
+def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, min_len, opt_len, max_len,
+            calibration_data, calibration_method, calibration_samples, trust_pickle, code_path, word_map, labels,
+            num_heads, backbone, no_simplify, force, as_json):
+    """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
+
+    Exit 0 on success, 1 when a variant does not match PyTorch, 2 on bad input.
+    """
+    from pathlib import Path
+
+    from jetcap.export import ExportOptions, export_bundle
+
+    hints = {}
+    if num_heads is not None:
+        hints["num_heads"] = num_heads
+    if backbone is not None:
+        hints["backbone"] = backbone
+    opts = ExportOptions(
+        checkpoint=Path(checkpoint), out_dir=Path(out_dir), family=family, opset=opset, exporter=exporter,
+        precisions=tuple(precisions) or ("fp32",), max_batch=max_batch, image_size=image_size,
+        seq_len=(min_len, opt_len, max_len), calibration_data=Path(calibration_data) if calibration_data else None,
+        calibration_method=calibration_method, calibration_samples=calibration_samples, trust_pickle=trust_pickle,
+        code_path=Path(code_path) if code_path else None, word_map=Path(word_map) if word_map else None,
+        labels=Path(labels) if labels else None, hints=hints, simplify=not no_simplify, force=force)
+    summary = export_bundle(opts, log=log)
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo("bundle {} ({}): {}".format(summary["bundle"], summary["family"], ", ".join(
+            "{} {}".format(p, "PASS" if ok else "FAIL") for p, ok in summary["validation"].items())))
+        click.echo("export took {:.1f} s".format(summary["seconds"]["total"]))

@@ -1,0 +1,75 @@
+"""``jetcap validate``: the numeric-equivalence gate for CI."""
+import click
+
+from jetcap.commands.options import echo_json, json_option, log
+
+
+def _tolerance_option(ctx, param, values):
+    """``--tolerance OUTPUT=ATOL,RTOL[,MIN_COSINE]`` -> {output: {atol, rtol, min_cosine}}."""
+    parsed = {}
+    for value in values:
+        try:
+            name, numbers = value.split("=", 1)
+            parts = [float(x) for x in numbers.split(",")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter("expected OUTPUT=ATOL,RTOL[,MIN_COSINE], got {!r}".format(value))
+        parsed[name] = {"atol": parts[0], "rtol": parts[1], "min_cosine": parts[2] if len(parts) == 3 else 0.0}
+    return parsed
+
+
+@click.command("validate")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["all", "onnxruntime", "tensorrt"]),
+              help="Backends to check (repeatable; default: every installed one).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["all", "fp32", "fp16", "int8"]),
+              help="Precisions to check (repeatable; default: every variant in the bundle).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Recompute the PyTorch reference live from this checkpoint (needs torch).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Folder of real images / sequences for the task-level checks (default: the bundle's samples).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use at most this many task inputs.")
+@click.option("--tolerance", "tolerances", multiple=True, callback=_tolerance_option,
+              help="Override an output's tolerance: OUTPUT=ATOL,RTOL[,MIN_COSINE] (repeatable).")
+@click.option("--engine-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache.")
+@click.option("--trust-pickle", is_flag=True, help="With --checkpoint: allow whole pickled modules.")
+@click.option("--code-path", type=click.Path(file_okay=False), default=None,
+              help="With --checkpoint: directory with the training code.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write JUnit XML here.")
+@json_option
+def command(bundle, backends, precisions, checkpoint, data, samples, tolerances, engine_cache, trust_pickle,
+            code_path, junit, as_json):
+    """Compare BUNDLE's variants on each backend with PyTorch, tensor by tensor and caption by caption.
+
+    Exit 0 when every check passes, 1 on a numeric failure, 2 on a usage or environment error.
+    """
+    from jetcap.util.fsio import write_bytes_atomic
+    from jetcap.validate.gate import ValidateOptions, validate_bundle
+
+    options = {}
+    if trust_pickle:
+        options["trust_pickle"] = True
+    if code_path:
+        options["code_path"] = code_path
+    opts = ValidateOptions(bundle, backends=list(backends) or "all", precisions=list(precisions) or "all",
+                           checkpoint=checkpoint, data=data, samples=samples, tolerances=tolerances,
+                           engine_cache=engine_cache, checkpoint_options=options)
+    report = validate_bundle(opts, log=log)
+    if junit:
+        write_bytes_atomic(junit, report.to_junit_xml().encode("utf-8"))
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(report.to_table())
+    code = report.exit_code()
+    if code:
+        failures = report.failures()
+        raise click.exceptions.Exit(code) if not failures else _fail(failures, code)
+
+
+def _fail(failures, code):
+    first = failures[0]
+    click.echo("FAILED: {} check(s); first: {} {} {} {}: {}".format(
+        len(failures), first.backend, first.precision, first.graph, first.name, first.detail), err=True)
+    raise click.exceptions.Exit(code)

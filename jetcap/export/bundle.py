@@ -1,0 +1,233 @@
+"""checkpoint -> bundle: graphs, precision variants, reference data, manifest, export-time validation.
+
+Everything is written into a temporary directory that replaces the bundle only when every step and
+every check passed, so a failed export never leaves a bundle that looks usable.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from jetcap import __version__
+from jetcap.errors import ValidationFailed
+from jetcap.export.fp16 import convert_fp16
+from jetcap.export.int8 import quantize_int8
+from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
+from jetcap.export.options import ExportOptions
+from jetcap.export.sweep import case_name, compare_outputs, real_batch, torch_outputs
+from jetcap.export.tasks import family_export
+from jetcap.export.calibration import FeedReader
+from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+from jetcap.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
+from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
+from jetcap.util.isolate import probe_onnx_session
+from jetcap.util.lazy import require
+from jetcap.util.npz import save_npz
+
+REFERENCE_NAME = "reference.npz"
+VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
+
+
+def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda message: None) -> Dict[str, Any]:
+    """Export ``opts.checkpoint`` to the bundle ``opts.out_dir``; returns the summary (also in the manifest).
+
+    Raises:
+        UsageError / CheckpointError (exit 2) for bad input, ExportError when a graph cannot be exported,
+        ValidationFailed (exit 1) when a variant does not match PyTorch within tolerance.
+    """
+    from jetcap.models.checkpoint import load_checkpoint
+
+    opts.check()
+    started = time.monotonic()
+    log("loading {}".format(opts.checkpoint))
+    loaded = load_checkpoint(opts.checkpoint, opts.family, trust_pickle=opts.trust_pickle, code_path=opts.code_path,
+                             word_map=opts.word_map, labels=opts.labels, hints=opts.hints)
+    family, task = loaded.family, family_export(loaded.family.name)
+    config = dict(loaded.config)
+    if opts.image_size:
+        config["image_size"] = int(opts.image_size)
+    model = loaded.model.eval()
+    axes = task.axes(config, opts)
+    graphs = family.graphs(config)
+    extras = task.manifest_extras(loaded, config)
+    timings: Dict[str, float] = {}
+
+    with atomic_directory(opts.out_dir, force=opts.force) as tmp_dir:
+        tmp = Path(tmp_dir)
+        notes: List[str] = list(loaded.notes)
+        files: Dict[str, Dict[str, Path]] = {"fp32": {}}
+        for spec in graphs:
+            t0 = time.monotonic()
+            path = tmp / "{}.onnx".format(spec.name)
+            example_axes = {a: (max(2, r["opt"]) if a == "batch" else r["opt"]) for a, r in axes.items()}
+            example = family.dummy_inputs(config, spec.name, example_axes, seed=opts.seed)
+            export_graph(family.graph_module(model, spec.name), spec, example, path, opts.opset, opts.exporter, axes)
+            notes += tidy_graph(path, spec, simplify=opts.simplify)
+            _check_dynamic_axes(path, spec)
+            files["fp32"][spec.name] = path
+            timings["export_" + spec.name] = time.monotonic() - t0
+            log("exported {} in {:.1f} s".format(path.name, timings["export_" + spec.name]))
+
+        log("computing PyTorch reference outputs over the dynamic ranges")
+        calibration = task.calibration_feeds(loaded, config, opts)
+        pool = task.real_pool(calibration)
+        reference: Dict[str, np.ndarray] = {}
+        cases: Dict[str, List[Dict[str, Any]]] = {}
+        for spec in graphs:
+            module = family.graph_module(model, spec.name)
+            cases[spec.name] = []
+            for i, case in enumerate(task.sweep(axes)):
+                for kind in ("random", "real"):
+                    if kind == "random":
+                        feed = family.dummy_inputs(config, spec.name, case, seed=opts.seed + 17 * i + 1)
+                    else:
+                        feed = real_batch(pool[spec.name], spec, case)
+                    name = case_name(kind, case)
+                    cases[spec.name].append({"name": name, "kind": kind, "axes": case})
+                    for key, value in feed.items():
+                        reference["sweep/{}/{}/in/{}".format(spec.name, name, key)] = value
+                    for key, value in torch_outputs(module, spec, feed).items():
+                        reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
+        reference.update(task.task_reference(loaded, config, opts))
+
+        validation: Dict[str, Any] = {}
+        variants: Dict[str, Any] = {}
+        for precision in opts.precisions:
+            t0 = time.monotonic()
+            details: Dict[str, Any] = {}
+            if precision == "fp16":
+                files["fp16"] = {}
+                for spec in graphs:
+                    dst = tmp / "{}.fp16.onnx".format(spec.name)
+                    details.setdefault("notes", []).extend(convert_fp16(files["fp32"][spec.name], dst))
+                    files["fp16"][spec.name] = dst
+                details["converter"] = "onnxruntime.transformers.float16 (keep_io_types)"
+            elif precision == "int8":
+                files["int8"] = {}
+                for spec in graphs:
+                    dst = tmp / "{}.int8.onnx".format(spec.name)
+                    reader = FeedReader(calibration[spec.name])
+                    details.setdefault("notes", []).extend(quantize_int8(
+                        files["fp32"][spec.name], dst, reader, opts.calibration_method,
+                        keep_float_patterns=family.int8_keep_float))
+                    files["int8"][spec.name] = dst
+                details["calibration"] = {"method": opts.calibration_method.value,
+                                          "samples": opts.calibration_samples,
+                                          "data": str(opts.calibration_data) if opts.calibration_data else "built-in samples"}
+                details["quantization"] = {"format": "QDQ", "activations": "int8 symmetric",
+                                           "weights": "int8 symmetric per-channel", "ops": ["Conv", "Gemm", "MatMul"],
+                                           "kept_float": list(family.int8_keep_float)}
+            log("checking {} against PyTorch".format(precision))
+            validation[precision] = _validate_variant(files[precision], graphs, cases, reference,
+                                                      family.tolerances[precision], precision)
+            timings["variant_" + precision] = time.monotonic() - t0
+            variants[precision] = dict(details, files={
+                name: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+                for name, p in files[precision].items()})
+            log("{}: {} ({:.1f} s)".format(precision, "PASS" if validation[precision]["passed"] else "FAIL",
+                                           timings["variant_" + precision]))
+
+        save_npz(tmp / REFERENCE_NAME, reference)
+        timings["total"] = time.monotonic() - started
+        manifest = dict(extras, **{
+            "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
+            "created_by": _library_versions(),
+            "source": {"checkpoint": Path(opts.checkpoint).name, "sha256": loaded.sha256, "layout": loaded.layout},
+            "export": {"opset": opts.opset, "exporter": opts.exporter.value, "simplified": opts.simplify,
+                       "notes": notes},
+            "config": _jsonable(config),
+            "graphs": {spec.name: _graph_entry(spec) for spec in graphs},
+            "axes": axes,
+            "variants": variants,
+            "reference": {"path": REFERENCE_NAME, "sha256": sha256_file(tmp / REFERENCE_NAME), "cases": cases},
+            "tolerances": {p: vars(t) for p, t in family.tolerances.items()},
+            "task_thresholds": {p: vars(t) for p, t in family.task_thresholds.items()},
+            "validation": validation,
+        })
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        failed = [p for p, v in validation.items() if not v["passed"]]
+        if failed:
+            worst = [f for p in failed for f in validation[p]["failures"]][:3]
+            raise ValidationFailed("export validation failed for {}: {}".format(", ".join(failed), "; ".join(worst)),
+                                   hint="no bundle was written")
+    summary = {"bundle": str(opts.out_dir), "family": family.name, "precisions": list(opts.precisions),
+               "graphs": [g.name for g in graphs], "seconds": {k: round(v, 2) for k, v in timings.items()},
+               "validation": {p: v["passed"] for p, v in validation.items()}, "notes": notes}
+    return summary
+
+
+def _validate_variant(files: Dict[str, Path], graphs, cases, reference, tolerance, precision: str) -> Dict[str, Any]:
+    """ONNX Runtime vs the stored PyTorch outputs over every sweep case; first session in a child."""
+    results: Dict[str, Any] = {"passed": True, "failures": [], "graphs": {}}
+    for spec in graphs:
+        path = files[spec.name]
+        first = cases[spec.name][0]["name"]
+        probe_feed = {k.rsplit("/", 1)[1]: v for k, v in reference.items()
+                      if k.startswith("sweep/{}/{}/in/".format(spec.name, first))}
+        crash = probe_onnx_session(path, probe_feed)
+        if crash:
+            results["passed"] = False
+            results["failures"].append(crash)
+            results["graphs"][spec.name] = {"error": crash}
+            continue
+        io = {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
+        records = []
+        with OnnxRuntimeRunner(path, io, name="{}[{}]".format(spec.name, precision)) as runner:
+            for case in cases[spec.name]:
+                prefix = "sweep/{}/{}/".format(spec.name, case["name"])
+                feed = {k[len(prefix) + 3:]: v for k, v in reference.items() if k.startswith(prefix + "in/")}
+                expected = {k[len(prefix) + 4:]: v for k, v in reference.items() if k.startswith(prefix + "out/")}
+                gate = precision != "int8" or case["kind"] == "real"
+                for record in compare_outputs(runner.infer(feed), expected, tolerance, gate=gate):
+                    record["case"] = case["name"]
+                    record["gated"] = gate
+                    records.append(record)
+                    if not record["passed"]:
+                        results["passed"] = False
+                        results["failures"].append("{} {} {}: {}".format(spec.name, case["name"], record["output"],
+                                                                           record["reason"]))
+        results["graphs"][spec.name] = {
+            "worst_max_abs": max(r["max_abs"] for r in records if r["gated"]),
+            "min_cosine": min(r["cosine"] for r in records if r["gated"]),
+            "checks": len(records),
+        }
+    return results
+
+
+def _check_dynamic_axes(path: Path, spec) -> None:
+    """ExportError when an axis the spec declares dynamic was frozen to a number in the file."""
+    actual = graph_io(path)
+    for side, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+        for tensor, entry in zip(tensors, actual[side]):
+            for axis, name in tensor.dynamic_axes.items():
+                if isinstance(entry["shape"][axis], int) and entry["shape"][axis] > 0:
+                    raise ExportError("the exporter froze dynamic axis {!r} of {} to {}".format(
+                        name, tensor.name, entry["shape"][axis]), hint="export with batch >= 2 / another exporter")
+
+
+def _tensor_entry(tensor) -> Dict[str, Any]:
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
+
+
+def _graph_entry(spec) -> Dict[str, Any]:
+    return {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
+
+
+def _jsonable(config: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def _library_versions() -> Dict[str, str]:
+    versions = {"jetcap": __version__, "python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy"):
+        versions[name] = getattr(require(name), "__version__", "unknown")
+    return versions

@@ -1,0 +1,101 @@
+"""Options of one export, as one small object instead of a long parameter list."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from jetcap.errors import UsageError
+
+
+class Exporter(str, enum.Enum):
+    """Which torch.onnx exporter to use."""
+
+    TORCHSCRIPT = "torchscript"  # legacy, deprecated but the only one emitting opset <= 17 in torch 2.14
+    DYNAMO = "dynamo"  # torch.export based, opset >= 18 (TensorRT >= 10)
+
+
+class CalibrationMethod(str, enum.Enum):
+    """How INT8 activation ranges are chosen from the calibration data."""
+
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+# Opsets each exporter can produce in torch 2.14 (measured: dynamo turns 13 into 18, 17 is broken).
+EXPORTER_OPSETS = {Exporter.TORCHSCRIPT: (9, 17), Exporter.DYNAMO: (18, 23)}
+# TensorRT 8.2 (JetPack 4.6) parses ONNX opsets up to 13.
+JETPACK46_MAX_OPSET = 13
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``jetcap export`` needs.
+
+    Attributes:
+        checkpoint: the PyTorch checkpoint.
+        out_dir: the bundle directory to create (replaced only with ``force``).
+        family: model family name; None detects it from the checkpoint.
+        opset: ONNX opset (default 13: what TensorRT 8.2 parses).
+        exporter: torch.onnx exporter.
+        precisions: variants to produce; fp32 is always produced.
+        max_batch: largest batch of every graph's dynamic batch axis.
+        image_size: captioner input size override (square).
+        seq_len: classifier (min, opt, max) T; None entries default to (1, max/2, positional-encoding length).
+        calibration_data: folder of images/sequences for INT8 calibration and reference data; None: built-in samples.
+        calibration_method, calibration_samples: INT8 calibration settings.
+        trust_pickle, code_path, word_map, labels, hints: checkpoint-loading options.
+        simplify: run onnxslim (re-validated after).
+        seed: seed of the dummy inputs.
+        force: replace an existing bundle.
+    """
+
+    checkpoint: Path
+    out_dir: Path
+    family: Optional[str] = None
+    opset: int = 13
+    exporter: Exporter = Exporter.TORCHSCRIPT
+    precisions: Tuple[str, ...] = ("fp32",)
+    max_batch: int = 8
+    image_size: Optional[int] = None
+    seq_len: Tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None)
+    calibration_data: Optional[Path] = None
+    calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
+    calibration_samples: int = 32
+    trust_pickle: bool = False
+    code_path: Optional[Path] = None
+    word_map: Optional[Path] = None
+    labels: Optional[Path] = None
+    hints: Dict[str, Any] = field(default_factory=dict)
+    simplify: bool = True
+    seed: int = 0
+    force: bool = False
+
+    def check(self) -> None:
+        """UsageError for inconsistent options, before any work is done."""
+        self.exporter = Exporter(self.exporter)
+        self.calibration_method = CalibrationMethod(self.calibration_method)
+        low, high = EXPORTER_OPSETS[self.exporter]
+        if not low <= self.opset <= high:
+            raise UsageError("the {} exporter produces opsets {}..{}, not {}".format(
+                self.exporter.value, low, high, self.opset),
+                hint="use --exporter dynamo for opset >= 18" if self.opset > high else "use --exporter torchscript")
+        unknown = set(self.precisions) - {"fp32", "fp16", "int8"}
+        if unknown:
+            raise UsageError("unknown precision(s): " + ", ".join(sorted(unknown)))
+        self.precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in set(self.precisions) | {"fp32"})
+        if self.max_batch < 1:
+            raise UsageError("--max-batch must be >= 1")
+        if self.exporter is Exporter.DYNAMO and self.max_batch < 2:
+            raise UsageError("the dynamo exporter freezes a dynamic batch of 1; use --max-batch >= 2")
+        if self.calibration_samples < 1:
+            raise UsageError("--calibration-samples must be >= 1")
+        if not Path(self.checkpoint).is_file():
+            raise UsageError("checkpoint not found: {}".format(self.checkpoint))
+        if self.calibration_data is not None and not Path(self.calibration_data).is_dir():
+            raise UsageError("calibration data folder not found: {}".format(self.calibration_data))
+        out = Path(self.out_dir)
+        if out.exists() and not self.force and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError("{} already exists".format(out), hint="pass --force to replace it")

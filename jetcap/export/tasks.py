@@ -1,0 +1,233 @@
+"""What exporting means for each model family beyond its graphs: dynamic-axis ranges, the task data
+(real inputs and the PyTorch task results stored as the bundle's reference), and calibration feeds.
+
+One small class per family, registered by family name, so generic export code has no model quirks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from jetcap.errors import UsageError
+from jetcap.export.calibration import IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, list_files, load_sequence
+from jetcap.export.options import CalibrationMethod, ExportOptions
+from jetcap.runtime import preprocess
+from jetcap.runtime.decoding import greedy_decode
+from jetcap.util.lazy import require
+
+REFERENCE_BEAM = 3
+
+
+class FamilyExport:
+    """Base: families override what differs."""
+
+    family = ""
+
+    def axes(self, config: Dict[str, Any], opts: ExportOptions) -> Dict[str, Dict[str, int]]:
+        """``{axis: {min, opt, max}}`` of every symbolic axis."""
+        return {"batch": {"min": 1, "opt": 1, "max": opts.max_batch}}
+
+    def sweep(self, axes: Dict[str, Dict[str, int]]) -> List[Dict[str, int]]:
+        """Axis settings to validate at: batch 1 and max, and each other axis at min/opt/max."""
+        others = [a for a in axes if a != "batch"]
+        cases = []
+        for batch in sorted({1, axes["batch"]["max"]}):
+            if not others:
+                cases.append({"batch": batch})
+            for axis in others:
+                for level in ("min", "opt", "max"):
+                    case = {"batch": batch, axis: axes[axis][level]}
+                    for other in others:
+                        case.setdefault(other, axes[other]["opt"])
+                    if case not in cases:
+                        cases.append(case)
+        return cases
+
+    def manifest_extras(self, loaded, config: Dict[str, Any]) -> Dict[str, Any]:
+        return {}
+
+    def task_reference(self, loaded, config, opts) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def calibration_feeds(self, loaded, config, opts) -> Dict[str, List[Dict[str, np.ndarray]]]:
+        """``{graph: [feed, ...]}`` of real inputs (calibration data or built-in samples)."""
+        raise NotImplementedError
+
+    def real_pool(self, feeds: Dict[str, List[Dict[str, np.ndarray]]]) -> Dict[str, Dict[str, np.ndarray]]:
+        """Real inputs of each graph concatenated along the batch axis (cropped to a common length)."""
+        pool = {}
+        for graph, items in feeds.items():
+            names = list(items[0])
+            shortest = min(min(f[n].shape[1] if f[n].ndim > 2 else 0 for n in names) for f in items)
+            pool[graph] = {n: np.concatenate([f[n][:, :shortest] if f[n].ndim > 2 and shortest else f[n]
+                                              for f in items]) for n in names}
+        return pool
+
+
+class CaptionerExport(FamilyExport):
+    family = "captioner"
+
+    def manifest_extras(self, loaded, config):
+        if loaded.vocab is None:
+            raise UsageError("the captioner checkpoint has no word map", hint="pass --word-map WORDMAP.json")
+        return {
+            "preprocessing": preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"]),
+            "vocabulary": loaded.vocab.to_dict(),
+            "decoding": {"max_len": int(config.get("max_len", 20)), "beam_size": 1},
+        }
+
+    def _images(self, config, opts, limit: int, seed: int) -> tuple:
+        prep = preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"])
+        if opts.calibration_data is not None:
+            paths = list_files(Path(opts.calibration_data), IMAGE_SUFFIXES, limit)
+            return preprocess.load_images(paths, prep), [p.name for p in paths]
+        from jetcap import samples
+        from jetcap.samples import shapes
+
+        paths = samples.sample_images()[:limit]
+        arrays = [preprocess.load_images(paths, prep)] if paths else []
+        names = [p.name for p in paths]
+        if len(names) < limit:  # top up with generated shapes images (deterministic)
+            extra, _ = shapes.generate(limit - len(names), seed)
+            arrays.append(np.stack([preprocess.preprocess_array(img, prep) for img in extra]))
+            names += ["generated_{:03d}".format(i) for i in range(limit - len(names))]
+        return np.concatenate(arrays).astype(np.float32), names
+
+    def task_reference(self, loaded, config, opts):
+        torch = require("torch")
+        images, names = self._images(config, opts, limit=16, seed=opts.seed + 1000)
+        vocab = loaded.vocab
+        max_len = int(config.get("max_len", 20))
+        with torch.no_grad():
+            batch = torch.from_numpy(images)
+            greedy = loaded.model.caption(batch, vocab.start_id, vocab.end_id, max_len)
+            beam = loaded.model.caption(batch, vocab.start_id, vocab.end_id, max_len, beam_size=REFERENCE_BEAM)
+        return {
+            "task/images": images,
+            "task/names": np.asarray(names),
+            "task/greedy_tokens": _pad([h.tokens for h in greedy]),
+            "task/greedy_scores": np.asarray([h.score for h in greedy], dtype=np.float64),
+            "task/beam_tokens": _pad([h.tokens for h in beam]),
+            "task/beam_size": np.asarray(REFERENCE_BEAM),
+        }
+
+    def calibration_feeds(self, loaded, config, opts):
+        torch = require("torch")
+        from jetcap.models.captioner import TorchDecoderSession
+
+        images, _ = self._images(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000)
+        encoder_feeds = [{"images": images[i:i + 1]} for i in range(len(images))]
+        step_feeds: List[Dict[str, np.ndarray]] = []
+
+        class Recorder(TorchDecoderSession):
+            def step(self, prev_words):
+                step_feeds.append({"prev_word": np.asarray(prev_words, dtype=np.int64),
+                                   "h": self.h.numpy().copy(), "c": self.c.numpy().copy(),
+                                   "features": self.features.numpy().copy(),
+                                   "projected": self.projected.numpy().copy()})
+                return super().step(prev_words)
+
+        with torch.no_grad():
+            features = loaded.model.encoder(torch.from_numpy(images))
+            greedy_decode(Recorder(loaded.model.decoder, features), len(images), loaded.vocab.start_id,
+                          loaded.vocab.end_id, int(config.get("max_len", 20)))
+        # re-chunk the recorded rows (batches shrink as captions finish) into equal batches: histogram
+        # calibrators stack every feed's activations and need one shape
+        rows = {k: np.concatenate([f[k] for f in step_feeds]) for k in step_feeds[0]}
+        size = 8
+        count = len(rows["prev_word"]) // size
+        chunks = [{k: np.ascontiguousarray(v[i * size:(i + 1) * size]) for k, v in rows.items()} for i in range(count)]
+        return {"encoder": encoder_feeds, "decoder_step": chunks or step_feeds[:1]}
+
+
+class ClassifierExport(FamilyExport):
+    family = "classifier"
+
+    def axes(self, config, opts):
+        limit = int(config["max_len"])
+        low, opt, high = opts.seq_len
+        high = high or limit
+        low = low or int(config.get("min_len", 1))  # the shortest sequence the model was trained on
+        if high > limit:
+            raise UsageError("max sequence length {} exceeds the positional encoding's {}".format(high, limit))
+        if not 1 <= low <= high:
+            raise UsageError("sequence lengths must satisfy 1 <= min <= max (got {}..{})".format(low, high))
+        opt = opt or max(low, min(high, (low + high) // 2))
+        if not low <= opt <= high:
+            raise UsageError("--opt-len {} is outside {}..{}".format(opt, low, high))
+        return {"batch": {"min": 1, "opt": 1, "max": opts.max_batch}, "T": {"min": low, "opt": opt, "max": high}}
+
+    def manifest_extras(self, loaded, config):
+        labels = loaded.labels or ["class_{}".format(i) for i in range(int(config["num_classes"]))]
+        if len(labels) != int(config["num_classes"]):
+            raise UsageError("{} labels given for a model with {} classes".format(len(labels), config["num_classes"]))
+        return {"labels": list(labels)}
+
+    def _sequences(self, config, opts, limit: int, seed: int, axes) -> List[np.ndarray]:
+        high = axes["T"]["max"]
+        low = axes["T"]["min"]
+        if opts.calibration_data is not None:
+            seqs = [load_sequence(p) for p in list_files(Path(opts.calibration_data), SEQUENCE_SUFFIXES, limit)]
+        else:
+            from jetcap import samples
+            from jetcap.samples import gestures
+
+            seqs = [load_sequence(p) for p in samples.sample_sequences()][:limit]
+            if len(seqs) < limit:
+                extra, _ = gestures.generate(limit - len(seqs), seed)
+                seqs += [np.asarray(s, dtype=np.float32) for s in extra]
+        width = int(config["input_size"])
+        out = []
+        for seq in seqs:
+            if seq.shape[1] != width:
+                raise UsageError("calibration sequence has {} features, the model expects {}".format(seq.shape[1], width))
+            out.append(np.ascontiguousarray(seq[:high]) if len(seq) >= low else np.pad(seq, ((0, low - len(seq)), (0, 0))))
+        return out
+
+    def task_reference(self, loaded, config, opts):
+        torch = require("torch")
+        axes = self.axes(config, opts)
+        seqs = self._sequences(config, opts, limit=12, seed=opts.seed + 1000, axes=axes)
+        arrays: Dict[str, np.ndarray] = {"task/count": np.asarray(len(seqs))}
+        with torch.no_grad():
+            for i, seq in enumerate(seqs):
+                logits, _ = loaded.model(torch.from_numpy(seq[None]))
+                arrays["task/seq_{:03d}".format(i)] = seq
+                arrays["task/probs_{:03d}".format(i)] = torch.softmax(logits, dim=1).numpy()[0]
+        return arrays
+
+    def calibration_feeds(self, loaded, config, opts):
+        axes = self.axes(config, opts)
+        seqs = self._sequences(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000, axes=axes)
+        if opts.calibration_method is not CalibrationMethod.MINMAX:
+            # histogram calibrators stack every feed's activations: they need one common length
+            shortest = min(len(s) for s in seqs)
+            seqs = [s[:shortest] for s in seqs]
+        return {"model": [{"sequence": s[None]} for s in seqs]}
+
+
+def _pad(token_lists: List[List[int]]) -> np.ndarray:
+    width = max([len(t) for t in token_lists] + [1])
+    out = np.full((len(token_lists), width), -1, dtype=np.int64)
+    for i, tokens in enumerate(token_lists):
+        out[i, :len(tokens)] = tokens
+    return out
+
+
+_TASKS = {t.family: t for t in (CaptionerExport(), ClassifierExport())}
+
+
+def family_export(name: str) -> FamilyExport:
+    """The export behaviour of family ``name``."""
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise UsageError("no export support for family {!r}".format(name)) from None
+
+
+def unpad(row: np.ndarray) -> List[int]:
+    """Tokens of one padded row (padding is -1)."""
+    return [int(t) for t in row if t >= 0]
+

@@ -1,0 +1,94 @@
+"""The runner interface every backend implements (Python 3.6).
+
+A runner wraps one graph.  The base class checks state, input names, ranks, fixed dimensions and
+dtypes once, so a backend only implements ``activate_impl`` / ``infer_impl`` / ``deactivate_impl``.
+Runners are context managers::
+
+    with OnnxRuntimeRunner(path, io_spec) as runner:
+        outputs = runner.infer({"images": batch})
+"""
+import numpy as np
+
+from jetcap.errors import UsageError
+
+
+class Runner(object):
+    """Base class of graph runners.
+
+    Args:
+        name: a readable name for messages (e.g. ``"onnxruntime:encoder[fp16]"``).
+        io_spec: the manifest's ``{inputs: [{name, dtype, shape}], outputs: [...]}`` of the graph.
+    """
+
+    backend = "base"
+
+    def __init__(self, name, io_spec):
+        self.name = name
+        self.io_spec = io_spec
+        self.is_active = False
+
+    @property
+    def input_names(self):
+        return [t["name"] for t in self.io_spec["inputs"]]
+
+    @property
+    def output_names(self):
+        return [t["name"] for t in self.io_spec["outputs"]]
+
+    def activate(self):
+        """Load what the runner needs (session, engine, buffers)."""
+        if self.is_active:
+            return self
+        self.activate_impl()
+        self.is_active = True
+        return self
+
+    def deactivate(self):
+        """Release the session/engine; the runner can be activated again."""
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, exc_type, exc, tb):
+        self.deactivate()
+
+    def infer(self, feed):
+        """Run the graph on ``feed`` ``{input_name: ndarray}`` -> ``{output_name: ndarray}``."""
+        if not self.is_active:
+            raise RuntimeError("{} is not active; use it as a context manager or call activate()".format(self.name))
+        self.check_feed(feed)
+        return self.infer_impl(feed)
+
+    def check_feed(self, feed):
+        """UsageError when names, ranks, fixed dims or dtypes of ``feed`` do not fit the graph."""
+        expected = set(self.input_names)
+        given = set(feed)
+        if expected != given:
+            raise UsageError("{}: inputs {} expected, got {}".format(self.name, sorted(expected), sorted(given)))
+        for tensor in self.io_spec["inputs"]:
+            array = feed[tensor["name"]]
+            if not isinstance(array, np.ndarray):
+                raise UsageError("{}: input {} must be a numpy array".format(self.name, tensor["name"]))
+            if array.ndim != len(tensor["shape"]):
+                raise UsageError("{}: input {} has rank {}, expected shape {}".format(
+                    self.name, tensor["name"], array.ndim, tensor["shape"]))
+            for got, want in zip(array.shape, tensor["shape"]):
+                if isinstance(want, int) and got != want:
+                    raise UsageError("{}: input {} has shape {}, expected {}".format(
+                        self.name, tensor["name"], array.shape, tensor["shape"]))
+            if array.dtype != np.dtype(tensor["dtype"]):
+                raise UsageError("{}: input {} has dtype {}, expected {}".format(
+                    self.name, tensor["name"], array.dtype, tensor["dtype"]))
+
+    # -- to implement ---------------------------------------------------------------------------
+    def activate_impl(self):
+        raise NotImplementedError
+
+    def infer_impl(self, feed):
+        raise NotImplementedError
+
+    def deactivate_impl(self):
+        raise NotImplementedError

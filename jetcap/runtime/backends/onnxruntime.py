@@ -1,0 +1,75 @@
+"""ONNX Runtime backend (CPU everywhere; CUDA execution provider when present) (Python 3.6)."""
+from jetcap.runtime.backends.base import Runner
+from jetcap.util.lazy import require
+
+# ONNX Runtime's NCHWc layout transformer crashes (segfault) on some FP16 graphs (see FACTS.md).
+DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+
+
+def available_providers():
+    """Execution providers of the installed onnxruntime (empty list when it is not installed)."""
+    try:
+        ort = require("onnxruntime")
+    except Exception:  # MissingDependencyError or a broken install: no provider available
+        return []
+    return list(ort.get_available_providers())
+
+
+def default_providers(use_gpu=None):
+    """CUDA then CPU when the CUDA provider exists (or ``use_gpu`` is True), else CPU only."""
+    providers = available_providers()
+    if use_gpu is not False and "CUDAExecutionProvider" in providers:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path, providers=None, threads=None):
+    """An ``onnxruntime.InferenceSession`` for ``path`` with jetcap's session options.
+
+    Args:
+        path: ONNX file.
+        providers: execution providers; default :func:`default_providers`.
+        threads: intra-op threads (None: onnxruntime's default).
+    """
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3
+    kwargs = {}
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers(),
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS), **kwargs)
+    except TypeError:
+        # onnxruntime builds older than 1.9 have no disabled_optimizers argument
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs one ONNX graph with ONNX Runtime.
+
+    Args:
+        path: the ONNX file.
+        io_spec: the manifest's I/O description of the graph.
+        name: readable name; default the file name.
+        providers, threads: see :func:`make_session`.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path, io_spec, name=None, providers=None, threads=None):
+        super(OnnxRuntimeRunner, self).__init__(name or "onnxruntime:" + str(path), io_spec)
+        self.path = str(path)
+        self.providers = providers
+        self.threads = threads
+        self.session = None
+
+    def activate_impl(self):
+        self.session = make_session(self.path, self.providers, self.threads)
+
+    def infer_impl(self, feed):
+        values = self.session.run(self.output_names, feed)
+        return dict(zip(self.output_names, values))
+
+    def deactivate_impl(self):
+        self.session = None

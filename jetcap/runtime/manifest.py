@@ -1,0 +1,179 @@
+"""The bundle manifest: everything the runtime needs, so a device needs neither torch nor training code.
+
+``manifest.json`` (format version 1) holds::
+
+    format, format_version, family, created_by {jetcap, torch, onnx, ...}, source {checkpoint, sha256,
+    layout}, export {opset, exporter, seconds}, config {hyper-parameters},
+    graphs {name: {inputs: [{name, dtype, shape}], outputs: [...]}}   # shape: ints and axis names
+    axes {axis: {min, opt, max}}                                      # ranges of every symbolic axis
+    variants {precision: {files: {graph: {path, sha256, bytes}}, ...how it was made...}}
+    preprocessing {image_size [h, w], resize, mean, std, channel_order, layout, scale}   # captioner
+    vocabulary {itos, specials} | labels [names]
+    decoding {max_len, beam_size}, reference {path, sha256}, validation {...}
+
+This module reads and checks it (Python 3.6, no torch/onnx).
+"""
+import os
+
+from jetcap.errors import BundleError
+from jetcap.util.fsio import read_json, sha256_file
+
+FORMAT = "jetcap-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def resolve_shape(shape, sizes):
+    """Concrete shape of ``shape`` (ints and axis names) with axis names looked up in ``sizes``."""
+    out = []
+    for dim in shape:
+        if isinstance(dim, int):
+            out.append(dim)
+        elif dim in sizes:
+            out.append(int(sizes[dim]))
+        else:
+            raise BundleError("no size given for axis {!r}".format(dim))
+    return tuple(out)
+
+
+def profile_shapes(inputs, axes):
+    """min/opt/max shapes of each graph input for an optimization profile.
+
+    Args:
+        inputs: the manifest's list of ``{name, dtype, shape}`` of one graph.
+        axes: ``{axis: {min, opt, max}}``.
+    Returns:
+        ``{input_name: (min_shape, opt_shape, max_shape)}``.
+    """
+    result = {}
+    for tensor in inputs:
+        shapes = []
+        for level in ("min", "opt", "max"):
+            sizes = dict((name, rng[level]) for name, rng in axes.items())
+            shapes.append(resolve_shape(tensor["shape"], sizes))
+        result[tensor["name"]] = tuple(shapes)
+    return result
+
+
+class Manifest(object):
+    """A loaded, checked ``manifest.json`` of the bundle in ``bundle_dir``."""
+
+    def __init__(self, data, bundle_dir):
+        self.data = data
+        self.bundle_dir = os.path.abspath(str(bundle_dir))
+        self._check()
+
+    @classmethod
+    def load(cls, bundle_dir):
+        """Read ``bundle_dir/manifest.json``; BundleError when missing or malformed."""
+        bundle_dir = str(bundle_dir)
+        path = os.path.join(bundle_dir, MANIFEST_NAME)
+        if not os.path.isdir(bundle_dir):
+            raise BundleError("bundle directory not found: {}".format(bundle_dir))
+        if not os.path.isfile(path):
+            raise BundleError("{} has no {} (is it a jetcap bundle?)".format(bundle_dir, MANIFEST_NAME))
+        try:
+            data = read_json(path)
+        except ValueError as exc:
+            raise BundleError("{} is not valid JSON: {}".format(path, exc))
+        return cls(data, bundle_dir)
+
+    def _check(self):
+        data = self.data
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BundleError("manifest is not a {} manifest".format(FORMAT))
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise BundleError("manifest format version {!r} is not supported by this jetcap (reads <= {})".format(
+                version, FORMAT_VERSION), hint="upgrade jetcap on this device")
+        for key in ("family", "graphs", "axes", "variants", "config"):
+            if key not in data:
+                raise BundleError("manifest lacks {!r}".format(key))
+        for precision, variant in data["variants"].items():
+            if set(variant.get("files", {})) != set(data["graphs"]):
+                raise BundleError("variant {} does not list a file for every graph".format(precision))
+
+    # -- accessors ------------------------------------------------------------------------------
+    @property
+    def family(self):
+        return self.data["family"]
+
+    @property
+    def config(self):
+        return self.data["config"]
+
+    @property
+    def axes(self):
+        return self.data["axes"]
+
+    @property
+    def graph_names(self):
+        return list(self.data["graphs"])
+
+    @property
+    def precisions(self):
+        return [p for p in PRECISIONS if p in self.data["variants"]]
+
+    @property
+    def preprocessing(self):
+        return self.data.get("preprocessing", {})
+
+    @property
+    def decoding(self):
+        return self.data.get("decoding", {})
+
+    @property
+    def labels(self):
+        return self.data.get("labels")
+
+    def graph(self, name):
+        """``{inputs, outputs}`` of graph ``name``."""
+        try:
+            return self.data["graphs"][name]
+        except KeyError:
+            raise BundleError("bundle has no graph {!r} (has: {})".format(name, ", ".join(self.graph_names)))
+
+    def variant(self, precision):
+        """The variant entry of ``precision``; BundleError listing the available ones."""
+        try:
+            return self.data["variants"][precision]
+        except KeyError:
+            raise BundleError("bundle has no {} variant (has: {})".format(precision, ", ".join(self.precisions)),
+                              hint="re-export with --precision {}".format(precision))
+
+    def graph_path(self, precision, graph):
+        """Absolute path of ``graph``'s ONNX file in ``precision``; BundleError if the file is missing."""
+        entry = self.variant(precision)["files"][graph]
+        path = os.path.join(self.bundle_dir, entry["path"])
+        if not os.path.isfile(path):
+            raise BundleError("bundle file missing: {}".format(path))
+        return path
+
+    def verify_file(self, precision, graph):
+        """Check the sha256 of one graph file against the manifest; BundleError on mismatch."""
+        entry = self.variant(precision)["files"][graph]
+        path = self.graph_path(precision, graph)
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise BundleError("{} does not match its manifest checksum (modified or corrupt)".format(path))
+        return actual
+
+    def vocabulary(self):
+        """The captioner's :class:`jetcap.runtime.vocab.Vocabulary`."""
+        from jetcap.runtime.vocab import Vocabulary
+
+        if "vocabulary" not in self.data:
+            raise BundleError("bundle has no vocabulary (family {})".format(self.family))
+        return Vocabulary.from_dict(self.data["vocabulary"])
+
+    def profile(self, graph):
+        """min/opt/max input shapes of ``graph`` (see :func:`profile_shapes`)."""
+        return profile_shapes(self.graph(graph)["inputs"], self.axes)
+
+    def reference_path(self):
+        """Absolute path of the reference-data npz, or None when the bundle has none."""
+        ref = self.data.get("reference")
+        if not ref:
+            return None
+        return os.path.join(self.bundle_dir, ref["path"])

@@ -1,0 +1,85 @@
+"""Image loading and preprocessing from the manifest, with Pillow and numpy (Python 3.6).
+
+The same function prepares images for the PyTorch reference at export time and for every runtime
+backend, so preprocessing can never be the reason two backends disagree.
+"""
+import warnings
+
+import numpy as np
+
+from jetcap.errors import UsageError
+from jetcap.util.lazy import require
+
+# Refuse decompression bombs before decoding: 40 megapixels is far above any camera the Nano serves.
+DEFAULT_MAX_PIXELS = 40 * 1000 * 1000
+RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
+
+
+def default_preprocessing(image_size, mean, std):
+    """The manifest ``preprocessing`` entry for square ``image_size`` inputs."""
+    return {
+        "image_size": [int(image_size), int(image_size)],
+        "resize": "bilinear",
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "scale": 1.0 / 255.0,
+    }
+
+
+def open_image(source, max_pixels=DEFAULT_MAX_PIXELS):
+    """Open an image file path or a binary stream as RGB, refusing bombs and broken files.
+
+    Args:
+        source: a path or a file-like object with the encoded image.
+        max_pixels: the most pixels (width x height) accepted, checked from the header before decoding.
+    Returns:
+        a PIL image in RGB mode.
+    """
+    Image = require("PIL.Image")
+    name = source if isinstance(source, str) else getattr(source, "name", "<image>")
+    # Pillow refuses images over 2x Image.MAX_IMAGE_PIXELS itself (DecompressionBombError, Pillow >= 5)
+    bomb_errors = tuple(getattr(Image, n) for n in ("DecompressionBombError",) if hasattr(Image, n))
+    try:
+        with warnings.catch_warnings():
+            # the size is judged below against max_pixels; Pillow's own warning would only add noise
+            warnings.simplefilter("ignore", getattr(Image, "DecompressionBombWarning", Warning))
+            image = Image.open(source)
+    except (IOError, OSError, ValueError) as exc:
+        raise UsageError("{} is not a readable image: {}".format(name, exc))
+    except bomb_errors as exc:
+        raise UsageError("{} is over the limit of {} pixels: {}".format(name, max_pixels, exc))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UsageError("{} is {}x{} pixels, over the limit of {} pixels".format(name, width, height, max_pixels))
+    try:
+        image.load()
+        return image.convert("RGB")
+    except (IOError, OSError, ValueError, SyntaxError) as exc:
+        raise UsageError("{} could not be decoded (truncated or corrupt?): {}".format(name, exc))
+
+
+def preprocess_image(image, preprocessing):
+    """float32 CHW array of an RGB PIL image, resized and normalized as the manifest says."""
+    Image = require("PIL.Image")
+    height, width = preprocessing["image_size"]
+    resample = getattr(Image, RESAMPLE[preprocessing.get("resize", "bilinear")])
+    if image.size != (width, height):
+        image = image.resize((width, height), resample)
+    array = np.asarray(image, dtype=np.float32) * np.float32(preprocessing.get("scale", 1.0 / 255.0))
+    if preprocessing.get("channel_order", "RGB") == "BGR":
+        array = array[:, :, ::-1]
+    array = (array - np.asarray(preprocessing["mean"], dtype=np.float32)) / np.asarray(preprocessing["std"], dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_array(rgb_uint8, preprocessing):
+    """Like :func:`preprocess_image` for an HxWx3 uint8 RGB array (camera frames, generated samples)."""
+    Image = require("PIL.Image")
+    return preprocess_image(Image.fromarray(np.asarray(rgb_uint8, dtype=np.uint8), "RGB"), preprocessing)
+
+
+def load_images(paths, preprocessing, max_pixels=DEFAULT_MAX_PIXELS):
+    """A float32 NCHW batch of the images at ``paths``."""
+    return np.stack([preprocess_image(open_image(str(p), max_pixels), preprocessing) for p in paths])

@@ -1,0 +1,247 @@
+"""``jetcap validate``: run a bundle's variants on each backend and compare with PyTorch (Python 3.6).
+
+The reference is what PyTorch computed at export time and stored in the bundle (``reference.npz``),
+so a device without torch can validate; with ``checkpoint`` the PyTorch outputs are recomputed live.
+Every check is collected before reporting (see :mod:`jetcap.validate.report`).
+"""
+import os
+
+import numpy as np
+
+from jetcap.errors import JetcapError, MissingDependencyError, UsageError
+from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
+from jetcap.util.isolate import probe_onnx_session
+from jetcap.util.lazy import available, require
+from jetcap.util.npz import load_npz
+from jetcap.validate.metrics import Tolerance, caption_agreement, label_agreement, tolerance_checker
+from jetcap.validate.report import TASK, Check, ValidationReport, caption_checks, label_checks, tensor_checks
+
+BACKENDS = ("onnxruntime", "tensorrt")
+# INT8 on random inputs: ranges were calibrated on real data, so only NaN/Inf/shape checks gate there.
+UNGATED = Tolerance(float("inf"), 0.0, -1.0)
+
+
+class ValidateOptions(object):
+    """Options of one validation run.
+
+    Args:
+        bundle: bundle directory.
+        backends: ``"all"`` (every available backend) or a list of backend names.
+        precisions: ``"all"`` or a list of precisions.
+        checkpoint: PyTorch checkpoint to compute the reference live (else the bundle's stored one).
+        data: folder of real images/sequences for the task-level checks (else the bundle's samples).
+        samples: at most this many task inputs (None: all).
+        tolerances: ``{output_name: {atol, rtol, min_cosine}}`` overrides for every precision.
+        engine_cache: TensorRT engine cache directory.
+        checkpoint_options: extra ``load_checkpoint`` keyword arguments (trust_pickle, code_path, ...).
+    """
+
+    def __init__(self, bundle, backends="all", precisions="all", checkpoint=None, data=None, samples=None,
+                 tolerances=None, engine_cache=None, checkpoint_options=None):
+        self.bundle = bundle
+        self.backends = backends
+        self.precisions = precisions
+        self.checkpoint = checkpoint
+        self.data = data
+        self.samples = samples
+        self.tolerances = tolerances or {}
+        self.engine_cache = engine_cache
+        self.checkpoint_options = checkpoint_options or {}
+
+
+def backend_available(name):
+    """True when backend ``name`` can run here (a stubs-only ``tensorrt`` does not count)."""
+    if name == "tensorrt":
+        from jetcap.runtime.backends.trt_api import tensorrt_available
+
+        return tensorrt_available()
+    return available(name)
+
+
+def resolve_backends(requested):
+    """Backend names to run; a requested backend that is not installed is an exit-2 error."""
+    if requested == "all" or requested == ["all"]:
+        found = [b for b in BACKENDS if backend_available(b)]
+        if not found:
+            raise MissingDependencyError("no inference backend is installed", hint="pip install onnxruntime")
+        return found
+    names = list(requested)
+    for name in names:
+        if name not in BACKENDS:
+            raise UsageError("unknown backend {!r} (choose from {})".format(name, ", ".join(BACKENDS)))
+        if name == "tensorrt":
+            from jetcap.runtime.backends.trt_api import load_tensorrt
+
+            load_tensorrt()  # raises MissingDependencyError with what to install
+        elif not available(name):
+            require(name)
+    return names
+
+
+def validate_bundle(opts, log=lambda message: None):
+    """Validate ``opts.bundle``; returns the :class:`ValidationReport` (never raises for numeric failures)."""
+    manifest = Manifest.load(opts.bundle)
+    backends = resolve_backends(opts.backends)
+    precisions = manifest.precisions if opts.precisions in ("all", ["all"]) else list(opts.precisions)
+    for precision in precisions:
+        manifest.variant(precision)  # BundleError for a variant the bundle lacks
+    reference = _load_reference(manifest)
+    if opts.checkpoint:
+        from jetcap.validate.live import live_reference
+
+        log("recomputing the PyTorch reference from {}".format(opts.checkpoint))
+        reference = live_reference(manifest, reference, opts.checkpoint, opts.checkpoint_options)
+    task = _task_inputs(manifest, reference, opts)
+    report = ValidationReport(meta={"bundle": os.path.abspath(str(opts.bundle)), "family": manifest.family,
+                                    "reference": "live PyTorch" if opts.checkpoint else "stored PyTorch outputs",
+                                    "task_inputs": task["source"]})
+    for backend in backends:
+        for precision in precisions:
+            log("validating {} {}".format(backend, precision))
+            _validate_one(manifest, reference, task, backend, precision, opts, report)
+    return report
+
+
+def _load_reference(manifest):
+    path = manifest.reference_path()
+    if path is None or not os.path.isfile(path):
+        raise UsageError("bundle has no reference data (reference.npz)", hint="re-export the bundle")
+    return load_npz(path)
+
+
+def _task_inputs(manifest, reference, opts):
+    """The task-level inputs and their PyTorch results (stored, live, or from --data)."""
+    if opts.data:
+        from jetcap.validate.data import task_from_folder
+
+        return task_from_folder(manifest, opts)
+    limit = opts.samples
+    if manifest.family == "captioner":
+        names = [str(n) for n in reference["task/names"]]
+        count = len(names) if limit is None else min(limit, len(names))
+        return {"source": "bundle samples", "names": names[:count], "images": reference["task/images"][:count],
+                "greedy": [_unpad(r) for r in reference["task/greedy_tokens"][:count]],
+                "beam": [_unpad(r) for r in reference["task/beam_tokens"][:count]],
+                "beam_size": int(reference["task/beam_size"])}
+    count = int(reference["task/count"]) if limit is None else min(limit, int(reference["task/count"]))
+    return {"source": "bundle samples", "names": ["seq_{:03d}".format(i) for i in range(count)],
+            "sequences": [reference["task/seq_{:03d}".format(i)] for i in range(count)],
+            "probs": [reference["task/probs_{:03d}".format(i)] for i in range(count)]}
+
+
+def _unpad(row):
+    return [int(t) for t in row if t >= 0]
+
+
+def _open_runners(manifest, backend, precision, opts):
+    if backend == "onnxruntime":
+        return open_onnxruntime(manifest, precision)
+    from jetcap.runtime.engine import open_tensorrt_runners
+
+    return open_tensorrt_runners(manifest, precision, cache_dir=opts.engine_cache)
+
+
+def _validate_one(manifest, reference, task, backend, precision, opts, report):
+    # integrity first: a modified graph file is a failure, not something to run
+    for graph in manifest.graph_names:
+        try:
+            manifest.verify_file(precision, graph)
+        except JetcapError as exc:
+            report.add(Check(backend, precision, graph, "file.sha256", None, None, "==", passed=False, detail=str(exc)))
+            return
+    if backend == "onnxruntime":
+        for graph in manifest.graph_names:
+            crash = probe_onnx_session(manifest.graph_path(precision, graph))
+            if crash:
+                report.add(Check(backend, precision, graph, "session", None, None, "==", passed=False, detail=crash))
+                return
+    runners = _open_runners(manifest, backend, precision, opts)
+    tolerance = manifest.data["tolerances"][precision]
+    try:
+        for runner in runners.values():
+            runner.activate()
+        for graph, runner in runners.items():
+            _check_io(manifest, graph, runner, backend, precision, report)
+            _tensor_level(manifest, reference, graph, runner, backend, precision, tolerance, opts, report)
+        _task_level(manifest, task, runners, backend, precision, report)
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+
+
+def _check_io(manifest, graph, runner, backend, precision, report):
+    """The graph's I/O as the backend sees it must match the manifest, dynamic axes included."""
+    describe = getattr(runner, "describe_io", None)
+    if describe is None:
+        session = getattr(runner, "session", None)
+        if session is None:
+            return
+        actual = {"inputs": [(t.name, t.shape) for t in session.get_inputs()],
+                  "outputs": [(t.name, t.shape) for t in session.get_outputs()]}
+    else:
+        actual = describe()
+    problems = []
+    for side in ("inputs", "outputs"):
+        expected = manifest.graph(graph)[side]
+        names = [n for n, _ in actual[side]]
+        if names != [t["name"] for t in expected]:
+            problems.append("{} are {}, manifest says {}".format(side, names, [t["name"] for t in expected]))
+            continue
+        for (name, shape), tensor in zip(actual[side], expected):
+            for axis, (got, want) in enumerate(zip(shape, tensor["shape"])):
+                if isinstance(want, str) and isinstance(got, int) and got > 0:
+                    problems.append("dynamic axis {!r} of {} is fixed to {} in the graph".format(want, name, got))
+                elif isinstance(want, int) and isinstance(got, int) and got != want:
+                    problems.append("{} axis {} is {}, manifest says {}".format(name, axis, got, want))
+    report.add(Check(backend, precision, graph, "io.names_shapes", len(problems), 0, "<=",
+                     detail="; ".join(problems) if problems else "names and dynamic axes as in the manifest"))
+
+
+def _tensor_level(manifest, reference, graph, runner, backend, precision, tolerance, opts, report):
+    gated = tolerance_checker(tolerance, per_output=opts.tolerances)
+    ungated = tolerance_checker(UNGATED)
+    results = {}
+    for case in manifest.data["reference"]["cases"][graph]:
+        prefix = "sweep/{}/{}/".format(graph, case["name"])
+        feed = dict((k[len(prefix) + 3:], v) for k, v in reference.items() if k.startswith(prefix + "in/"))
+        expected = dict((k[len(prefix) + 4:], v) for k, v in reference.items() if k.startswith(prefix + "out/"))
+        check = ungated if precision == "int8" and case["kind"] == "random" else gated
+        try:
+            outputs = runner.infer(feed)
+        except Exception as exc:  # a backend error on one case is a failed check, reported with the rest
+            report.add(Check(backend, precision, graph, "run", None, None, "==", passed=False,
+                             detail="{} failed: {}".format(case["name"], _first_line(exc)), worst_input=case["name"]))
+            continue
+        for name, ref in expected.items():
+            results.setdefault(name, []).append((case["name"], check(name, outputs[name], ref)))
+    for name, pairs in results.items():
+        report.extend(tensor_checks(backend, precision, graph, name, pairs))
+
+
+def _task_level(manifest, task, runners, backend, precision, report):
+    thresholds = manifest.data["task_thresholds"][precision]
+    try:
+        if manifest.family == "captioner":
+            pipeline = CaptionPipeline(manifest, runners)
+            greedy = [h.tokens for h in pipeline.caption(task["images"])]
+            report.extend(caption_checks(backend, precision, caption_agreement(greedy, task["greedy"]), thresholds,
+                                         labels=task["names"]))
+            beam = [h.tokens for h in pipeline.caption(task["images"], beam_size=task["beam_size"])]
+            for check in caption_checks(backend, precision, caption_agreement(beam, task["beam"]), thresholds,
+                                        labels=task["names"]):
+                check.name = check.name.replace("caption.", "caption_beam{}.".format(task["beam_size"]))
+                report.add(check)
+        else:
+            pipeline = ClassifierPipeline(manifest, runners)
+            probs = [softmax(pipeline.runner.infer({"sequence": np.asarray(s, dtype=np.float32)[None]})["logits"])[0]
+                     for s in task["sequences"]]
+            report.extend(label_checks(backend, precision, label_agreement(np.stack(probs), np.stack(task["probs"])),
+                                       thresholds, labels=task["names"]))
+    except Exception as exc:  # a crash in decoding is a task failure to report, not to hide
+        report.add(Check(backend, precision, TASK, "task.run", None, None, "==", passed=False, detail=_first_line(exc)))
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,98 @@
+"""`jetcap export` as a user runs it: success, determinism, and every refusal (exit codes, no bundle left)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from jetcap import samples
+from jetcap.cli import cli
+from jetcap.util.fsio import sha256_file
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_export_is_deterministic_and_json(tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / name), "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["validation"] == {"fp32": True}
+        outs.append(tmp_path / name)
+    for file in ("model.onnx", "reference.npz"):
+        assert sha256_file(outs[0] / file) == sha256_file(outs[1] / file)
+
+
+def test_existing_bundle_needs_force(tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run(["export", str(samples.classifier_checkpoint()), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "--force" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--opset", "18"], "dynamo"),
+    (["--exporter", "dynamo", "--opset", "13"], "torchscript"),
+    (["--max-len", "500"], "positional encoding"),
+])
+def test_bad_options_exit_2(tmp_path, args, message):
+    result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / "b")] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_and_garbage_checkpoints_exit_2(tmp_path):
+    result = run(["export", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "not found" in result.output
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x89PNG not a checkpoint")
+    result = run(["export", str(garbage), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_validation_failure_exits_1_and_leaves_no_bundle(tmp_path):
+    ckpt = torch.load(str(samples.classifier_checkpoint()), weights_only=True)
+    ckpt["model_state_dict"]["temporal_weight"] = torch.tensor(float("nan"))  # every output becomes NaN
+    broken = tmp_path / "broken.pt"
+    torch.save(ckpt, str(broken))
+    result = run(["export", str(broken), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 1, result.output
+    assert "validation failed" in result.output and "NaN" in result.output
+    assert not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_every_checkpoint_layout_exports(tmp_path):
+    """DataParallel prefixes and a bare state_dict with a side label file export like the original."""
+    ckpt = torch.load(str(samples.classifier_checkpoint()), weights_only=True)
+    wrapped = dict(ckpt, model_state_dict={"module." + k: v for k, v in ckpt["model_state_dict"].items()})
+    torch.save(wrapped, str(tmp_path / "ddp.pt"))
+    result = run(["export", str(tmp_path / "ddp.pt"), "-o", str(tmp_path / "ddp")])
+    assert result.exit_code == 0, result.output
+    torch.save(ckpt["model_state_dict"], str(tmp_path / "bare.pt"))
+    (tmp_path / "labels.json").write_text(json.dumps(ckpt["classes"]))
+    result = run(["export", str(tmp_path / "bare.pt"), "-o", str(tmp_path / "bare"), "--labels",
+                  str(tmp_path / "labels.json"), "--num-heads", str(ckpt["config"]["num_heads"])])
+    assert result.exit_code == 0, result.output
+    assert sha256_file(tmp_path / "ddp" / "model.onnx") == sha256_file(tmp_path / "bare" / "model.onnx")
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_opset_18_captioner(tmp_path):
+    out = tmp_path / "dyn"
+    proc = subprocess.run([sys.executable, "-m", "jetcap", "export", str(samples.captioner_checkpoint()), "-o", str(out),
+                           "--exporter", "dynamo", "--opset", "18", "--json"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["opset"] == 18 and manifest["export"]["exporter"] == "dynamo"

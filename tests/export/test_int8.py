@@ -1,0 +1,41 @@
+"""INT8 Q/DQ variants as TensorRT needs them: symmetric (zero points 0), per-channel, recurrence in float."""
+import json
+
+import numpy as np
+import onnx
+
+
+def _int8_model(bundle, graph):
+    return onnx.load(str(bundle / "{}.int8.onnx".format(graph)))
+
+
+def test_zero_points_are_zero_and_opset_is_13(captioner_bundle, classifier_bundle):
+    for bundle, graphs in ((captioner_bundle, ("encoder", "decoder_step")), (classifier_bundle, ("model",))):
+        for graph in graphs:
+            model = _int8_model(bundle, graph)
+            assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
+            zps = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("zero_point")]
+            assert zps, "no Q/DQ zero points in {}".format(graph)
+            assert all(not np.any(z) for z in zps)
+            assert all(z.dtype == np.int8 for z in zps)
+
+
+def test_per_channel_weights_and_recurrence_left_float(captioner_bundle, classifier_bundle):
+    enc = _int8_model(captioner_bundle, "encoder")
+    per_channel = [n for n in enc.graph.node if n.op_type == "DequantizeLinear"
+                   and any(a.name == "axis" for a in n.attribute)]
+    assert per_channel, "conv weights should be quantized per channel"
+    step = _int8_model(captioner_bundle, "decoder_step")
+    quantized_consumers = {n.name for n in step.graph.node if n.op_type in ("Gemm", "MatMul")
+                           and any(i.endswith("_DequantizeLinear_Output") for i in n.input)}
+    assert not any("decode_step" in name for name in quantized_consumers)
+    cls = _int8_model(classifier_bundle, "model")
+    lstm_inputs = [i for n in cls.graph.node if n.op_type == "LSTM" for i in n.input]
+    assert lstm_inputs and not any(i.endswith("_DequantizeLinear_Output") for i in lstm_inputs)
+
+
+def test_manifest_records_calibration(captioner_bundle):
+    manifest = json.loads((captioner_bundle / "manifest.json").read_text())
+    int8 = manifest["variants"]["int8"]
+    assert int8["calibration"]["method"] == "minmax"
+    assert int8["quantization"]["activations"] == "int8 symmetric"

@@ -1,0 +1,122 @@
+"""Captions and labels from ONNX Runtime equal the PyTorch reference stored in the bundle."""
+import numpy as np
+import pytest
+
+from jetcap import samples
+from jetcap.errors import UsageError
+from jetcap.export.tasks import unpad
+from jetcap.runtime.inference import read_images
+from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.pipeline import CaptionPipeline, HostDecoderSession
+from jetcap.runtime.session import open_bundle
+from jetcap.util.npz import load_npz
+
+
+@pytest.fixture(scope="module")
+def caption_session(captioner_bundle):
+    with open_bundle(captioner_bundle, backend="onnxruntime") as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def captioner_reference(captioner_bundle):
+    return load_npz(Manifest.load(captioner_bundle).reference_path())
+
+
+@pytest.fixture(scope="module")
+def classifier_reference(classifier_bundle):
+    return load_npz(Manifest.load(classifier_bundle).reference_path())
+
+
+def test_greedy_captions_equal_pytorch(caption_session, captioner_reference):
+    hypotheses = caption_session.caption_pipeline().caption(captioner_reference["task/images"])
+    expected = [unpad(row) for row in captioner_reference["task/greedy_tokens"]]
+    assert [h.tokens for h in hypotheses] == expected
+    np.testing.assert_allclose([h.score for h in hypotheses], captioner_reference["task/greedy_scores"],
+                               atol=1e-3, rtol=1e-4)
+    for hypothesis in hypotheses:
+        assert hypothesis.alphas.shape[0] == len(hypothesis.tokens)
+
+
+def test_beam_captions_equal_pytorch(caption_session, captioner_reference):
+    beam = int(captioner_reference["task/beam_size"])
+    hypotheses = caption_session.caption_pipeline().caption(captioner_reference["task/images"], beam_size=beam)
+    assert [h.tokens for h in hypotheses] == [unpad(row) for row in captioner_reference["task/beam_tokens"]]
+
+
+def test_sample_files_preprocess_like_the_reference(captioner_bundle, captioner_reference):
+    manifest = Manifest.load(captioner_bundle)
+    names = [str(n) for n in captioner_reference["task/names"]]
+    paths = [p for p in samples.sample_images() if p.name in names]
+    assert paths, "the reference should include the shipped sample images"
+    batch = read_images(paths, manifest.preprocessing)
+    expected = captioner_reference["task/images"][[names.index(p.name) for p in paths]]
+    np.testing.assert_allclose(batch.arrays, expected, atol=1e-6)
+
+
+def test_batches_beyond_the_max_batch_match_single_images(caption_session, captioner_reference):
+    pipeline = caption_session.caption_pipeline()
+    images = captioner_reference["task/images"]
+    count = pipeline.max_batch + 2
+    images = np.concatenate([images] * (count // len(images) + 1))[:count]
+    batched = pipeline.caption(images)
+    singles = [pipeline.caption(images[i:i + 1])[0] for i in range(count)]
+    assert [h.tokens for h in batched] == [h.tokens for h in singles]
+
+
+def test_host_and_bound_decoder_sessions_agree(caption_session, captioner_reference):
+    from jetcap.runtime import decoding
+
+    pipeline = caption_session.caption_pipeline()
+    images = captioner_reference["task/images"][:4]
+    features, projected, h, c = pipeline.encode(images)
+    host = decoding.greedy_decode(HostDecoderSession(pipeline.step, features, projected, h, c), len(images),
+                                  pipeline.vocab.start_id, pipeline.vocab.end_id, 20)
+    bound = pipeline.caption(images, max_len=20)
+    assert [x.tokens for x in host] == [x.tokens for x in bound]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_variants_caption(captioner_bundle, captioner_reference, precision):
+    with open_bundle(captioner_bundle, backend="onnxruntime", precision=precision) as session:
+        hypotheses = session.caption_pipeline().caption(captioner_reference["task/images"])
+    expected = [unpad(row) for row in captioner_reference["task/greedy_tokens"]]
+    agreement = np.mean([h.tokens == e for h, e in zip(hypotheses, expected)])
+    assert agreement >= 0.75, agreement
+
+
+def test_caption_pipeline_refuses_a_classifier(classifier_bundle):
+    with open_bundle(classifier_bundle, backend="onnxruntime") as session:
+        with pytest.raises(UsageError, match="not a captioner"):
+            CaptionPipeline(session.manifest, session.runners)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_classifier_labels_equal_pytorch(classifier_bundle, classifier_reference, precision):
+    count = int(classifier_reference["task/count"])
+    with open_bundle(classifier_bundle, backend="onnxruntime", precision=precision) as session:
+        pipeline = session.classifier_pipeline()
+        labels = pipeline.labels
+        for i in range(count):
+            sequence = classifier_reference["task/seq_{:03d}".format(i)]
+            expected = classifier_reference["task/probs_{:03d}".format(i)]
+            prediction = pipeline.predict(sequence)
+            assert prediction["index"] == int(np.argmax(expected)), i
+            assert prediction["label"] == labels[int(np.argmax(expected))]
+            if precision == "fp32":
+                probs = pipeline.probabilities(sequence)
+                np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_classifier_refuses_bad_sequences(classifier_bundle):
+    with open_bundle(classifier_bundle, backend="onnxruntime") as session:
+        pipeline = session.classifier_pipeline()
+        width, high = pipeline.width, pipeline.max_len
+        with pytest.raises(UsageError, match="more than the bundle's maximum"):
+            pipeline.predict(np.zeros((high + 1, width), np.float32))
+        with pytest.raises(UsageError, match="features per frame"):
+            pipeline.predict(np.zeros((10, width + 1), np.float32))
+        bad = np.zeros((10, width), np.float32)
+        bad[3, 2] = np.nan
+        with pytest.raises(UsageError, match="NaN"):
+            pipeline.predict(bad)

@@ -1,0 +1,157 @@
+"""`jetcap validate` end to end: healthy bundles pass at every precision, and the gate can fail.
+
+Each broken bundle is a copy of a healthy one with one real defect (its checksum updated so the
+defect, not the integrity check, is what fails).
+"""
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from jetcap.cli import cli
+from jetcap.util.fsio import sha256_file
+from jetcap.util.isolate import probe_onnx_session
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def _copy(bundle, tmp_path, name="broken"):
+    dst = tmp_path / name
+    shutil.copytree(str(bundle), str(dst))
+    return dst
+
+
+def _rehash(bundle, precision, graph):
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["variants"][precision]["files"][graph]
+    entry["sha256"] = sha256_file(bundle / entry["path"])
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("bundle_fixture", ["captioner_bundle", "classifier_bundle"])
+def test_healthy_bundles_pass_every_precision(request, tmp_path, bundle_fixture):
+    bundle = request.getfixturevalue(bundle_fixture)
+    junit = tmp_path / "report.xml"
+    result = run(["validate", str(bundle), "--junit", str(junit)])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output
+    for precision in ("fp32", "fp16", "int8"):
+        assert precision in result.output
+    suite = ET.parse(str(junit)).getroot()
+    assert list(suite.iter("testcase")) and not list(suite.iter("failure"))
+
+
+def test_json_report_names_task_checks(captioner_bundle):
+    result = run(["validate", str(captioner_bundle), "--precision", "fp32", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = {c["name"] for c in report["checks"]}
+    assert {"caption.exact_match", "caption.bleu_drop", "caption_beam3.exact_match"} <= names
+    exact = [c for c in report["checks"] if c["name"] == "caption.exact_match"][0]
+    assert exact["value"] == 1.0
+
+
+def test_perturbed_weights_fail(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    model = onnx.load(str(bundle / "model.onnx"))
+    heaviest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = onnx.numpy_helper.to_array(heaviest)
+    noisy = array + np.random.RandomState(0).normal(0, 0.5 * float(np.abs(array).mean()), array.shape).astype(array.dtype)
+    heaviest.CopyFrom(onnx.numpy_helper.from_array(noisy, heaviest.name))
+    onnx.save(model, str(bundle / "model.onnx"))
+    _rehash(bundle, "fp32", "model")
+    result = run(["validate", str(bundle), "--precision", "fp32"])
+    assert result.exit_code == 1, result.output
+    assert "logits" in result.output and "FAIL" in result.output
+
+
+def test_swapped_outputs_fail(captioner_bundle, tmp_path):
+    bundle = _copy(captioner_bundle, tmp_path)
+    path = bundle / "decoder_step.onnx"
+    model = onnx.load(str(path))
+    names = {"h_new": "c_new", "c_new": "h_new"}
+    for node in model.graph.node:
+        node.output[:] = [names.get(o, o) for o in node.output]
+        node.input[:] = [names.get(i, i) for i in node.input]
+    onnx.save(model, str(path))
+    _rehash(bundle, "fp32", "decoder_step")
+    result = run(["validate", str(bundle), "--precision", "fp32"])
+    assert result.exit_code == 1, result.output
+    assert "h_new" in result.output and "c_new" in result.output
+
+
+def test_lost_dynamic_axis_fails(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    path = bundle / "model.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # batch frozen to 1
+    onnx.save(model, str(path))
+    _rehash(bundle, "fp32", "model")
+    result = run(["validate", str(bundle), "--precision", "fp32"])
+    assert result.exit_code == 1, result.output
+    assert "dynamic axis 'batch'" in result.output
+
+
+def test_variant_onnxruntime_cannot_load_fails_not_crashes(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    path = bundle / "model.int8.onnx"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated protobuf
+    _rehash(bundle, "int8", "model")
+    result = run(["validate", str(bundle), "--precision", "int8"])
+    assert result.exit_code == 1, result.output
+    assert "ONNX Runtime failed" in result.output
+
+
+def test_a_child_that_segfaults_is_reported(classifier_bundle, tmp_path, monkeypatch):
+    """The isolation itself: a real SIGSEGV in the child process becomes a message."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import ctypes\nctypes.string_at(0)\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    message = probe_onnx_session(classifier_bundle / "model.onnx")
+    assert message and "crashed (SIGSEGV)" in message
+
+
+def test_modified_file_fails_integrity(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    with open(str(bundle / "model.fp16.onnx"), "ab") as handle:
+        handle.write(b"\0")
+    result = run(["validate", str(bundle), "--precision", "fp16"])
+    assert result.exit_code == 1
+    assert "checksum" in result.output
+
+
+def test_usage_errors_exit_2(classifier_bundle, tmp_path):
+    assert run(["validate", str(tmp_path / "missing")]).exit_code == 2
+    result = run(["validate", str(classifier_bundle), "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "tensorrt" in result.output.lower()
+    result = run(["validate", str(classifier_bundle), "--tolerance", "logits=abc"])
+    assert result.exit_code == 2
+
+
+def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):
+    from jetcap import samples
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in samples.sample_sequences():
+        shutil.copy(str(path), str(data / path.name))
+    result = run(["validate", str(classifier_bundle), "--precision", "fp16", "--checkpoint",
+                  str(samples.classifier_checkpoint()), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_runs_in_a_subprocess_with_exit_codes(classifier_bundle):
+    proc = subprocess.run([sys.executable, "-m", "jetcap", "validate", str(classifier_bundle), "--precision", "fp32"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
