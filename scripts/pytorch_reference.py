@@ -22,8 +22,11 @@ def main():
     elapsed = time.perf_counter() - start
     print("captioner ({}, {} images, {:.1f} ms/image, PyTorch eager):".format(
         cap.config["backbone"], len(paths), 1000 * elapsed / len(paths)))
+    expected = dict((entry["file"].split("/")[-1], entry["caption"]) for entry in truth["images"])
     for path, hyp in zip(paths, hyps):
-        print("  {:<16} {}".format(path.name, cap.vocab.decode(hyp.tokens)))
+        text = cap.vocab.decode(hyp.tokens)
+        mark = "ok" if text == expected.get(path.name) else "expected: " + str(expected.get(path.name))
+        print("  {:<16} {:<52} {}".format(path.name, text, mark))
     cls = load_checkpoint(samples.classifier_checkpoint())
     print("classifier ({} classes, PyTorch eager):".format(len(cls.labels)))
     for path in samples.sample_sequences():
@@ -34,7 +37,6 @@ def main():
         ms = 1000 * (time.perf_counter() - start)
         print("  {:<20} T={:<4} -> {:<12} p={:.3f} ({:.1f} ms)".format(
             path.name, len(seq), cls.labels[int(np.argmax(probs))], float(probs.max()), ms))
-    del truth
 
 
 if __name__ == "__main__":

@@ -7,16 +7,17 @@ from jetcap.commands.options import (backend_option, echo_json, json_option, log
 
 @click.command("caption")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @backend_option
 @precision_option
 @click.option("--beam", type=click.IntRange(min=1), default=None,
               help="Beam width; 1 is greedy [default: the bundle's, normally 1].")
 @click.option("--max-len", type=click.IntRange(min=1), default=None,
               help="Most words per caption, <end> included [default: the bundle's].")
-@click.option("--attention-map", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG grid of the image with each word's attention overlaid.  With several images "
-                   "one file per image: OUT_<image stem>.png (images sharing a stem are refused).")
+@click.option("--attention-map", type=click.Path(dir_okay=False), default=None, metavar="OUT.png",
+              help="Write a PNG grid of the image with each word's attention overlaid (word as title).  With "
+                   "several images, one file per image: OUT_<stem>.png, e.g. maps_cat.png for maps.png and "
+                   "cat.jpg (images sharing a stem are refused).")
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
               help="TensorRT engine cache directory [default: BUNDLE/engines].")
 @max_memory_option

@@ -7,7 +7,7 @@ from jetcap.commands.options import (backend_option, echo_json, json_option, log
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @backend_option
 @precision_option
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,

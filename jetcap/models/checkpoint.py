@@ -79,14 +79,17 @@ def _resolve(path: PathLike, base: Path) -> Path:
 
 # -- hyper-parameters found in the checkpoint ----------------------------------------------------
 
-def _hint_value(value: Any) -> Optional[Any]:
-    """``value`` if it can be a hyper-parameter (scalar or a short list of scalars), else None."""
-    if isinstance(value, bool) or isinstance(value, (int, float, str)):
-        return value
+NOT_A_HINT = object()
+
+
+def _hint_value(value: Any) -> Any:
+    """``value`` if it can be a hyper-parameter (None, a scalar or a short list of scalars), else NOT_A_HINT."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value  # None counts: e.g. the captioner's grid=None (no pooling) differs from the default 7
     if isinstance(value, (list, tuple)) and len(value) <= 64 and all(
             isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
         return list(value)
-    return None
+    return NOT_A_HINT
 
 
 def _usable_name(name: Any) -> bool:
@@ -95,18 +98,12 @@ def _usable_name(name: Any) -> bool:
             and not _BOOKKEEPING.search(name.lower()))
 
 
-# Hyper-parameters for which a stored None is a real value (captioner grid None: no adaptive pooling).
-NULLABLE_HINTS = ("grid",)
-
-
 def _scalars(mapping: Mapping[str, Any]) -> Dict[str, Any]:
-    out = {}
+    out: Dict[str, Any] = {}
     for name, value in mapping.items():
-        if value is None and name in NULLABLE_HINTS:
-            out[name] = None
-        elif _usable_name(name):
+        if _usable_name(name):
             hint = _hint_value(value)
-            if hint is not None:
+            if hint is not NOT_A_HINT:
                 out[name] = hint
     return out
 
@@ -123,8 +120,8 @@ def _module_hints(modules: Mapping[str, nn.Module]) -> Dict[str, Any]:
             if isinstance(sub, nn.MultiheadAttention):
                 heads.add(int(sub.num_heads))
             elif isinstance(sub, nn.AdaptiveAvgPool2d) and name.count(".") <= 1:
-                size = sub.output_size
-                size = (size, size) if isinstance(size, int) else tuple(size)
+                raw: Any = sub.output_size
+                size = (raw, raw) if isinstance(raw, int) else tuple(raw)
                 if len(size) == 2 and size[0] == size[1] and size[0] is not None:
                     grids.add(int(size[0]))
     if len(heads) == 1:
@@ -205,44 +202,79 @@ def _build(family: ModelFamily, config: Dict[str, Any], device: Optional[str] = 
 
 
 def _fit(family: ModelFamily, config: Dict[str, Any], state_dict: Mapping[str, Any]) -> FitReport:
-    """How ``state_dict`` differs from the family's model built with ``config`` (on the meta device)."""
-    model = _build(family, config, "meta")
+    """How ``state_dict`` differs from the family's model built with ``config`` (on the meta device);
+    a config the family cannot build at all is a report carrying that error."""
+    try:
+        model = _build(family, config, "meta")
+    except CheckpointError as exc:
+        return FitReport([], [], [], error=str(exc))
     return compare(state_dict, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+
+
+@dataclass
+class _Attempt:
+    """A config tried for a state_dict: the config (None if it could not be inferred) and its fit."""
+
+    hints: Dict[str, Any]
+    config: Optional[Dict[str, Any]]
+    report: FitReport
+    error: Optional[CheckpointError] = None  # why infer_config refused (keeps its hint, e.g. --num-heads)
+
+
+def _attempt(family: ModelFamily, state_dict: Dict[str, Any], hints: Dict[str, Any]) -> _Attempt:
+    try:
+        config = family.infer_config(state_dict, hints)
+    except CheckpointError as exc:
+        return _Attempt(hints, None, FitReport([], [], [], error=exc.message), exc)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # e.g. a stored None in arithmetic
+        error = CheckpointError("cannot work out the {} hyper-parameters from the tensors and {}: {}: {}".format(
+            family.name, ", ".join("{}={!r}".format(k, v) for k, v in sorted(hints.items())), type(exc).__name__, exc))
+        return _Attempt(hints, None, FitReport([], [], [], error=error.message), error)
+    return _Attempt(hints, config, _fit(family, config, state_dict))
 
 
 def _resolve_config(family: ModelFamily, state_dict: Dict[str, Any], stored: Dict[str, Any],
                     user: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
     """``family.infer_config`` with the checkpoint's hyper-parameters under the user's.
 
-    A stored value that contradicts the tensors (say a training ``max_len`` of 60 where the
-    positional encoding holds 128) is dropped, with a note, when that makes the model fit; anything
-    still not fitting is a CheckpointError with the diff.
+    Stored values that contradict the tensors (say a training ``max_len`` of 60 where the positional
+    encoding holds 128, or a ``None`` where a size is needed) are dropped, with a note, when that makes
+    the model fit: values are dropped one by one while the fit does not get worse, then the ones whose
+    return still fits are put back.  What cannot be made to fit is a CheckpointError about the config
+    as stored, with the diff.
     """
     hints = dict(stored)
     hints.update(user)
-    config = family.infer_config(state_dict, hints)
-    report = _fit(family, config, state_dict)
-    dropped = []
+    first = current = _attempt(family, state_dict, hints)
+    dropped: List[str] = []
     for key in [k for k in stored if k not in user]:
-        if report:
+        if current.report:
             break
-        trial_hints = {k: v for k, v in hints.items() if k != key}
-        try:
-            trial = family.infer_config(state_dict, trial_hints)
-        except CheckpointError:
+        trial = _attempt(family, state_dict, {k: v for k, v in current.hints.items() if k != key})
+        if trial.config is None:
             continue  # the value is needed (e.g. num_heads)
-        if trial.get(key) == hints[key]:
-            continue
-        trial_report = _fit(family, trial, state_dict)
-        if trial_report.size < report.size:
-            dropped.append("{}={!r} (tensors say {!r})".format(key, hints[key], trial.get(key)))
-            hints, config, report = trial_hints, trial, trial_report
-    if not report:
-        raise CheckpointError("the checkpoint does not fit the {} model: {}".format(family.name, report.describe()),
+        if key in trial.config and trial.config[key] == stored[key]:
+            continue  # dropping it changes nothing
+        if trial.report.size <= current.report.size:
+            current = trial
+            dropped.append(key)
+    if current.report and current.config is not None:
+        for key in list(dropped):  # put back what did not need to go
+            trial = _attempt(family, state_dict, dict(current.hints, **{key: stored[key]}))
+            if trial.report and trial.config is not None:
+                current = trial
+                dropped.remove(key)
+    if not current.report or current.config is None:
+        if first.error is not None:
+            raise first.error
+        if first.report.error:
+            raise CheckpointError(first.report.error)
+        raise CheckpointError("the checkpoint does not fit the {} model: {}".format(family.name, first.report.describe()),
                               hint="check --family and the hyper-parameters given or stored in the checkpoint")
     if dropped:
-        notes.append("ignored stored hyper-parameters that contradict the tensors: " + ", ".join(dropped))
-    return config
+        notes.append("ignored stored hyper-parameters that contradict the tensors: " + ", ".join(
+            "{}={!r} (tensors say {!r})".format(k, stored[k], current.config.get(k)) for k in dropped))
+    return current.config
 
 
 # -- memory ---------------------------------------------------------------------------------------------

@@ -158,11 +158,11 @@ def pickle_globals(data: bytes) -> List[str]:
                           "SHORT_BINSTRING"):
                 pushed.append(str(arg))
             elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = pushed[-1] if pushed else None
+                memo[int(str(arg))] = pushed[-1] if pushed else None
             elif name == "MEMOIZE":
                 memo[len(memo)] = pushed[-1] if pushed else None
             elif name in ("BINGET", "LONG_BINGET", "GET"):
-                pushed.append(memo.get(int(arg)))
+                pushed.append(memo.get(int(str(arg))))
             elif name == "STOP":
                 break
             else:
@@ -233,7 +233,8 @@ class _CodePath:
 
     def __init__(self, code_path: Optional[Path]) -> None:
         self.code_path = code_path
-        self._main_modules: Optional[List[types.ModuleType]] = None
+        self._imported: Dict[Path, Optional[types.ModuleType]] = {}
+        self._failures: List[str] = []
 
     def __enter__(self) -> "_CodePath":
         self._modules_before = set(sys.modules)
@@ -251,39 +252,45 @@ class _CodePath:
                 if name.startswith("_jetcap_user_") or os.path.realpath(module_file).startswith(root + os.sep):
                     del sys.modules[name]
 
-    def main_modules(self) -> List[types.ModuleType]:
-        """The ``.py`` files of code_path imported under private names (their ``__main__`` guards stay off)."""
-        if self._main_modules is None:
-            self._main_modules = []
-            for file in sorted(self.code_path.glob("*.py")) if self.code_path else []:
-                name = "_jetcap_user_" + file.stem
-                spec = importlib.util.spec_from_file_location(name, str(file))
-                if spec is None or spec.loader is None:
-                    continue
+    def _import_file(self, file: Path) -> Optional[types.ModuleType]:
+        """``file`` imported under a private name (its ``if __name__ == "__main__"`` block stays off)."""
+        if file not in self._imported:
+            name = "_jetcap_user_" + file.stem
+            spec = importlib.util.spec_from_file_location(name, str(file))
+            module = None
+            if spec is not None and spec.loader is not None:
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 try:
                     spec.loader.exec_module(module)
-                except Exception as exc:  # user code: report which file failed and why
-                    raise CheckpointError("importing {} from --code-path failed: {}: {}".format(
-                        file, type(exc).__name__, _first_line(exc))) from None
-                self._main_modules.append(module)
-        return self._main_modules
+                except Exception as exc:  # user code: remembered and reported if the class is not found
+                    self._failures.append("{} ({}: {})".format(file.name, type(exc).__name__, _first_line(exc)))
+                    del sys.modules[name]
+                    module = None
+            self._imported[file] = module
+        return self._imported[file]
+
+    def _find_main_class(self, name: str) -> Any:
+        """``__main__.name`` from the first ``.py`` file of code_path defining it, then the real __main__."""
+        for file in sorted(self.code_path.glob("*.py")) if self.code_path else []:
+            module = self._import_file(file)
+            found = _getattr_path(module, name)
+            if found is not None:
+                return found
+        found = _getattr_path(sys.modules.get("__main__"), name)
+        if found is not None:
+            return found
+        where = "none of the modules in --code-path {} defines it".format(self.code_path) if self.code_path else \
+            "no --code-path was given"
+        if self._failures:
+            where += "; these failed to import: " + ", ".join(self._failures)
+        raise CheckpointError("the checkpoint pickles class __main__.{} (defined in the training script) but "
+                              "{}".format(name, where),
+                              hint="pass --code-path DIR, the folder with the script that defines {}".format(name))
 
     def find_class(self, module: str, name: str, default: Any) -> Any:
         if module == "__main__":
-            for candidate in self.main_modules():
-                found = _getattr_path(candidate, name)
-                if found is not None:
-                    return found
-            found = _getattr_path(sys.modules.get("__main__"), name)
-            if found is not None:
-                return found
-            where = "none of the modules in --code-path {}".format(self.code_path) if self.code_path else \
-                "no --code-path was given"
-            raise CheckpointError("the checkpoint pickles class __main__.{} (defined in the training script) but "
-                                  "{} defines it".format(name, where),
-                                  hint="pass --code-path DIR, the folder with the script that defines {}".format(name))
+            return self._find_main_class(name)
         try:
             return default(module, name)
         except (ImportError, AttributeError) as exc:
@@ -374,8 +381,9 @@ def read_checkpoint(path: Path, trust_pickle: bool = False, code_path: Optional[
     Args:
         path: the checkpoint file.
         trust_pickle: allow ``weights_only=False`` (runs code from the file) when weights_only refuses.
-        code_path: a folder put on sys.path for the trusted load; its modules also provide classes
-            pickled from ``__main__``.
+        code_path: a folder put on sys.path for the trusted load; classes pickled from ``__main__``
+            come from its ``.py`` files, imported in name order under private module names until one
+            defines the class (training must stay behind ``if __name__ == "__main__":``).
     """
     if not path.exists():
         raise UsageError("checkpoint file not found: {}".format(path))

@@ -65,7 +65,8 @@ def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
     """Safe stand-in for numpy's ``_frombuffer`` (arrays in protocol-5 pickles)."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
         raise RefusedGlobal("numpy _frombuffer is only allowed for plain dtypes")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+    array = np.frombuffer(buffer, dtype=dtype)
+    return array.reshape(tuple(shape), order="F") if order == "F" else array.reshape(tuple(shape))
 
 
 def _numpy_globals() -> Dict[str, Any]:
@@ -173,10 +174,11 @@ def _labels_from_map(value: Mapping, source: str) -> List[str]:
         raise CheckpointError("{} is an empty label map".format(source))
     values_are_ids = all(_as_int(v) is not None for v in value.values()) and not all(
         _as_int(k) is not None for k in value)
+    by_id: Dict[int, str] = {}
     if values_are_ids:
-        by_id = {_as_int(v): _label_text(k) for k, v in value.items()}
+        by_id = {int(_as_int(v) or 0): _label_text(k) for k, v in value.items()}
     elif all(_as_int(k) is not None for k in value):
-        by_id = {_as_int(k): _label_text(v) for k, v in value.items()}
+        by_id = {int(_as_int(k) or 0): _label_text(v) for k, v in value.items()}
     else:
         raise CheckpointError("{}: a label map must be {{name: id}} or {{id: name}}".format(source))
     if sorted(by_id) != list(range(len(value))):

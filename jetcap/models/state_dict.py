@@ -384,15 +384,22 @@ class FitReport:
     missing: List[str]
     unexpected: List[str]
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]  # key, checkpoint shape, model shape
+    error: Optional[str] = None  # the model could not even be built from the config
 
     @property
     def size(self) -> int:
+        """How far from fitting: the number of differing keys (a build error counts as worst)."""
+        if self.error:
+            return 1 << 30
         return len(self.missing) + len(self.unexpected) + len(self.mismatched)
 
     def __bool__(self) -> bool:  # truthy when it fits
         return self.size == 0
 
     def describe(self) -> str:
+        """One line: counts and (grouped) names of missing, unexpected and mismatched keys."""
+        if self.error:
+            return self.error
         parts = []
         if self.missing:
             parts.append("{} missing key{} ({})".format(len(self.missing), "s" if len(self.missing) != 1 else "",

@@ -53,11 +53,11 @@ def vocabulary_from_value(value: Any, source: str) -> Vocabulary:
                 raise CheckpointError("{} is an empty word map".format(source))
             if all(_as_id(v) is not None for v in value.values()):
                 return Vocabulary.from_word_map({str(k): _as_id(v) for k, v in value.items()})
-            if all(_as_id(k) is not None for k in value):
-                size = max(_as_id(k) for k in value) + 1  # type: ignore[type-var]
-                itos = ["<unused{}>".format(i) for i in range(size)]
-                for k, v in value.items():
-                    itos[_as_id(k)] = str(v)  # type: ignore[index]
+            ids = {_as_id(k): str(v) for k, v in value.items()}
+            if all(i is not None and i >= 0 for i in ids):
+                itos = ["<unused{}>".format(i) for i in range(max(int(i or 0) for i in ids) + 1)]
+                for i, word in ids.items():
+                    itos[int(i or 0)] = word
                 return Vocabulary.from_itos(itos)
             raise CheckpointError("{}: a word map must be {{word: id}} or {{id: word}}".format(source))
         if isinstance(value, (list, tuple)):

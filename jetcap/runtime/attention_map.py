@@ -151,7 +151,8 @@ def attention_map_paths(out, image_paths):
     if len(image_paths) == 1:
         return [out]
     root, ext = os.path.splitext(out)
-    paths, seen = [], {}
+    paths = []
+    seen = {}  # type: dict
     for image_path in image_paths:
         stem = os.path.splitext(os.path.basename(str(image_path)))[0]
         if stem in seen:

@@ -117,6 +117,8 @@ def tensorrt_unavailable_reason():
         if "not a usable TensorRT" in exc.message:
             return "tensorrt not installed (only stubs or an incomplete install found)"
         return "tensorrt not installed"
+    except Exception as exc:  # a broken install can fail with anything (OSError of a shared library, ...)
+        return "tensorrt unusable: {}".format(exc)
     return None
 
 
@@ -127,7 +129,7 @@ def _find_engines(manifest, precision, engine_cache):
     try:
         return engine_cache_module.find_engines(manifest, precision, cache_dir=engine_cache), None
     except BundleError as exc:
-        return None, "no usable {} TensorRT engine: {}".format(precision, exc.message)
+        return None, exc.message
     except MissingDependencyError as exc:
         return None, "tensorrt unusable: {}".format(exc.message)
 

@@ -130,14 +130,18 @@ def bad_inputs(tmp_path, images, classifier_bundle):
     truncated.write_bytes(data[:len(data) // 2])
     header_only = tmp_path / "huge_header.png"
     header_only.write_bytes(_png_header(20000, 20000))
+    large = tmp_path / "large_header.png"
+    large.write_bytes(_png_header(8000, 8000))  # over jetcap's 40 MP, under Pillow's own bomb limit
     not_a_bundle = tmp_path / "not_a_bundle"
     not_a_bundle.mkdir()
     return {
         "not an image": (None, text, "is not a readable image"),
         "truncated png": (None, truncated, "could not be decoded"),
-        "20000x20000 header": (None, header_only, "20000x20000 pixels, over the limit"),
-        "20000x20000 png": (None, big_png(tmp_path / "huge.png"), "20000x20000 pixels, over the limit"),
+        "20000x20000 header": (None, header_only, "over the limit of"),
+        "20000x20000 png": (None, big_png(tmp_path / "huge.png"), "over the limit of"),
+        "8000x8000 header": (None, large, "is 8000x8000 pixels, over the limit of 40000000 pixels"),
         "missing file": (None, tmp_path / "missing.png", "image not found"),
+        "a directory": (None, not_a_bundle, "image is not a file"),
         "not a bundle": (not_a_bundle, images[0], "is it a jetcap bundle"),
         "missing bundle": (tmp_path / "nowhere", images[0], "bundle directory not found"),
         "classifier bundle": (classifier_bundle, images[0], "is a classifier bundle, not a captioner"),
@@ -145,7 +149,7 @@ def bad_inputs(tmp_path, images, classifier_bundle):
 
 
 @pytest.mark.parametrize("case", ["not an image", "truncated png", "20000x20000 header", "20000x20000 png",
-                                  "missing file", "not a bundle", "missing bundle", "classifier bundle"])
+                                  "8000x8000 header", "missing file", "a directory", "not a bundle", "missing bundle", "classifier bundle"])
 def test_bad_input_is_one_clear_line(captioner_bundle, bad_inputs, case):
     bundle, image, message = bad_inputs[case]
     started = time.time()
@@ -194,5 +198,5 @@ def test_help_documents_the_options():
     result = CliRunner().invoke(cli, ["caption", "--help"])
     assert result.exit_code == 0
     for option in ("--backend", "--precision", "--beam", "--max-len", "--json", "--attention-map", "--engine-cache",
-                   "--max-memory-mb", "OUT_<image stem>.png"):
+                   "--max-memory-mb", "OUT_<stem>.png"):
         assert option in result.output

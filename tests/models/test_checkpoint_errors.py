@@ -87,6 +87,20 @@ def test_main_classes_without_code_path(sat_checkpoints):
     assert "__main__.CaptionModel" in message and "--code-path" in message
 
 
+def test_main_classes_not_in_the_code_path(sat_checkpoints, tmp_path):
+    code, out = sat_checkpoints
+    (tmp_path / "a_broken.py").write_text("raise RuntimeError('needs a GPU')\n")
+    (tmp_path / "utils.py").write_text("X = 1\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(out / "whole_main.pt", trust_pickle=True, code_path=tmp_path)
+    message = one_line(info)
+    assert "none of the modules in --code-path" in message
+    assert "a_broken.py (RuntimeError: needs a GPU)" in message
+    # a broken file beside the right one does not matter
+    (tmp_path / "train_sat.py").write_text((code / "train_sat.py").read_text())
+    assert load_checkpoint(out / "whole_main.pt", trust_pickle=True, code_path=tmp_path).config["grid"] == 2
+
+
 def test_torchscript_archive_needs_trust(tmp_path):
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
@@ -172,7 +186,7 @@ def test_state_dict_that_does_not_fit_gives_a_diff(tmp_path, classifier_ref):
     assert "1 shape mismatch (layer_norm.weight: checkpoint [5] vs model [32])" in message
 
 
-def test_wrong_family_lists_the_missing_groups(tmp_path, classifier_ref):
+def test_wrong_family(tmp_path, classifier_ref):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(save(tmp_path / "cls.pt", classifier_ref.state_dict()), "captioner")
     assert "captioner checkpoint lacks tensor" in one_line(info)

@@ -116,6 +116,21 @@ def test_encoder_decoder_entries_with_word_map_and_config(tmp_path, captioner_re
         assert torch.allclose(loaded.model.encoder(images), captioner_ref.encoder(images), atol=1e-6)
 
 
+def test_stored_grid_none_means_no_pooling(tmp_path, images):
+    """A stored ``None`` is a value: grid=None keeps the trunk's whole feature map (no default 7x7 pooling)."""
+    from jetcap.models.captioner import MobileNetCaptioningModel
+
+    config = dict(CAPTIONER_CONFIG, grid=None)
+    model = MobileNetCaptioningModel(**config).eval()
+    path = save(tmp_path / "ckpt.pt", {"model_state_dict": model.state_dict(), "word_map": word_map(),
+                                       "config": dict(config, image_size=64, lr=0.002), "training": {"lr": 0.002}})
+    loaded = load_checkpoint(path)
+    assert loaded.config["grid"] is None and loaded.config["image_size"] == 64
+    assert isinstance(loaded.model.encoder.adaptive_pool, nn.Identity)
+    with torch.no_grad():
+        assert loaded.model.encoder(images).shape == (2, 4, 576)  # 64 px / 32 = 2x2 pixels
+
+
 def test_hyper_parameters_at_top_level_and_sos_eos_spelling(tmp_path, captioner_ref):
     specials = ["<PAD>", "<SOS>", "<EOS>", "<UNK>"] + WORDS[4:]
     path = save(tmp_path / "ckpt.pt", {"model": captioner_ref.state_dict(), "vocab_size": 12, "embed_dim": 8,
@@ -385,6 +400,14 @@ def test_stored_hyper_parameter_contradicting_the_tensors_is_dropped(tmp_path, c
     loaded = load_checkpoint(path)
     assert loaded.config["max_len"] == 32
     assert any("max_len=60 (tensors say 32)" in n for n in loaded.notes)
+
+
+def test_stored_none_that_breaks_the_build_is_dropped(tmp_path, classifier_ref):
+    path = save(tmp_path / "ckpt.pt", {"model_state_dict": classifier_ref.state_dict(),
+                                       "config": {"num_heads": 2, "hidden_size": None, "conv_channels": None}})
+    loaded = load_checkpoint(path)
+    assert loaded.config["hidden_size"] == 16 and loaded.config["conv_channels"] == [8]
+    assert any("hidden_size=None (tensors say 16)" in n for n in loaded.notes)
 
 
 def test_user_hints_override_the_checkpoint(tmp_path, classifier_ref):

@@ -1,0 +1,85 @@
+"""What one benchmark configuration runs, behind one small interface per task (Python 3.6).
+
+A *captioner subject* has ``encode(images)``, ``decoder_session(encoded)`` (a decoder session of
+:mod:`jetcap.runtime.decoding`: ``step(prev_words) -> (log_probs, alpha)``) and ``caption(images)``
+(token lists, greedy); a *classifier subject* has ``logits(sequences)``.  The bundle subjects here run
+jetcap's own runtime (ONNX Runtime or TensorRT, no torch); the PyTorch ones live in
+:mod:`jetcap.bench.torch_subjects` and are imported only in a child process that benchmarks PyTorch.
+"""
+import numpy as np
+
+from jetcap.runtime import decoding
+from jetcap.runtime.pipeline import make_decoder_session
+
+KINDS = ("pytorch-reproject", "pytorch", "onnxruntime", "tensorrt")
+
+
+class BundleCaptioner(object):
+    """The captioner as jetcap's runtime runs it: :class:`jetcap.runtime.pipeline.CaptionPipeline`."""
+
+    def __init__(self, session):
+        self.session = session
+        self.pipeline = session.caption_pipeline()
+        self.vocab = self.pipeline.vocab
+        self.start_id, self.end_id = self.vocab.start_id, self.vocab.end_id
+        self.max_len = int(session.manifest.decoding.get("max_len", 20))
+
+    def encode(self, images):
+        return self.pipeline.encode(images)
+
+    def decoder_session(self, encoded):
+        features, projected, h, c = encoded
+        return make_decoder_session(self.pipeline.step, features, projected, h, c)
+
+    def caption(self, images):
+        return [h.tokens for h in self.pipeline.caption(images, beam_size=1, max_len=self.max_len)]
+
+    def close(self):
+        self.session.close()
+
+
+class BundleClassifier(object):
+    """The classifier as jetcap's runtime runs it (its one graph, batched)."""
+
+    def __init__(self, session):
+        self.session = session
+        self.runner = session.classifier_pipeline().runner
+
+    def logits(self, sequences):
+        return self.runner.infer({"sequence": np.ascontiguousarray(sequences, dtype=np.float32)})["logits"]
+
+    def close(self):
+        self.session.close()
+
+
+def open_subject(config, bundle, checkpoint=None, threads=None):
+    """The subject of a configuration ``{name, kind, precision}`` for ``bundle``.
+
+    Args:
+        config: ``kind`` is one of :data:`KINDS`; ``precision`` the bundle variant (bundle kinds).
+        bundle: the bundle directory.
+        checkpoint: the PyTorch checkpoint (PyTorch kinds).
+        threads: intra-op threads of ONNX Runtime / PyTorch.
+    """
+    from jetcap.runtime.manifest import Manifest
+
+    manifest = Manifest.load(bundle)
+    kind = config["kind"]
+    if kind in ("pytorch", "pytorch-reproject"):
+        from jetcap.bench import torch_subjects
+
+        return torch_subjects.open_torch_subject(manifest, checkpoint, reproject=(kind == "pytorch-reproject"),
+                                                 threads=threads)
+    if kind not in KINDS:
+        raise ValueError("unknown configuration kind {!r}".format(kind))
+    from jetcap.runtime.session import open_bundle
+
+    session = open_bundle(manifest, backend=kind, precision=config["precision"], threads=threads)
+    if manifest.family == "captioner":
+        return BundleCaptioner(session)
+    return BundleClassifier(session)
+
+
+def greedy_tokens(session, batch, start_id, end_id, max_len):
+    """Token lists of the shared greedy search over a decoder ``session``."""
+    return [h.tokens for h in decoding.greedy_decode(session, batch, start_id, end_id, max_len)]

@@ -1,0 +1,55 @@
+"""``jetcap serve-engine``: serve a bundle over HTTP (Python 3.6, standard library server)."""
+import click
+
+from jetcap.commands.options import backend_option, max_memory_option, precision_option
+
+
+@click.command("serve-engine")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes the server to the network: put a proxy in front).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="TCP port; 0 picks a free one (printed at start-up).")
+@backend_option
+@precision_option
+@click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
+              help="TensorRT engine cache directory [default: BUNDLE/engines].")
+@max_memory_option
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inferences running at once (1: one engine context; TensorRT always runs one at a time).")
+@click.option("--queue", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Requests that may wait for a free worker; beyond that new ones get 503 + Retry-After.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,
+              help="Largest request body; larger ones get 413 before being read.")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=30.0, show_default=True,
+              help="Seconds a request may wait for its result (queueing included); then 504.")
+@click.option("--memory-threshold-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Shed new inferences (503) while available memory (MemAvailable / cgroup) is below this; 0: off.")
+@click.option("--max-rss-mb", type=click.IntRange(min=1), default=None,
+              help="Shed new inferences (503) while this process's resident memory is above this [default: off].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Largest image (width x height) accepted, from its header [default: 40 000 000].")
+@click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Connections served at once; more are answered 503 immediately.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime intra-op threads [default: onnxruntime's choice].")
+def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb, max_concurrency, queue, max_body_mb,
+            timeout, memory_threshold_mb, max_rss_mb, max_pixels, max_connections, threads):
+    """Serve BUNDLE over HTTP: POST /caption or /predict, GET /health /ready /model /metrics.
+
+    The model loads in the background; /ready turns 200 once it is loaded and warmed up (a load failure
+    keeps the server up and /ready says why).  One JSON log line per request on stderr.  SIGTERM or
+    Ctrl-C stops accepting, finishes requests in flight, releases the model and exits 0.
+    See docs/SERVING.md.
+    """
+    from jetcap.runtime import preprocess
+    from jetcap.runtime.server import ServeOptions, serve
+
+    options = ServeOptions(host=host, port=port, backend=backend, precision=precision, engine_cache=engine_cache,
+                           max_memory_mb=max_memory_mb, max_concurrency=max_concurrency, queue=queue,
+                           max_body_mb=max_body_mb, timeout=timeout, memory_threshold_mb=memory_threshold_mb,
+                           max_rss_mb=max_rss_mb, max_pixels=max_pixels or preprocess.DEFAULT_MAX_PIXELS,
+                           max_connections=max_connections, threads=threads)
+    code = serve(bundle, options)
+    if code:
+        raise click.exceptions.Exit(code)
