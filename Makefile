@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-jetcap
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test py36 clean
 
 install: $(STAMP)
 
@@ -24,7 +24,22 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: install
+# A Python 3.6 environment like JetPack 4.6's (pyenv's 3.6 when present): the runtime's real check.
+PY36 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.6*/bin/python3.6) $(shell command -v python3.6 2>/dev/null))
+VENV36 ?= .venv36
+STAMP36 := $(VENV36)/.stamp-jetcap
+
+py36: $(if $(PY36),$(STAMP36),)
+
+$(STAMP36): setup.cfg setup.py pyproject.toml
+	@test -x $(VENV36)/bin/python || $(PY36) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install -q --upgrade "pip==21.3.1" wheel
+	# what a Jetson installs: the runtime dependencies only, through setup.py and its old setuptools (40)
+	$(VENV36)/bin/python -m pip install -q "onnxruntime==1.10.0" "numpy==1.19.5" "click==8.0.4" "Pillow==8.3.2"
+	$(VENV36)/bin/python -m pip install -q --no-deps --no-build-isolation .
+	@touch $(STAMP36)
+
+test: install py36
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

@@ -19,6 +19,7 @@ COMMANDS = (
     ("validate", "validate"),
     ("build", "build"),
     ("caption", "caption"),
+    ("caption-stream", "caption_stream"),
     ("predict", "predict"),
     ("serve-engine", "serve_engine"),
     ("bench", "bench"),

@@ -164,6 +164,8 @@ def measure(spec):
         sequences = dict((length, np.load(path)) for length, path in spec["inputs"]["sequences"].items())
         out.update(measure_classifier(subject, spec, sequences, max_batch))
     out.update(_memory())
+    out["versions"] = dict((name, str(getattr(sys.modules[name], "__version__", "?")))
+                           for name in ("torch", "torchvision", "onnxruntime", "tensorrt") if name in sys.modules)
     subject.close()
     return out
 

@@ -16,7 +16,7 @@ a lower bound).  Python 3.6 compatible.
 """
 import collections
 
-from jetcap.errors import UsageError
+from jetcap.errors import MissingDependencyError, UsageError
 from jetcap.util.lazy import require
 
 # FLOPs per output element of cheap nodes (approximate, the matmul-like nodes dominate these graphs)
@@ -152,22 +152,36 @@ def _fix_inputs(model, input_shapes):
         value.type.tensor_type.ClearField("shape")
 
 
-def _infer(model):
-    """``(model with shapes, method)``: ONNX Runtime's symbolic inference when usable, else onnx's."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:  # onnxruntime or sympy missing: onnx's own inference below
-        SymbolicShapeInference = None
-    if SymbolicShapeInference is not None:
+SHAPE_INFERENCE = ("auto", "onnxruntime", "onnx")
+
+
+def _infer(model, method="auto"):
+    """``(model with shapes, method used)``.
+
+    ``auto``: ONNX Runtime's symbolic shape inference when it imports (it needs sympy) and succeeds,
+    else onnx's own with data propagation; ``onnxruntime`` / ``onnx``: only that one.
+    """
+    if method not in SHAPE_INFERENCE:
+        raise UsageError("unknown shape inference {!r} (one of {})".format(method, ", ".join(SHAPE_INFERENCE)))
+    used = "onnx"
+    if method in ("auto", "onnxruntime"):
         try:
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True), "onnxruntime-symbolic"
-        except Exception as exc:  # noqa: BLE001  its failures are plain Exceptions; fall back, keep the reason
-            method = "onnx (onnxruntime-symbolic failed: {})".format(str(exc).splitlines()[0] if str(exc) else
-                                                                     type(exc).__name__)
-    else:
-        method = "onnx"
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        except ImportError as exc:
+            if method == "onnxruntime":
+                raise MissingDependencyError("ONNX Runtime's symbolic shape inference cannot be imported: {}".format(
+                    exc), hint="pip install onnxruntime sympy")
+            used = "onnx (onnxruntime's symbolic shape inference not importable)"
+        else:
+            try:
+                return SymbolicShapeInference.infer_shapes(model, auto_merge=True), "onnxruntime-symbolic"
+            except Exception as exc:  # noqa: BLE001  it raises plain Exceptions; auto falls back, saying why
+                if method == "onnxruntime":
+                    raise
+                used = "onnx (onnxruntime-symbolic failed: {})".format(
+                    (str(exc).splitlines() or [type(exc).__name__])[0])
     shape_inference = require("onnx.shape_inference")
-    return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), method
+    return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True), used
 
 
 def _shape_table(model):
@@ -276,12 +290,14 @@ def count_node(node, shapes):
     return NodeCount(node.name, op, 0, 0)
 
 
-def count_flops(model, input_shapes):
+def count_flops(model, input_shapes, shape_inference="auto"):
     """Count the FLOPs of an ONNX graph at concrete input shapes.
 
     Args:
         model: an ONNX file path or a loaded ``onnx.ModelProto`` (not modified).
         input_shapes: ``{input name: shape (ints)}`` for every graph input.
+        shape_inference: "auto" (default: ONNX Runtime's symbolic inference, else onnx's), "onnxruntime"
+            or "onnx".
     Returns:
         a :class:`GraphFlops`.
     Raises:
@@ -296,7 +312,7 @@ def count_flops(model, input_shapes):
         proto = onnx.load(str(model))
     shapes_given = dict((k, tuple(int(d) for d in v)) for k, v in input_shapes.items())
     _fix_inputs(proto, shapes_given)
-    inferred, method = _infer(proto)
+    inferred, method = _infer(proto, shape_inference)
     shapes = _shape_table(inferred)
     nodes, uncounted = [], []
     for index, node in enumerate(inferred.graph.node):

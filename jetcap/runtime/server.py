@@ -51,6 +51,7 @@ RETRY_AFTER_LOADING = 2
 GET_ENDPOINTS = ("/health", "/ready", "/model", "/metrics")
 INFERENCE_ENDPOINTS = {"/caption": "captioner", "/predict": "classifier"}
 ENDPOINTS = GET_ENDPOINTS + tuple(sorted(INFERENCE_ENDPOINTS))
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
 
 
 class ServeOptions(object):
@@ -134,12 +135,13 @@ def _mib_bytes(value):
 class HttpError(Exception):
     """An error answered to the client as ``{"error": ..., "detail": ...}`` with ``status``."""
 
-    def __init__(self, status, error, detail=None, headers=None):
+    def __init__(self, status, error, detail=None, headers=None, body_read=False):
         super(HttpError, self).__init__(error)
         self.status = int(status)
         self.error = error
         self.detail = detail
         self.headers = dict(headers or {})
+        self.body_read = body_read  # False: the request body is still unread (drained before closing)
 
 
 # -- request parsing helpers ----------------------------------------------------------------------
@@ -310,9 +312,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         except AttributeError:
             short = "error"
         payload = {"error": message or short, "detail": explain}
-        self.server.app.log("request", method=getattr(self, "command", None), path=getattr(self, "path", None),
-                            status=code, latency_ms=0.0, client=self.client_address[0])
-        self.server.app.metrics_requests.inc(endpoint="other", method=str(getattr(self, "command", None) or "-"),
+        command = getattr(self, "command", None)
+        self.server.app.log("request", method=command, path=getattr(self, "path", None), status=code,
+                            latency_ms=0.0, client=self.client_address[0])
+        # the method is client-controlled: only known ones become label values (bounded metric cardinality)
+        self.server.app.metrics_requests.inc(endpoint="other", method=command if command in HTTP_METHODS else "other",
                                              status=str(code))
         self.close_connection = True
         self.server.app.write_json(self, code, payload)
@@ -501,7 +505,7 @@ class EngineServer(object):
             except HttpError as exc:
                 status, headers, content_type = exc.status, exc.headers, "application/json"
                 payload = {"error": exc.error, "detail": exc.detail}
-                body_read = getattr(exc, "body_read", False)
+                body_read = exc.body_read
             if status == 405:
                 headers.setdefault("Allow", ", ".join(self._allowed(path)))
             self.write_json(handler, status, payload, headers, content_type)
@@ -612,14 +616,11 @@ class EngineServer(object):
         try:
             body = handler.rfile.read(length)
         except socket.timeout:
-            error = HttpError(408, "request timeout", "the body did not arrive within {} s".format(
-                self.options.read_timeout))
-            error.body_read = True
-            raise error
+            raise HttpError(408, "request timeout", "the body did not arrive within {} s".format(
+                self.options.read_timeout), body_read=True)
         if len(body) < length:
-            error = HttpError(400, "bad request", "body ended after {} of {} bytes".format(len(body), length))
-            error.body_read = True
-            raise error
+            raise HttpError(400, "bad request", "body ended after {} of {} bytes".format(len(body), length),
+                            body_read=True)
         return body
 
     def _infer(self, handler, path, query):
@@ -642,32 +643,25 @@ class EngineServer(object):
             else:
                 fn = self._predict_job(body)
         except UsageError as exc:
-            error = HttpError(400, "bad request", str(exc))
-            error.body_read = True
-            raise error
+            raise HttpError(400, "bad request", str(exc), body_read=True)
         try:
             job = self.dispatcher.submit(fn)
         except QueueFull as exc:
             self.metrics_rejected.inc(reason="queue_full")
-            error = HttpError(503, "busy", str(exc), {"Retry-After": RETRY_AFTER_QUEUE})
-            error.body_read = True
-            raise error
+            raise HttpError(503, "busy", str(exc), {"Retry-After": RETRY_AFTER_QUEUE}, body_read=True)
         if not job.done.wait(self.options.timeout):
             self.dispatcher.cancel(job)
             self.metrics_rejected.inc(reason="timeout")
-            error = HttpError(504, "inference timed out", "no result within {} s (--timeout); {}".format(
+            raise HttpError(504, "inference timed out", "no result within {} s (--timeout); {}".format(
                 self.options.timeout, "it was still waiting for a worker" if job.started is None
-                else "the inference is still running"))
-            error.body_read = True
-            raise error
+                else "the inference is still running"), body_read=True)
+        if isinstance(job.error, UsageError):  # the input: unreadable image, wrong sequence shape ...
+            raise HttpError(400, "bad request", str(job.error), body_read=True)
         if job.error is not None:
-            if isinstance(job.error, JetcapError):
-                error = HttpError(400, "bad request", str(job.error))
-            else:
-                self.log("inference_error", path=path, traceback=getattr(job, "traceback", None))
-                error = HttpError(500, "inference failed", "{}: {}".format(type(job.error).__name__, job.error))
-            error.body_read = True
-            raise error
+            self.log("inference_error", path=path, error=str(job.error), traceback=job.traceback)
+            detail = str(job.error) if isinstance(job.error, JetcapError) else "{}: {}".format(
+                type(job.error).__name__, job.error)
+            raise HttpError(500, "inference failed", detail, body_read=True)
         self.metrics_inference.observe(job.finished - job.started, endpoint=path)
         result = job.result
         result["latency_ms"] = round((job.finished - job.started) * 1000.0, 3)
@@ -727,29 +721,30 @@ def serve(bundle, options, out=None, log=None):
     import os
 
     app = EngineServer(bundle, options, log=log, out=out)
-    stop = threading.Event()
+    # The handler only appends to a list: taking a lock there (Event.set) could deadlock against the
+    # main thread holding the same lock when the signal arrives.
     received = []
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name if hasattr(signal, "Signals") else str(signum)
-        if stop.is_set():
-            app.log("forced_exit", signal=name)
+        if received:
+            os.write(2, "second {}: exiting at once\n".format(name).encode("ascii"))
             os._exit(1)
         received.append(name)
-        stop.set()
 
     previous = dict((sig, signal.signal(sig, on_signal)) for sig in (signal.SIGTERM, signal.SIGINT))
     try:
         url = app.start()
         app.say("jetcap serve-engine listening on {} (bundle {}; loading {} {} in the background)".format(
             url, app.bundle, options.backend, options.precision))
-        while not stop.wait(0.5):
+        while not received:
+            time.sleep(0.2)
             if not app._serve_thread.is_alive():
                 app.log("http_thread_died")
                 received.append("http thread died")
-                break
         clean = app.shutdown(received[0] if received else "shutdown")
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: installed from C, cannot be restored from Python
+                signal.signal(sig, handler)
     return 0 if clean else 1

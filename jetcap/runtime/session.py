@@ -115,7 +115,7 @@ def tensorrt_unavailable_reason():
         trt_api.load_tensorrt()
     except MissingDependencyError as exc:
         if "not a usable TensorRT" in exc.message:
-            return "tensorrt not installed (only stubs or an incomplete install found)"
+            return "tensorrt not installed: only stubs or an incomplete install found"
         return "tensorrt not installed"
     except Exception as exc:  # a broken install can fail with anything (OSError of a shared library, ...)
         return "tensorrt unusable: {}".format(exc)

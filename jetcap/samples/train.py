@@ -252,15 +252,15 @@ def classifier_accuracy(model, sequences: List[np.ndarray], labels: List[int]) -
             "confusion": confusion.tolist()}
 
 
-def train_classifier(minutes: float = 5.0, out: Optional[str] = None, seed: int = 0, steps: int = 1500,
+def train_classifier(minutes: float = 5.0, out: Optional[str] = None, seed: int = 0, steps: int = 1000,
                      batch_size: int = 32, lr: float = 2e-3, warmup: int = 50, eval_every: int = 100,
-                     eval_from: int = 300, val_sequences: int = 600, test_sequences: int = 1000,
+                     eval_from: int = 200, val_sequences: int = 600, test_sequences: int = 1000,
                      stop_at: float = 0.99) -> Dict[str, Any]:
     """Train the sample gesture classifier and save its checkpoint; returns the final metrics.
 
     Every step draws one length (20..120 frames) and a batch of ``batch_size`` sequences of that
     length, so the model never sees padding.  Arguments as for :func:`train_captioner` (defaults:
-    5 min, 1500 steps of 32, peak lr 2e-3, stop at 99 % validation accuracy).
+    5 min, 1000 steps of 32, peak lr 2e-3, stop at 99 % validation accuracy).
     """
     torch.set_num_threads(2)
     torch.set_flush_denormal(True)

@@ -259,6 +259,9 @@ def test_wrong_endpoint_path_and_method(servers):
     assert status == 405 and head["allow"] == "POST" and "error" in payload
     status, head, payload = cap.request("DELETE", "/health")
     assert status == 405 and head["allow"] == "GET"
+    status, _, payload = cap.request("BREW", "/health")  # not an HTTP method at all
+    assert status == 501 and "error" in payload
+    assert sample(cap.metrics(), "jetcap_http_requests_total", endpoint="other", method="other", status="501") >= 1
 
 
 def test_bad_inputs_are_400(servers):

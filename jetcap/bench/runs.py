@@ -1,0 +1,399 @@
+"""The benchmark run: which configurations, their inputs, one child process each, FLOPs and the limit.
+
+:func:`run_benchmark` plans the configurations (PyTorch eager from the checkpoint, both decodes;
+ONNX Runtime for every precision in the bundle; TensorRT when it imports and engines are built), runs
+the machine's GEMM measurement and each configuration in fresh child processes
+(:mod:`jetcap.bench.child`), counts the graphs' FLOPs (:mod:`jetcap.bench.flops`) and hands everything
+to :mod:`jetcap.bench.report`.  The parent never imports torch.  Python 3.6 compatible.
+"""
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from jetcap.errors import MissingDependencyError, UsageError
+from jetcap.runtime.manifest import Manifest
+from jetcap.util.fsio import sha256_file
+
+LABELS = {
+    "pytorch-reproject": "PyTorch eager, re-projecting every step",
+    "pytorch": "PyTorch eager, same algorithm",
+    "onnxruntime": "ONNX Runtime {}",
+    "tensorrt": "TensorRT {}",
+}
+CLASSIFIER_T = (32, 64)  # besides the bundle's min/opt/max T
+SAMPLE_IMAGES = 8
+
+
+class BenchOptions(object):
+    """What to benchmark and how.
+
+    Args:
+        bundle: the bundle directory.
+        checkpoint: the PyTorch checkpoint of the bundle (None: PyTorch configurations are skipped).
+        repeat: timed repetitions of every measurement (default 50; decoder steps: 4x, at least 100).
+        warmup: untimed repetitions before (default 5).
+        cold_runs: fresh processes per configuration for the cold start and peak RSS (default 3).
+        threads: intra-op threads for ONNX Runtime, PyTorch and the BLAS (default: the CPUs this process
+            may use).
+        precisions: bundle variants for ONNX Runtime / TensorRT (default: all in the bundle).
+        only: configuration names to run (e.g. ``["pytorch", "onnxruntime-fp32"]``; default all).
+        timeout: seconds allowed per child process (default 900).
+        matmul_size: side of the square GEMM measuring the peak matmul rate (default 1024).
+    """
+
+    def __init__(self, bundle, checkpoint=None, repeat=50, warmup=5, cold_runs=3, threads=None, precisions=None,
+                 only=None, timeout=900, matmul_size=1024):
+        self.bundle = str(bundle)
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.repeat = int(repeat)
+        self.warmup = int(warmup)
+        self.cold_runs = int(cold_runs)
+        self.threads = int(threads) if threads else usable_cpus()
+        self.precisions = list(precisions) if precisions else None
+        self.only = list(only) if only else None
+        self.timeout = float(timeout)
+        self.matmul_size = int(matmul_size)
+        if self.repeat < 1 or self.warmup < 0 or self.cold_runs < 0 or self.threads < 1 or self.matmul_size < 1:
+            raise UsageError("repeat, threads and the matmul size must be >= 1, warmup and cold runs >= 0")
+
+
+def usable_cpus():
+    """CPUs this process may run on (affinity), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _read_text(path):
+    """The file's text, or "" when it cannot be read (not Linux)."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return ""
+
+
+def machine_info():
+    """CPU model, CPU count, memory, platform and library versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    for line in _read_text("/proc/cpuinfo").splitlines():
+        if line.lower().startswith(("model name", "hardware")):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    from jetcap.runtime.memory import read_memory_info
+
+    info = read_memory_info()
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("onnxruntime", "onnx"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            versions[name] = __import__(name).__version__
+    return {"cpu": cpu, "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "machine": platform.machine(),
+            "memory_total_mb": (info.mem_total or 0) / 1048576.0, "versions": versions,
+            "system": platform.platform()}
+
+
+# -- planning ------------------------------------------------------------------------------------------
+def _config(kind, precision=None, family="captioner"):
+    name = kind if precision is None else "{}-{}".format(kind, precision)
+    label = LABELS[kind].format(precision.upper()) if precision else LABELS[kind]
+    if family == "classifier" and kind == "pytorch":
+        label = "PyTorch eager"
+    return {"name": name, "kind": kind, "precision": precision or "fp32", "label": label, "notes": []}
+
+
+def precision_notes(kind, precision):
+    """Honest notes on what a precision means on this machine's backend."""
+    notes = []
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    if kind == "onnxruntime" and precision == "fp16":
+        notes.append("FP16 on CPU is a fidelity simulation (FP16 weights, casts around the kernels), not a "
+                     "speed-up; it shows what FP16 does to the results before a GPU build")
+    if kind == "onnxruntime" and precision == "int8":
+        notes.append("symmetric s8s8 Q/DQ (the form TensorRT reads){}".format(
+            ": ONNX Runtime on x86 runs it slower than FP32 (its fast INT8 path is u8s8)" if x86 else ""))
+    return notes
+
+
+def plan(manifest, options):
+    """``(configurations, skipped)``: the configurations to run, and ``[{name, reason}]`` of those skipped."""
+    family = manifest.family
+    configs, skipped = [], []
+    torch_kinds = ["pytorch-reproject", "pytorch"] if family == "captioner" else ["pytorch"]
+    if importlib.util.find_spec("torch") is None:
+        skipped += [{"name": k, "reason": "torch is not installed; PyTorch configurations skipped"} for k in torch_kinds]
+    elif not options.checkpoint:
+        skipped += [{"name": k, "reason": "no --checkpoint given; PyTorch configurations skipped"} for k in torch_kinds]
+    else:
+        configs += [_config(k, family=family) for k in torch_kinds]
+    precisions = options.precisions or manifest.precisions
+    for precision in precisions:
+        manifest.variant(precision)  # BundleError naming the variants there are
+        config = _config("onnxruntime", precision, family)
+        config["notes"] = precision_notes("onnxruntime", precision)
+        configs.append(config)
+    from jetcap.runtime.backends.trt_api import tensorrt_available
+
+    if not tensorrt_available():
+        skipped.append({"name": "tensorrt", "reason": "tensorrt: not installed"})
+    else:
+        from jetcap.errors import BundleError
+        from jetcap.runtime.engine import find_engines
+
+        for precision in precisions:
+            try:
+                find_engines(manifest, precision)
+            except BundleError as exc:
+                skipped.append({"name": "tensorrt-" + precision, "reason": exc.message})
+                continue
+            configs.append(_config("tensorrt", precision, family))
+    if options.only:
+        known = set(c["name"] for c in configs) | set(s["name"] for s in skipped)
+        unknown = [n for n in options.only if n not in known]
+        if unknown:
+            raise UsageError("unknown configuration {} (known: {})".format(", ".join(unknown), ", ".join(sorted(known))))
+        configs = [c for c in configs if c["name"] in options.only]
+        skipped = [s for s in skipped if s["name"] in options.only or s["name"] == "tensorrt"]
+    return configs, skipped
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def classifier_lengths(manifest):
+    """The sequence lengths T benchmarked: the bundle's min, opt and max and 32, 64 when in range."""
+    axis = manifest.axes["T"]
+    low, high = int(axis["min"]), int(axis["max"])
+    lengths = set([low, int(axis["opt"]), high] + [t for t in CLASSIFIER_T if low <= t <= high])
+    return sorted(lengths)
+
+
+def _sample_sequence_pool(width):
+    from jetcap import samples
+
+    pool = []
+    for path in samples.sample_sequences():
+        array = np.load(str(path))
+        if array.ndim == 2 and array.shape[1] == width:
+            pool.append(array.astype(np.float32))
+    return np.concatenate(pool) if pool else None
+
+
+def prepare_inputs(manifest, workdir):
+    """Write/choose the inputs of every configuration under ``workdir``.
+
+    Captioner: the shipped sample images (random PNGs when absent).  Classifier: one ``(T, F)`` sequence
+    per benchmarked T, cut from the shipped sample sequences when their width fits (seeded noise otherwise).
+    """
+    if manifest.family == "captioner":
+        from jetcap import samples
+
+        images = [str(p) for p in samples.sample_images()]
+        if not images:
+            from PIL import Image
+
+            rng = np.random.RandomState(0)
+            for i in range(SAMPLE_IMAGES):
+                path = os.path.join(workdir, "image_{:02d}.png".format(i))
+                Image.fromarray(rng.randint(0, 256, size=(96, 96, 3)).astype(np.uint8), "RGB").save(path)
+                images.append(path)
+        return {"images": images}
+    width = int(manifest.config["input_size"])
+    pool = _sample_sequence_pool(width)
+    rng = np.random.RandomState(0)
+    sequences = {}
+    for length in classifier_lengths(manifest):
+        if pool is not None:
+            reps = -(-length // len(pool))
+            sequence = np.concatenate([pool] * reps)[:length]
+        else:
+            sequence = rng.standard_normal((length, width)).astype(np.float32)
+        path = os.path.join(workdir, "sequence_T{}.npy".format(length))
+        np.save(path, np.ascontiguousarray(sequence, dtype=np.float32))
+        sequences[str(length)] = path
+    opt = int(manifest.axes["T"]["opt"])
+    return {"sequences": sequences, "opt_T": opt, "cold_sequence": sequences[str(opt)]}
+
+
+# -- FLOPs ------------------------------------------------------------------------------------------------
+def _sizes(manifest, **fixed):
+    sizes = dict((axis, int(rng["opt"])) for axis, rng in manifest.axes.items())
+    sizes.update(fixed)
+    return sizes
+
+
+def count_graph_flops(manifest, log):
+    """``{key: GraphFlops JSON}`` of the FP32 graphs at the benchmarked shapes (empty without onnx).
+
+    Keys: ``"encoder@1"``, ``"decoder_step@8"``, ``"model@1,T=74"``, ...
+    """
+    try:
+        from jetcap.bench.flops import count_flops, graph_input_shapes
+
+        __import__("onnx")
+    except ImportError as exc:
+        log("FLOPs not counted: {}".format(exc))
+        return {}
+    max_batch = int(manifest.axes["batch"]["max"])
+    counts = {}
+    if manifest.family == "captioner":
+        for graph in manifest.graph_names:
+            for batch in sorted(set([1, max_batch])):
+                shapes = graph_input_shapes(manifest.graph(graph), _sizes(manifest, batch=batch))
+                counts["{}@{}".format(graph, batch)] = count_flops(manifest.graph_path("fp32", graph), shapes).to_json()
+    else:
+        path = manifest.graph_path("fp32", "model")
+        for length in classifier_lengths(manifest):
+            shapes = graph_input_shapes(manifest.graph("model"), _sizes(manifest, batch=1, T=length))
+            counts["model@1,T={}".format(length)] = count_flops(path, shapes).to_json()
+        opt = int(manifest.axes["T"]["opt"])
+        shapes = graph_input_shapes(manifest.graph("model"), _sizes(manifest, batch=max_batch, T=opt))
+        counts["model@{},T={}".format(max_batch, opt)] = count_flops(path, shapes).to_json()
+    return counts
+
+
+EQUAL_WORK_K = 1024
+
+
+def limit_shapes(manifest, flops):
+    """GEMM shapes ``(m, k, n)`` to measure besides the peak, for the decoder step (captioner) or the
+    model at the typical T (classifier) at batch 1: one MatMul with the graph's rows (the largest
+    matmul's M: 1 for a decoder step) and as many multiply-accumulates as the whole graph, so it reads
+    as many weights.  Its rate is what a single well-shaped call of that size reaches here; a batch-1
+    decoder step is matrix-vector work, bound by memory bandwidth rather than the peak GEMM rate."""
+    key = "decoder_step@1" if manifest.family == "captioner" else "model@1,T={}".format(manifest.axes["T"]["opt"])
+    count = flops.get(key) or {}
+    largest = count.get("largest_gemm")
+    if not largest or not count.get("macs"):
+        return []
+    rows = max(1, int(largest["gemm"][0]))
+    columns = max(1, int(round(count["macs"] / float(rows * EQUAL_WORK_K))))
+    return [[rows, EQUAL_WORK_K, columns]]
+
+
+# -- children ---------------------------------------------------------------------------------------------
+def child_env(threads):
+    """The child's environment: BLAS/OpenMP threads fixed and this jetcap importable."""
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+class ChildFailed(Exception):
+    """A benchmark child process failed (crash, error or timeout); the message says how."""
+
+
+def run_child(spec, workdir, timeout, env):
+    """Run one child with ``spec``; ``(result, parent_started_at, wall_s)``; ChildFailed on failure."""
+    handle, spec_path = tempfile.mkstemp(prefix="spec-", suffix=".json", dir=workdir)
+    with os.fdopen(handle, "w") as stream:
+        json.dump(spec, stream)
+    out_path = spec_path[:-len(".json")] + ".out.json"
+    started_at = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jetcap.bench.child", spec_path, out_path], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed("did not finish within {:.0f} s".format(timeout))
+    wall = time.time() - started_at
+    if proc.returncode != 0 or not os.path.isfile(out_path):
+        lines = [l for l in proc.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+        how = "killed by signal {}".format(-proc.returncode) if proc.returncode < 0 else "exit {}".format(proc.returncode)
+        raise ChildFailed("{}: {}".format(how, lines[-1] if lines else "no error output"))
+    with open(out_path) as stream:
+        return json.load(stream), started_at, wall
+
+
+def cold_starts(spec, runs, workdir, timeout, env):
+    """``runs`` fresh processes; the median run's phases and the median peak RSS."""
+    samples = []
+    for _ in range(runs):
+        result, started_at, wall = run_child(dict(spec, mode="cold"), workdir, timeout, env)
+        samples.append({
+            "cold_start_s": result["first_result_at"] - started_at,
+            "interpreter_s": result["started_at"] - started_at,
+            "imports_s": result["imports_done_at"] - result["started_at"],
+            "load_s": result["loaded_at"] - result["imports_done_at"],
+            "first_result_s": result["first_result_at"] - result["loaded_at"],
+            "peak_rss_mb": result["peak_rss_mb"], "process_wall_s": wall, "result": result["result"],
+        })
+    ordered = sorted(samples, key=lambda s: s["cold_start_s"])
+    median = dict(ordered[len(ordered) // 2])
+    median["runs"] = [s["cold_start_s"] for s in samples]
+    median["peak_rss_mb"] = sorted(s["peak_rss_mb"] for s in samples)[len(samples) // 2]
+    return median
+
+
+def run_benchmark(options, log=lambda message: None):
+    """Run every configuration of ``options`` and return the report (see :mod:`jetcap.bench.report`).
+
+    Raises:
+        BundleError: not a bundle / a requested precision missing.
+        UsageError: bad options, unknown configuration names, a checkpoint of another model.
+    """
+    from jetcap.bench import report as report_module
+
+    manifest = Manifest.load(options.bundle)
+    if manifest.family not in ("captioner", "classifier"):
+        raise UsageError("jetcap bench knows captioner and classifier bundles, not {!r}".format(manifest.family))
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise MissingDependencyError("onnxruntime is required for jetcap bench", hint="pip install onnxruntime")
+    configs, skipped = plan(manifest, options)
+    notes = []
+    if options.checkpoint:
+        if not os.path.isfile(options.checkpoint):
+            raise UsageError("checkpoint not found: {}".format(options.checkpoint))
+        source = manifest.data.get("source", {})
+        if source.get("sha256") and sha256_file(options.checkpoint) != source["sha256"]:
+            notes.append("the checkpoint is not the file the bundle was exported from (sha256 differs)")
+    env = child_env(options.threads)
+    workdir = tempfile.mkdtemp(prefix="jetcap-bench-")
+    try:
+        inputs = prepare_inputs(manifest, workdir)
+        log("counting FLOPs")
+        flops = count_graph_flops(manifest, log)
+        log("measuring the machine's matmul rate ({} threads)".format(options.threads))
+        limit = run_child({"mode": "matmul", "threads": options.threads, "shapes": limit_shapes(manifest, flops),
+                           "peak_size": options.matmul_size}, workdir, options.timeout, env)[0]
+        results = []
+        for config in configs:
+            spec = {"config": config, "bundle": manifest.bundle_dir, "checkpoint": options.checkpoint,
+                    "family": manifest.family, "threads": options.threads, "repeat": options.repeat,
+                    "warmup": options.warmup, "inputs": inputs}
+            entry = dict(config)
+            started = time.time()
+            log("{}: measuring ({} repetitions after {} warm-up)".format(config["name"], options.repeat,
+                                                                         options.warmup))
+            try:
+                entry["measure"] = run_child(dict(spec, mode="measure"), workdir, options.timeout, env)[0]
+                if options.cold_runs:
+                    log("{}: {} cold start(s)".format(config["name"], options.cold_runs))
+                    entry["cold"] = cold_starts(spec, options.cold_runs, workdir, options.timeout, env)
+            except ChildFailed as exc:
+                entry["error"] = str(exc)
+                log("{}: FAILED: {}".format(config["name"], exc))
+            entry["seconds"] = time.time() - started
+            results.append(entry)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    run = {
+        "bundle": manifest.bundle_dir, "family": manifest.family, "checkpoint": options.checkpoint,
+        "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
+        "cold_runs": options.cold_runs, "max_batch": int(manifest.axes["batch"]["max"]),
+        "machine": machine_info(), "limit": limit, "flops": flops, "configurations": results,
+        "skipped": skipped, "notes": notes,
+    }
+    if manifest.family == "classifier":
+        run["lengths"] = classifier_lengths(manifest)
+        run["opt_T"] = int(manifest.axes["T"]["opt"])
+    return report_module.finish(run)
