@@ -5,7 +5,8 @@
 #   benchmarks/run.sh [OUT_DIR]        # default: demo-out/bench (ignored by git)
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), REPEAT (50), WARMUP (5), COLD_RUNS (3),
-# THREADS (default: every usable CPU).  Results: OUT_DIR/{captioner,classifier}.{txt,json,png}.
+# THREADS (default: every usable CPU), PRECISIONS (variants exported besides fp32, default "fp16 int8").
+# Results: OUT_DIR/{captioner,classifier}.{txt,json,png}.
 # The machine should be otherwise idle: the script prints the load average before and after.
 set -euo pipefail
 
@@ -16,6 +17,8 @@ PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo py
 REPEAT="${REPEAT:-50}"
 WARMUP="${WARMUP:-5}"
 COLD_RUNS="${COLD_RUNS:-3}"
+PRECISION_ARGS=()
+for precision in ${PRECISIONS-fp16 int8}; do PRECISION_ARGS+=(--precision "$precision"); done
 THREAD_ARGS=()
 if [ -n "${THREADS:-}" ]; then THREAD_ARGS=(--threads "$THREADS"); fi
 
@@ -29,7 +32,7 @@ echo "load before: $(cat /proc/loadavg)" >&2
 for model in captioner classifier; do
     bundle="$OUT/$model"
     echo "== export $model" >&2
-    "$PYTHON" -m jetcap export "$CKPT_DIR/$model.pt" -o "$bundle" --precision fp16 --precision int8 --force >&2
+    "$PYTHON" -m jetcap export "$CKPT_DIR/$model.pt" -o "$bundle" ${PRECISION_ARGS[@]+"${PRECISION_ARGS[@]}"} --force >&2
     echo "== bench $model" >&2
     "$PYTHON" -m jetcap bench "$bundle" --checkpoint "$CKPT_DIR/$model.pt" --repeat "$REPEAT" --warmup "$WARMUP" \
         --cold-runs "$COLD_RUNS" ${THREAD_ARGS[@]+"${THREAD_ARGS[@]}"} --plot "$OUT/$model.png" --json > "$OUT/$model.json"

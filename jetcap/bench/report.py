@@ -21,6 +21,18 @@ def _get(data, path):
     return data
 
 
+def process_metrics():
+    """Figures of fresh processes: peak RSS and cold start (with its import and load phases) of one that
+    loads the model and produces one result, and the peak RSS of the process that ran every measurement."""
+    return [
+        Metric("peak_rss_mb", "peak RSS MB", "MB", "lower", ("cold", "peak_rss_mb")),
+        Metric("cold_start_s", "cold start s", "s", "lower", ("cold", "cold_start_s")),
+        Metric("cold_imports_s", "imports s", "s", "lower", ("cold", "imports_s")),
+        Metric("cold_load_s", "load s", "s", "lower", ("cold", "load_s")),
+        Metric("bench_peak_rss_mb", "peak RSS MB, all batches", "MB", "lower", ("measure", "peak_rss_mb")),
+    ]
+
+
 def captioner_metrics(max_batch):
     """The captioner's figures, at batch 1 and at the bundle's largest batch ``max_batch``."""
     b = str(max_batch)
@@ -34,9 +46,7 @@ def captioner_metrics(max_batch):
         Metric("step_ms_max", "step ms", "ms", "lower", ("measure", "decoder_step", b, "p50_ms")),
         Metric("caption_ms_max", "ms/caption", "ms", "lower", ("measure", "caption", b, "ms_per_caption")),
         Metric("captions_per_s_max", "captions/s", "1/s", "higher", ("measure", "caption", b, "captions_per_s")),
-        Metric("peak_rss_mb", "peak RSS MB", "MB", "lower", ("cold", "peak_rss_mb")),
-        Metric("cold_start_s", "cold start s", "s", "lower", ("cold", "cold_start_s")),
-    ]
+    ] + process_metrics()
 
 
 def classifier_metrics(lengths, opt):
@@ -47,10 +57,8 @@ def classifier_metrics(lengths, opt):
         Metric("latency_p95_ms_opt", "T={} p95 ms".format(opt), "ms", "lower", ("measure", "batch1", str(opt), "p95_ms")),
         Metric("batch_ms_max", "batch ms", "ms", "lower", ("measure", "max_batch", "stats", "p50_ms")),
         Metric("sequences_per_s_max", "seq/s", "1/s", "higher", ("measure", "max_batch", "stats", "sequences_per_s")),
-        Metric("peak_rss_mb", "peak RSS MB", "MB", "lower", ("cold", "peak_rss_mb")),
-        Metric("cold_start_s", "cold start s", "s", "lower", ("cold", "cold_start_s")),
     ]
-    return metrics
+    return metrics + process_metrics()
 
 
 def metrics_of(run):
@@ -325,12 +333,16 @@ def format_report(run):
         b = run["max_batch"]
         parts.append(_figure_table(run, metrics[:5], "batch 1 (p50 unless noted)"))
         parts.append(_figure_table(run, metrics[5:9], "batch {} (the bundle's largest)".format(b)))
-        parts.append(_figure_table(run, metrics[9:], "fresh process: load and caption one image"))
+        parts.append(_figure_table(run, metrics[9:], "fresh process: start, import, load and caption one image "
+                                                     "(last column: the process that ran every measurement)"))
     else:
         count = len(run["lengths"]) + 1
         parts.append(_figure_table(run, metrics[:count], "batch 1, latency p50 by sequence length T"))
-        parts.append(_figure_table(run, metrics[count:], "batch {} at T={} and a fresh process".format(
+        parts.append(_figure_table(run, metrics[count:count + 3], "batch {} at T={}".format(
             run["max_batch"], run["opt_T"])))
+        parts.append(_figure_table(run, metrics[count + 3:], "fresh process: start, import, load and classify one "
+                                                             "sequence (last column: the process that ran every "
+                                                             "measurement)"))
     limit_table = _limit_table(run)
     if limit_table:
         parts.append(limit_table)

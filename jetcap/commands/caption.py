@@ -44,7 +44,11 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
     with open_bundle(manifest, backend=backend, precision=precision, engine_cache=engine_cache,
                      max_memory_mb=max_memory_mb, log=log if verbose else None) as session:
         results, hypotheses = caption_images(session, batch, beam_size=beam, max_len=max_len)
-        max_batch = session.caption_pipeline().max_batch
+    if as_json:
+        echo_json(results)
+    else:
+        for result in results:
+            click.echo("{}\t{}".format(result["image"], result["caption"]))
     if map_paths:
         vocab = manifest.vocabulary()
         image_size = manifest.preprocessing.get("image_size")
@@ -52,11 +56,7 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
             words = [vocab.itos[t] for t in hypothesis.tokens]
             save_attention_map(path, original, words, hypothesis.alphas, image_size=image_size)
             log("attention map: " + path)
-    if as_json:
-        echo_json(results)
-    else:
-        for result in results:
-            click.echo("{}\t{}".format(result["image"], result["caption"]))
     total_ms = sum(r["latency_ms"] for r in results)
     log("{}: {} image(s) in batches of up to {}, {:.1f} ms per image (total {:.1f} ms, loading {:.2f} s)".format(
-        session.describe(), len(results), max_batch, total_ms / len(results), total_ms, session.load_seconds))
+        session.describe(), len(results), manifest.axes["batch"]["max"], total_ms / len(results), total_ms,
+        session.load_seconds))

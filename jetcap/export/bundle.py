@@ -39,6 +39,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         UsageError / CheckpointError (exit 2) for bad input, ExportError when a graph cannot be exported,
         ValidationFailed (exit 1) when a variant does not match PyTorch within tolerance.
     """
+    for package in ("torch", "torchvision", "onnx", "onnxruntime"):
+        require(package)  # MissingDependencyError naming the extra to install, before anything else
     from jetcap.models.checkpoint import load_checkpoint
 
     opts.check()
@@ -141,6 +143,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                        "notes": notes},
             "config": _jsonable(config),
             "graphs": {spec.name: _graph_entry(spec) for spec in graphs},
+            "graph_order": [spec.name for spec in graphs],  # JSON objects are written key-sorted
             "axes": axes,
             "variants": variants,
             "reference": {"path": REFERENCE_NAME, "sha256": sha256_file(tmp / REFERENCE_NAME), "cases": cases},

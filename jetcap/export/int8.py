@@ -59,7 +59,9 @@ def quantize_int8(src: Path, dst: Path, reader: FeedReader, method: CalibrationM
                 reduce_range=False,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
                 nodes_to_exclude=exclude, calibrate_method=methods[method],
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                # DedicatedQDQPair: a tensor shared by a quantized and a float consumer (the decoder
+                # state h feeds decoder_att *and* the LSTMCell) keeps a float path to the float one
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
                                "CalibMovingAverage": False, "CalibPercentile": 99.99})
     except Exception as exc:  # quantize_static raises assorted errors; all mean no INT8 variant
         raise ExportError("INT8 quantization of {} failed: {}".format(Path(src).name, exc))

@@ -136,8 +136,11 @@ def render_attention_map(image, words, alphas, grid=None, image_size=None, tile=
 def save_attention_map(path, image, words, alphas, **options):
     """Render (see :func:`render_attention_map`) and write a PNG to ``path`` atomically; returns ``path``."""
     picture = render_attention_map(image, words, alphas, **options)
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
+    except (IOError, OSError) as exc:
+        raise UsageError("cannot write the attention map {}: {}".format(path, exc))
     return str(path)
 
 

@@ -109,7 +109,9 @@ class Manifest(object):
 
     @property
     def graph_names(self):
-        return list(self.data["graphs"])
+        """Graph names in pipeline order (``graph_order``; sorted for manifests without it)."""
+        order = self.data.get("graph_order") or sorted(self.data["graphs"])
+        return [name for name in order if name in self.data["graphs"]]
 
     @property
     def precisions(self):

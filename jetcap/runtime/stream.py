@@ -267,6 +267,11 @@ class StreamRunner(object):
         self.overlay = None
         self.window = False
         self.session = None
+        self.pipeline = None
+        self.preprocessing = None
+        self.beam = self.max_len = None
+        self.first_image = None
+        self.fps = 0.0
         self.guard = None
         self.latencies = collections.deque(maxlen=LATENCY_WINDOW)
         self.window_latencies = []

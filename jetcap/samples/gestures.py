@@ -79,8 +79,8 @@ def make_sequence(rng, label, frames):
         angle += np.radians(rng.uniform(-10.0, 10.0)) * progress
     elif name == "circle":
         flex[:] = _POINTING
-        radius = rng.uniform(0.3, 0.8)
-        turns = rng.uniform(0.8, 2.0) * rng.choice([-1.0, 1.0])
+        radius = rng.uniform(0.45, 0.9)
+        turns = rng.uniform(1.0, 2.0) * rng.choice([-1.0, 1.0])
         theta = 2.0 * np.pi * turns * t + phase
         shift[:, 0] = radius * (np.cos(theta) - np.cos(phase))
         shift[:, 1] = radius * (np.sin(theta) - np.sin(phase))

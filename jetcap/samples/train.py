@@ -1,7 +1,7 @@
 """Train the sample models that jetcap ships (needs torch and torchvision).
 
     python -m jetcap.samples.train captioner  [--minutes 15] [--out PATH] [--seed 0] [--steps N]
-    python -m jetcap.samples.train classifier [--minutes 5]  [--out PATH] [--seed 0] [--steps N]
+    python -m jetcap.samples.train classifier [--minutes 10] [--out PATH] [--seed 0] [--steps N]
     python -m jetcap.samples.train samples    # (re)write the sample images/sequences/samples.json
 
 Both models are built through the model registry, trained on data generated on the fly
@@ -252,7 +252,7 @@ def classifier_accuracy(model, sequences: List[np.ndarray], labels: List[int]) -
             "confusion": confusion.tolist()}
 
 
-def train_classifier(minutes: float = 5.0, out: Optional[str] = None, seed: int = 0, steps: int = 1000,
+def train_classifier(minutes: float = 10.0, out: Optional[str] = None, seed: int = 0, steps: int = 1500,
                      batch_size: int = 32, lr: float = 2e-3, warmup: int = 50, eval_every: int = 100,
                      eval_from: int = 200, val_sequences: int = 600, test_sequences: int = 1000,
                      stop_at: float = 0.99) -> Dict[str, Any]:
@@ -260,7 +260,7 @@ def train_classifier(minutes: float = 5.0, out: Optional[str] = None, seed: int 
 
     Every step draws one length (20..120 frames) and a batch of ``batch_size`` sequences of that
     length, so the model never sees padding.  Arguments as for :func:`train_captioner` (defaults:
-    5 min, 1000 steps of 32, peak lr 2e-3, stop at 99 % validation accuracy).
+    10 min, 1500 steps of 32, peak lr 2e-3, stop at 99 % validation accuracy).
     """
     torch.set_num_threads(2)
     torch.set_flush_denormal(True)
@@ -378,7 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m jetcap.samples.train``."""
     parser = argparse.ArgumentParser(prog="python -m jetcap.samples.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=["captioner", "classifier", "samples"])
-    parser.add_argument("--minutes", type=float, default=None, help="wall-clock limit (captioner 15, classifier 5)")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock limit (captioner 15, classifier 10)")
     parser.add_argument("--out", default=None, help="checkpoint path (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--steps", type=int, default=None, help="length of the step schedule")
@@ -389,7 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.model == "captioner":
         metrics = train_captioner(minutes=15.0 if args.minutes is None else args.minutes, **options)
     elif args.model == "classifier":
-        metrics = train_classifier(minutes=5.0 if args.minutes is None else args.minutes, **options)
+        metrics = train_classifier(minutes=10.0 if args.minutes is None else args.minutes, **options)
     else:
         metrics = write_samples()
     print(json.dumps(metrics, indent=2, sort_keys=True))

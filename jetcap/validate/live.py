@@ -4,6 +4,9 @@ from jetcap.errors import UsageError
 
 def load_reference_model(manifest, checkpoint, checkpoint_options):
     """The checkpoint's model, refusing one of another family or with another configuration."""
+    from jetcap.util.lazy import require
+
+    require("torch")  # --checkpoint needs PyTorch: say what to install rather than fail on import
     from jetcap.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, manifest.family, **checkpoint_options)

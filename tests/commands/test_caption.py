@@ -121,8 +121,13 @@ def big_png(path, side=20000):
     return path
 
 
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    return big_png(tmp_path_factory.mktemp("huge") / "huge.png")
+
+
 @pytest.fixture
-def bad_inputs(tmp_path, images, classifier_bundle):
+def bad_inputs(tmp_path, images, classifier_bundle, huge_png):
     text = tmp_path / "notes.png"
     text.write_text("this is not an image\n")
     truncated = tmp_path / "truncated.png"
@@ -138,7 +143,7 @@ def bad_inputs(tmp_path, images, classifier_bundle):
         "not an image": (None, text, "is not a readable image"),
         "truncated png": (None, truncated, "could not be decoded"),
         "20000x20000 header": (None, header_only, "over the limit of"),
-        "20000x20000 png": (None, big_png(tmp_path / "huge.png"), "over the limit of"),
+        "20000x20000 png": (None, huge_png, "over the limit of"),
         "8000x8000 header": (None, large, "is 8000x8000 pixels, over the limit of 40000000 pixels"),
         "missing file": (None, tmp_path / "missing.png", "image not found"),
         "a directory": (None, not_a_bundle, "image is not a file"),
@@ -148,8 +153,11 @@ def bad_inputs(tmp_path, images, classifier_bundle):
     }
 
 
-@pytest.mark.parametrize("case", ["not an image", "truncated png", "20000x20000 header", "20000x20000 png",
-                                  "8000x8000 header", "missing file", "a directory", "not a bundle", "missing bundle", "classifier bundle"])
+BAD_INPUTS = ["not an image", "truncated png", "20000x20000 header", "20000x20000 png", "8000x8000 header",
+              "missing file", "a directory", "not a bundle", "missing bundle", "classifier bundle"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_clear_line(captioner_bundle, bad_inputs, case):
     bundle, image, message = bad_inputs[case]
     started = time.time()
@@ -200,3 +208,12 @@ def test_help_documents_the_options():
     for option in ("--backend", "--precision", "--beam", "--max-len", "--json", "--attention-map", "--engine-cache",
                    "--max-memory-mb", "OUT_<stem>.png"):
         assert option in result.output
+
+
+def test_unwritable_attention_map_is_one_line(captioner_bundle, images, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where a directory should be")
+    result = run(captioner_bundle, images[0], "--attention-map", blocker / "map.png")
+    assert result.exit_code == 2 and "cannot write the attention map" in result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout.startswith(str(images[0]) + "\t")  # the caption was printed before

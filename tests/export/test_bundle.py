@@ -1,6 +1,7 @@
 """The bundles of the shipped sample models: manifest, graphs that run over the dynamic ranges,
 standard tooling, determinism."""
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,9 @@ import pytest
 
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.fsio import sha256_file
+
+
+POLYGRAPHY = os.path.join(os.path.dirname(sys.executable), "polygraphy")
 
 
 def _feed(session, sizes, rng):
@@ -67,7 +71,7 @@ def test_classifier_graph_runs_at_several_lengths(classifier_bundle, batch, leng
 
 def test_polygraphy_inspects_every_graph(captioner_bundle, classifier_bundle):
     for path in sorted(captioner_bundle.glob("*.onnx")) + sorted(classifier_bundle.glob("*.onnx")):
-        proc = subprocess.run([sys.executable, "-m", "polygraphy", "inspect", "model", str(path)],
+        proc = subprocess.run([POLYGRAPHY, "inspect", "model", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
         assert proc.returncode == 0, proc.stdout[-2000:]
         assert "Model:" in proc.stdout or "==== ONNX Model ====" in proc.stdout

@@ -111,12 +111,15 @@ def test_classifier_labels_equal_pytorch(classifier_bundle, classifier_reference
 def test_classifier_refuses_bad_sequences(classifier_bundle):
     with open_bundle(classifier_bundle, backend="onnxruntime") as session:
         pipeline = session.classifier_pipeline()
-        width, high = pipeline.width, pipeline.max_len
+        width, low, high = pipeline.width, pipeline.min_len, pipeline.max_len
         with pytest.raises(UsageError, match="more than the bundle's maximum"):
             pipeline.predict(np.zeros((high + 1, width), np.float32))
         with pytest.raises(UsageError, match="features per frame"):
-            pipeline.predict(np.zeros((10, width + 1), np.float32))
-        bad = np.zeros((10, width), np.float32)
+            pipeline.predict(np.zeros((low, width + 1), np.float32))
+        if low > 1:
+            with pytest.raises(UsageError, match="needs at least {}".format(low)):
+                pipeline.predict(np.zeros((low - 1, width), np.float32))
+        bad = np.zeros((low, width), np.float32)
         bad[3, 2] = np.nan
         with pytest.raises(UsageError, match="NaN"):
             pipeline.predict(bad)

@@ -431,8 +431,9 @@ def test_load_failure_stays_up_and_unready(servers, name, words):
 # -- graceful shutdown ----------------------------------------------------------------------------
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(servers):
     server = servers["shutdown"]
-    width = server.request("GET", "/model")[2]["input_size"]
-    body = json.dumps({"sequence": np.zeros((16, width)).tolist()}).encode("utf-8")
+    model = server.request("GET", "/model")[2]
+    frames = model["sequence_length"]["min"]
+    body = json.dumps({"sequence": np.zeros((frames, model["input_size"])).tolist()}).encode("utf-8")
     sock = socket.create_connection((HOST, server.port), timeout=30)
     try:
         head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
