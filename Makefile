@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-jetcap
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test py36 clean
+.PHONY: install demo test py36 triton-env test-triton clean
 
 install: $(STAMP)
 
@@ -41,6 +41,24 @@ $(STAMP36): setup.cfg setup.py pyproject.toml
 
 test: install py36
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Triton Inference Server tools in their own venv: nvidia-pytriton (which ships the tritonserver binary)
+# pins numpy < 2, so it cannot share .venv.  tests/triton_serving uses it through subprocesses when it exists.
+VENV_TRITON ?= .venv-triton
+STAMP_TRITON := $(VENV_TRITON)/.stamp-jetcap
+# ONNX Runtime for the in-process python-backend models; the numpy<2 pin lets pip pick a compatible release
+ORT_TRITON ?= onnxruntime
+
+triton-env: $(STAMP_TRITON)
+
+$(STAMP_TRITON): setup.cfg setup.py pyproject.toml
+	@test -x $(VENV_TRITON)/bin/python || $(PYTHON) -m venv $(VENV_TRITON)
+	$(VENV_TRITON)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(VENV_TRITON)/bin/python -m pip install -q -e '.[triton]' '$(ORT_TRITON)' 'numpy<2'
+	@touch $(STAMP_TRITON)
+
+test-triton: install triton-env
+	$(PY) -m pytest -q -p no:cacheprovider tests/triton_serving $(PYTEST_ARGS)
 
 clean:
 	rm -rf demo-out .pytest_cache .mypy_cache build dist *.egg-info

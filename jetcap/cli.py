@@ -22,6 +22,8 @@ COMMANDS = (
     ("caption-stream", "caption_stream"),
     ("predict", "predict"),
     ("serve-engine", "serve_engine"),
+    ("triton-repo", "triton_repo"),
+    ("serve-triton", "serve_triton"),
     ("bench", "bench"),
     ("samples", "samples"),
 )

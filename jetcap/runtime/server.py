@@ -627,8 +627,8 @@ class EngineServer(object):
         family = INFERENCE_ENDPOINTS[path]
         model = self.model
         if model.family is not None and model.family != family:
-            raise HttpError(404, "not found", "this server runs a {} bundle: use {}".format(
-                model.family, [e for e, f in INFERENCE_ENDPOINTS.items() if f == model.family][0]))
+            raise HttpError(404, "not found", "this server runs a {} bundle; its endpoints: {}".format(
+                model.family, ", ".join(self._endpoints())))
         if model.state != "ready":
             self.metrics_rejected.inc(reason="not_ready")
             raise HttpError(503, "model not ready", model.reason,

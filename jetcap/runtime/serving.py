@@ -361,6 +361,9 @@ class ModelState(object):
             self.state = "failed"
             self.reason = prefix + str(exc)
             self.error_type = type(exc).__name__
+            session, self.session, self.pipeline = self.session, None, None
+        if session is not None:  # loaded but the warm-up failed: give the memory back
+            session.close()
         self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
 
     def _warm_up(self):

@@ -19,8 +19,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def bundle(request):
-    if os.environ.get("DEVTMP_BUNDLE"):  # DEVTMP
-        return os.environ["DEVTMP_BUNDLE"]
     return str(request.getfixturevalue("captioner_bundle"))
 
 

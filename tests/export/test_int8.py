@@ -14,8 +14,12 @@ def test_zero_points_are_zero_and_opset_is_13(captioner_bundle, classifier_bundl
         for graph in graphs:
             model = _int8_model(bundle, graph)
             assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
+            # activations and weights int8; biases (ORT names them *_quantized_zero_point) int32
             zps = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer
-                   if t.name.endswith("zero_point") and "bias" not in t.name]  # biases are int32
+                   if t.name.endswith("zero_point") and not t.name.endswith("_quantized_zero_point")]
+            biases = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+                      if t.name.endswith("_quantized_zero_point")]
+            assert all(b.dtype == np.int32 and not np.any(b) for b in biases)
             assert zps, "no Q/DQ zero points in {}".format(graph)
             assert all(not np.any(z) for z in zps)
             assert all(z.dtype == np.int8 for z in zps)

@@ -20,8 +20,6 @@ GIB = 1 << 30
 
 @pytest.fixture(scope="module")
 def bundle(request):
-    if os.environ.get("DEVTMP_BUNDLE"):  # DEVTMP
-        return os.environ["DEVTMP_BUNDLE"]
     return request.getfixturevalue("captioner_bundle")
 
 
