@@ -39,7 +39,7 @@ $(STAMP36): setup.cfg setup.py pyproject.toml
 	$(VENV36)/bin/python -m pip install -q --no-deps --no-build-isolation .
 	@touch $(STAMP36)
 
-test: install py36
+test: install py36 triton-env
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Triton Inference Server tools in their own venv: nvidia-pytriton (which ships the tritonserver binary)
