@@ -7,10 +7,12 @@ from jetcap.commands.options import echo_json, json_option, log, precision_optio
 @click.command("triton-repo")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python", "python-bls"]), default="onnxruntime",
-              show_default=True,
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python", "python-bls"]),
+              default="onnxruntime", show_default=True,
               help="onnxruntime/tensorrt: one Triton model per graph plus a Python model that decodes through "
-                   "BLS; python: one Python model running the bundle in-process with ONNX Runtime; python-bls: the BLS layout with each graph in a Python model running ONNX Runtime (for a Triton with only the Python backend).")
+                   "BLS; python: one Python model running the bundle in-process with ONNX Runtime; python-bls: "
+                   "the BLS layout with each graph in a Python model running ONNX Runtime (for a Triton with "
+                   "only the Python backend).")
 @precision_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="max_batch_size of every model [default: the bundle's largest batch].")

@@ -13,8 +13,9 @@ Layout for a captioner bundle named ``captioner`` (``--backend onnxruntime``)::
 ``--backend tensorrt`` serves the graphs as ``tensorrt_plan`` from engines ``jetcap build`` cached;
 ``--backend python`` writes only the Python model, with the bundle's ONNX files in ``1/bundle/``, run
 in-process with ONNX Runtime; ``--backend python-bls`` keeps the BLS layout but serves each graph with a
-Python model running ONNX Runtime (for a Triton that has only the Python backend, such as PyTriton's).  Classifier bundles get ``<name>_model`` and a Python ``<name>`` model
-returning label, index and probabilities.  The repository is written to a temporary directory and renamed.
+Python model running ONNX Runtime (for a Triton that has only the Python backend, such as PyTriton's).
+Classifier bundles get ``<name>_model`` and a Python ``<name>`` model returning label, index and
+probabilities.  The repository is written to a temporary directory and renamed.
 """
 import glob
 import json
@@ -342,7 +343,8 @@ def write_repository(bundle_dir, out_dir, options=None):
                                       "gpu": fields["gpu"], "engine_sha256": sha256_file(plans[graph].path)})
                     record["models"][model_name] = entry
             _python_model(tmp, name, manifest, options, max_batch, graph_models, dtypes)
-            record["models"][name] = {"backend": "python", "mode": "inprocess" if options.backend == "python" else "bls"}
+            mode = "inprocess" if options.backend == "python" else "bls"
+            record["models"][name] = {"backend": "python", "mode": mode}
             with open(os.path.join(tmp, REPOSITORY_RECORD), "w") as handle:
                 json.dump(record, handle, indent=2, sort_keys=True)
     except FileExistsError:

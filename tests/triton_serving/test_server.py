@@ -11,11 +11,13 @@ import subprocess
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from jetcap import samples
 from jetcap.cli import cli
+from jetcap.runtime.inference import read_images
 from jetcap.runtime.manifest import Manifest
 from jetcap.triton.repository import RepositoryOptions, write_repository
 from tests.triton_serving.helpers import ROOT, TRITON_PYTHON, triton_env, tritonserver_unrunnable
@@ -23,6 +25,7 @@ from tests.triton_serving.helpers import ROOT, TRITON_PYTHON, triton_env, triton
 pytestmark = pytest.mark.slow
 
 CLIENTS = 16
+BEAM = 3
 
 
 def _sample_images():
@@ -47,14 +50,18 @@ def served(runnable, tmp_path_factory, captioner_bundle, classifier_bundle):
     """Run the driver once: four repositories (in-process and BLS, both families) in one server."""
     root = tmp_path_factory.mktemp("triton-serve")
     repos = []
-    for bundle, backend, name in ((captioner_bundle, "python", "captioner"), (classifier_bundle, "python", "classifier"),
+    for bundle, backend, name in ((captioner_bundle, "python", "captioner"),
+                                  (classifier_bundle, "python", "classifier"),
                                   (captioner_bundle, "python-bls", "cap_bls"),
                                   (classifier_bundle, "python-bls", "cls_bls")):
         repo = root / name
         write_repository(bundle, repo, RepositoryOptions(backend=backend, name=name, queue_delay_us=2000))
         repos.append(str(repo))
     (root / "work").mkdir()
-    spec = {"repositories": repos, "workdir": str(root / "work"), "images": _sample_images(),
+    batch = read_images(_sample_images(), Manifest.load(captioner_bundle).preprocessing)
+    np.save(str(root / "images.npy"), batch.arrays)
+    spec = {"beam_size": BEAM, "preprocessed": str(root / "images.npy"), "repositories": repos,
+            "workdir": str(root / "work"), "images": _sample_images(),
             "sequences": _sample_sequences(), "captioners": ["captioner", "cap_bls"],
             "classifiers": ["classifier", "cls_bls"], "concurrent_model": "captioner", "clients": CLIENTS,
             "requests_per_client": 4}
@@ -84,6 +91,17 @@ def test_captions_equal_jetcap_caption(served, captioner_bundle):
     assert all(expected)
     for key in ("captioner/http", "captioner/grpc", "cap_bls/http", "cap_bls/grpc"):
         assert served["captions"][key] == expected, key
+
+
+def test_beam_search_and_preprocessed_batch_equal_jetcap_caption(served, captioner_bundle):
+    result = CliRunner().invoke(cli, ["caption", str(captioner_bundle), "--backend", "onnxruntime", "--beam",
+                                      str(BEAM), "--json"] + _sample_images())
+    assert result.exit_code == 0, result.output
+    expected = [entry["caption"] for entry in json.loads(result.stdout)]
+    greedy = served["captions"]["captioner/http"]
+    for model in ("captioner", "cap_bls"):
+        assert served["beam_captions"][model] == expected, model
+        assert served["batch_captions"][model] == greedy, model
 
 
 def test_labels_equal_jetcap_predict(served, classifier_bundle):

@@ -65,6 +65,19 @@ def run(spec):
                     result = client.infer(model, [tensor])
                     texts.append(result.as_numpy("caption").reshape(-1)[0].decode("utf-8"))
                 out["captions"]["{}/{}".format(model, proto)] = texts
+            # beam search (the session's reorder() over BLS) and one request carrying a preprocessed batch
+            beam = []
+            for tensor in caption_requests(httpclient, spec["images"]):
+                width = httpclient.InferInput("beam_size", [1, 1], "INT32")
+                width.set_data_from_numpy(np.array([[spec["beam_size"]]], dtype=np.int32))
+                beam.append(http.infer(model, [tensor, width]).as_numpy("caption").reshape(-1)[0].decode("utf-8"))
+            out.setdefault("beam_captions", {})[model] = beam
+            images = np.load(spec["preprocessed"])
+            tensor = httpclient.InferInput("images", list(images.shape), "FP32")
+            tensor.set_data_from_numpy(images)
+            result = http.infer(model, [tensor])
+            out.setdefault("batch_captions", {})[model] = [c.decode("utf-8") for c in
+                                                          result.as_numpy("caption").reshape(-1)]
         for model in spec["classifiers"]:
             for proto, client, module in (("http", http, httpclient), ("grpc", grpc, grpcclient)):
                 labels, probs = [], []
