@@ -27,19 +27,14 @@ import sys
 import threading
 import time
 
+from jetcap.runtime.loader import current_rss_bytes
+
 HOST = "127.0.0.1"
 
 
 def rss_bytes(pid):
-    """VmRSS of process ``pid`` in bytes (None when unreadable)."""
-    try:
-        with open("/proc/{}/status".format(pid)) as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (IOError, OSError):
-        return None
-    return None
+    """VmRSS of process ``pid`` in bytes (None once it is gone or unreadable)."""
+    return current_rss_bytes("/proc/{}/status".format(pid))
 
 
 def request(port, method, path, body=None, headers=None, timeout=60.0):

@@ -31,20 +31,15 @@ import tempfile
 import threading
 import time
 
+from jetcap.runtime.loader import current_rss_bytes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = float(1 << 20)
 
 
 def vm_rss(pid):
-    """VmRSS of ``pid`` in bytes, or None once it is gone."""
-    try:
-        with open("/proc/{}/status".format(pid)) as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (IOError, OSError):
-        return None
-    return None
+    """VmRSS of process ``pid`` in bytes (None once it is gone or unreadable)."""
+    return current_rss_bytes("/proc/{}/status".format(pid))
 
 
 def count_lines(path):

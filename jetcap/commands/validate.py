@@ -30,6 +30,8 @@ def _tolerance_option(ctx, param, values):
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Folder of real images / sequences for the task-level checks (default: the bundle's samples).")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="Use at most this many task inputs.")
+@click.option("--seed", type=int, default=None,
+              help="With --checkpoint: also compare on fresh random inputs drawn with this seed.")
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerance_option,
               help="Override an output's tolerance: OUTPUT=ATOL,RTOL[,MIN_COSINE] (repeatable).")
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache.")
@@ -38,7 +40,7 @@ def _tolerance_option(ctx, param, values):
               help="With --checkpoint: directory with the training code.")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write JUnit XML here.")
 @json_option
-def command(bundle, backends, precisions, checkpoint, data, samples, tolerances, engine_cache, trust_pickle,
+def command(bundle, backends, precisions, checkpoint, data, samples, seed, tolerances, engine_cache, trust_pickle,
             code_path, junit, as_json):
     """Compare BUNDLE's variants on each backend with PyTorch, tensor by tensor and caption by caption.
 
@@ -54,7 +56,7 @@ def command(bundle, backends, precisions, checkpoint, data, samples, tolerances,
         options["code_path"] = code_path
     opts = ValidateOptions(bundle, backends=list(backends) or "all", precisions=list(precisions) or "all",
                            checkpoint=checkpoint, data=data, samples=samples, tolerances=tolerances,
-                           engine_cache=engine_cache, checkpoint_options=options)
+                           engine_cache=engine_cache, checkpoint_options=options, seed=seed)
     report = validate_bundle(opts, log=log)
     if junit:
         write_bytes_atomic(junit, report.to_junit_xml().encode("utf-8"))

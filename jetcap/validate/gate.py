@@ -34,11 +34,12 @@ class ValidateOptions(object):
         samples: at most this many task inputs (None: all).
         tolerances: ``{output_name: {atol, rtol, min_cosine}}`` overrides for every precision.
         engine_cache: TensorRT engine cache directory.
+        seed: with ``checkpoint``, also draw fresh random inputs with this seed (see ``live_reference``).
         checkpoint_options: extra ``load_checkpoint`` keyword arguments (trust_pickle, code_path, ...).
     """
 
     def __init__(self, bundle, backends="all", precisions="all", checkpoint=None, data=None, samples=None,
-                 tolerances=None, engine_cache=None, checkpoint_options=None):
+                 tolerances=None, engine_cache=None, checkpoint_options=None, seed=None):
         self.bundle = bundle
         self.backends = backends
         self.precisions = precisions
@@ -48,6 +49,7 @@ class ValidateOptions(object):
         self.tolerances = tolerances or {}
         self.engine_cache = engine_cache
         self.checkpoint_options = checkpoint_options or {}
+        self.seed = seed
 
 
 def backend_available(name):
@@ -87,11 +89,13 @@ def validate_bundle(opts, log=lambda message: None):
     for precision in precisions:
         manifest.variant(precision)  # BundleError for a variant the bundle lacks
     reference = _load_reference(manifest)
+    if opts.seed is not None and not opts.checkpoint:
+        raise UsageError("--seed draws new random inputs, whose PyTorch reference needs --checkpoint")
     if opts.checkpoint:
         from jetcap.validate.live import live_reference
 
         log("recomputing the PyTorch reference from {}".format(opts.checkpoint))
-        reference = live_reference(manifest, reference, opts.checkpoint, opts.checkpoint_options)
+        reference = live_reference(manifest, reference, opts.checkpoint, opts.checkpoint_options, seed=opts.seed)
     task = _task_inputs(manifest, reference, opts)
     report = ValidationReport(meta={"bundle": os.path.abspath(str(opts.bundle)), "family": manifest.family,
                                     "reference": "live PyTorch" if opts.checkpoint else "stored PyTorch outputs",

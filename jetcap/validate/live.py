@@ -33,8 +33,13 @@ def torch_task_reference(loaded, manifest, images=None, sequences=None, beam_siz
         return {"probs": probs}
 
 
-def live_reference(manifest, stored, checkpoint, checkpoint_options):
-    """``stored`` with every output (sweep and task) recomputed by PyTorch on the stored inputs."""
+def live_reference(manifest, stored, checkpoint, checkpoint_options, seed=None):
+    """``stored`` with every output (sweep and task) recomputed by PyTorch on the stored inputs.
+
+    With ``seed``, fresh random inputs are also drawn (the family's dummy-input generators) at the
+    axes of every stored random case, added as ``seed<N>_...`` cases (to ``manifest.data`` in memory
+    only) with their PyTorch outputs.
+    """
     import numpy as np
 
     from jetcap.export.sweep import torch_outputs
@@ -51,6 +56,19 @@ def live_reference(manifest, stored, checkpoint, checkpoint_options):
             feed = dict((k[len(prefix) + 3:], v) for k, v in stored.items() if k.startswith(prefix + "in/"))
             for name, value in torch_outputs(module, specs[graph], feed).items():
                 out[prefix + "out/" + name] = value
+    if seed is not None:
+        config = dict(loaded.config, **manifest.config)
+        for graph, cases in manifest.data["reference"]["cases"].items():
+            module = family.graph_module(loaded.model.eval(), graph)
+            for i, case in enumerate([c for c in cases if c["kind"] == "random"]):
+                name = "seed{}_{}".format(seed, case["name"])
+                feed = family.dummy_inputs(config, graph, case["axes"], seed=int(seed) * 1000 + i)
+                prefix = "sweep/{}/{}/".format(graph, name)
+                for key, value in feed.items():
+                    out[prefix + "in/" + key] = value
+                for key, value in torch_outputs(module, specs[graph], feed).items():
+                    out[prefix + "out/" + key] = value
+                cases.append({"name": name, "kind": "random", "axes": case["axes"]})
     if manifest.family == "captioner":
         result = torch_task_reference(loaded, manifest, images=stored["task/images"],
                                       beam_size=int(stored["task/beam_size"]))

@@ -155,3 +155,22 @@ def test_validate_runs_in_a_subprocess_with_exit_codes(classifier_bundle):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_seed_draws_fresh_inputs_against_live_pytorch(classifier_bundle):
+    from jetcap import samples
+    from jetcap.runtime.manifest import Manifest
+    from jetcap.util.npz import load_npz
+    from jetcap.validate.live import live_reference
+
+    manifest = Manifest.load(classifier_bundle)
+    stored = load_npz(classifier_bundle / "reference.npz")
+    fresh = live_reference(manifest, stored, samples.classifier_checkpoint(), {}, seed=7)
+    names = [c["name"] for c in manifest.data["reference"]["cases"]["model"]]
+    assert "seed7_random_T20_batch1" in names
+    new_input = fresh["sweep/model/seed7_random_T20_batch1/in/sequence"]
+    assert not np.array_equal(new_input, stored["sweep/model/random_T20_batch1/in/sequence"])
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--checkpoint",
+                  str(samples.classifier_checkpoint()), "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert run(["validate", str(classifier_bundle), "--seed", "7"]).exit_code == 2
