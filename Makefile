@@ -33,7 +33,8 @@ py36: $(if $(PY36),$(STAMP36),)
 
 $(STAMP36): setup.cfg setup.py pyproject.toml
 	@test -x $(VENV36)/bin/python || $(PY36) -m venv $(VENV36)
-	$(VENV36)/bin/python -m pip install -q --upgrade "pip==21.3.1" wheel
+	$(VENV36)/bin/python -m pip install -q --upgrade "pip==21.3.1"
+	$(VENV36)/bin/python -m pip install -q "wheel==0.37.1"
 	# what a Jetson installs: the runtime dependencies only, through setup.py and its old setuptools (40)
 	$(VENV36)/bin/python -m pip install -q "onnxruntime==1.10.0" "numpy==1.19.5" "click==8.0.4" "Pillow==8.3.2"
 	$(VENV36)/bin/python -m pip install -q --no-deps --no-build-isolation .
