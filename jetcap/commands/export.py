@@ -16,7 +16,16 @@ from jetcap.commands.options import echo_json, json_option, log
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Variants to produce (repeatable); fp32 is always produced.")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch of the dynamic batch axis.")
-@click.option("--image-size", type=int, default=None, help="Captioner input size (default: the checkpoint's).")
+@click.option("--image-size", type=int, default=None,
+              help="Captioner input size (default: the checkpoint's); the profile's opt with --dynamic-image-size.")
+@click.option("--dynamic-image-size", is_flag=True,
+              help="Captioner: encoder input height/width (and the feature-pixel axis num_pixels) dynamic over "
+                   "--min-image-size..--max-image-size; the runtime still resizes to --image-size.  Needs a "
+                   "captioner without adaptive pooling (grid none).")
+@click.option("--min-image-size", type=int, default=None,
+              help="Smallest square input side with --dynamic-image-size [default: max(32, image size / 2)].")
+@click.option("--max-image-size", type=int, default=None,
+              help="Largest square input side with --dynamic-image-size [default: 2 x image size].")
 @click.option("--min-len", type=int, default=None, help="Classifier: shortest sequence (default 1).")
 @click.option("--opt-len", type=int, default=None, help="Classifier: typical sequence length (profile 'opt').")
 @click.option("--max-len", type=int, default=None,
@@ -38,7 +47,8 @@ from jetcap.commands.options import echo_json, json_option, log
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @json_option
-def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, min_len, opt_len, max_len,
+def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, dynamic_image_size,
+            min_image_size, max_image_size, min_len, opt_len, max_len,
             calibration_data, calibration_method, calibration_samples, trust_pickle, code_path, word_map, labels,
             num_heads, backbone, no_simplify, force, as_json):
     """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
@@ -57,6 +67,7 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
     opts = ExportOptions(
         checkpoint=Path(checkpoint), out_dir=Path(out_dir), family=family, opset=opset, exporter=exporter,
         precisions=tuple(precisions) or ("fp32",), max_batch=max_batch, image_size=image_size,
+        dynamic_image_size=dynamic_image_size, image_size_range=(min_image_size, max_image_size),
         seq_len=(min_len, opt_len, max_len), calibration_data=Path(calibration_data) if calibration_data else None,
         calibration_method=calibration_method, calibration_samples=calibration_samples, trust_pickle=trust_pickle,
         code_path=Path(code_path) if code_path else None, word_map=Path(word_map) if word_map else None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from jetcap.export.fp16 import convert_fp16
 from jetcap.export.int8 import quantize_int8
 from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
 from jetcap.export.options import ExportOptions
-from jetcap.export.sweep import case_name, compare_outputs, real_batch, torch_outputs
+from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
 from jetcap.export.tasks import family_export
 from jetcap.export.calibration import FeedReader
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -52,6 +52,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
     config = dict(loaded.config)
     if opts.image_size:
         config["image_size"] = int(opts.image_size)
+    config = task.configure(config, opts)
     model = loaded.model.eval()
     axes = task.axes(config, opts)
     graphs = family.graphs(config)
@@ -82,12 +83,12 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         for spec in graphs:
             module = family.graph_module(model, spec.name)
             cases[spec.name] = []
-            for i, case in enumerate(task.sweep(axes)):
+            for i, case in _graph_cases(task.sweep(axes), spec):
                 for kind in ("random", "real"):
                     if kind == "random":
                         feed = family.dummy_inputs(config, spec.name, case, seed=opts.seed + 17 * i + 1)
                     else:
-                        feed = real_batch(pool[spec.name], spec, case)
+                        feed = task.real_feed(pool[spec.name], spec, case)
                     name = case_name(kind, case)
                     cases[spec.name].append({"name": name, "kind": kind, "axes": case})
                     for key, value in feed.items():
@@ -199,6 +200,18 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
             "checks": len(records),
         }
     return results
+
+
+def _graph_cases(sweep: List[Dict[str, int]], spec) -> List[Tuple[int, Dict[str, int]]]:
+    """``(index, case)`` of the sweep cases restricted to the axes of ``spec``'s inputs (an axis only
+    applies to the graphs that have it), duplicates dropped; ``index`` is the case's sweep position."""
+    names = {a for t in spec.inputs for a in t.dynamic_axes.values()}
+    out: List[Tuple[int, Dict[str, int]]] = []
+    for i, case in enumerate(sweep):
+        own = {a: v for a, v in case.items() if a in names}
+        if own not in [c for _, c in out]:
+            out.append((i, own))
+    return out
 
 
 def _check_dynamic_axes(path: Path, spec) -> None:

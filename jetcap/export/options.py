@@ -42,7 +42,11 @@ class ExportOptions:
         exporter: torch.onnx exporter.
         precisions: variants to produce; fp32 is always produced.
         max_batch: largest batch of every graph's dynamic batch axis.
-        image_size: captioner input size override (square).
+        image_size: captioner input size override (square); with ``dynamic_image_size`` the profile's opt.
+        dynamic_image_size: captioner: export the encoder with symbolic ``height``/``width`` (and the
+            feature-pixel axis ``num_pixels`` of both graphs) over ``image_size_range``.
+        image_size_range: (min, max) square side for ``dynamic_image_size``; None entries default to
+            (max(32, opt // 2), 2 * opt).
         seq_len: classifier (min, opt, max) T; None entries default to (1, max/2, positional-encoding length).
         calibration_data: folder of images/sequences for INT8 calibration and reference data; None: built-in samples.
         calibration_method, calibration_samples: INT8 calibration settings.
@@ -60,6 +64,8 @@ class ExportOptions:
     precisions: Tuple[str, ...] = ("fp32",)
     max_batch: int = 8
     image_size: Optional[int] = None
+    dynamic_image_size: bool = False
+    image_size_range: Tuple[Optional[int], Optional[int]] = (None, None)
     seq_len: Tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None)
     calibration_data: Optional[Path] = None
     calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
@@ -90,6 +96,8 @@ class ExportOptions:
             raise UsageError("--max-batch must be >= 1")
         if self.exporter is Exporter.DYNAMO and self.max_batch < 2:
             raise UsageError("the dynamo exporter freezes a dynamic batch of 1; use --max-batch >= 2")
+        if not self.dynamic_image_size and any(s is not None for s in self.image_size_range):
+            raise UsageError("--min-image-size/--max-image-size need --dynamic-image-size")
         if self.calibration_samples < 1:
             raise UsageError("--calibration-samples must be >= 1")
         if not Path(self.checkpoint).is_file():

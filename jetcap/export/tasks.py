@@ -13,17 +13,33 @@ import numpy as np
 from jetcap.errors import UsageError
 from jetcap.export.calibration import IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, list_files, load_sequence
 from jetcap.export.options import CalibrationMethod, ExportOptions
+from jetcap.export.sweep import real_batch
 from jetcap.runtime import preprocess
 from jetcap.runtime.decoding import greedy_decode
 from jetcap.util.lazy import require
 
 REFERENCE_BEAM = 3
+FEATURE_STRIDE = 32  # every supported captioner trunk downsamples by 32 (ceil: padded convolutions)
+MIN_IMAGE_SIZE = 32
+
+
+def feature_pixels(image_size: int, stride: int = FEATURE_STRIDE) -> int:
+    """Feature-map pixels (attention positions) of an un-pooled trunk on a square ``image_size`` input."""
+    side = -(-int(image_size) // stride)
+    return side * side
 
 
 class FamilyExport:
     """Base: families override what differs."""
 
     family = ""
+
+    def configure(self, config: Dict[str, Any], opts: ExportOptions) -> Dict[str, Any]:
+        """The export config: ``config`` completed with the family-specific export options (checked)."""
+        if opts.dynamic_image_size:
+            raise UsageError("--dynamic-image-size applies to captioners only, not to a {} checkpoint".format(
+                self.family))
+        return config
 
     def axes(self, config: Dict[str, Any], opts: ExportOptions) -> Dict[str, Dict[str, int]]:
         """``{axis: {min, opt, max}}`` of every symbolic axis."""
@@ -48,6 +64,10 @@ class FamilyExport:
     def manifest_extras(self, loaded, config: Dict[str, Any]) -> Dict[str, Any]:
         return {}
 
+    def real_feed(self, pool: Dict[str, np.ndarray], spec, case: Dict[str, int]) -> Dict[str, np.ndarray]:
+        """A real-input feed of graph ``spec`` at ``case`` cut from its real ``pool`` (see ``real_batch``)."""
+        return real_batch(pool, spec, case)
+
     def task_reference(self, loaded, config, opts) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -69,11 +89,91 @@ class FamilyExport:
 class CaptionerExport(FamilyExport):
     family = "captioner"
 
+    def configure(self, config, opts):
+        """With ``--dynamic-image-size``: ``dynamic_image_size`` and ``image_size_range`` [min, max] set.
+
+        The opt size is ``image_size`` (what the runtime resizes to); min/max default to
+        (max(32, opt // 2), 2 * opt).  Refused for a trunk with adaptive pooling (``grid``): the
+        torchscript exporter freezes AdaptiveAvgPool2d's kernel to the example input's size.
+        """
+        if not opts.dynamic_image_size:
+            return config
+        grid = config.get("grid")
+        if grid:
+            raise UsageError(
+                "--dynamic-image-size needs a captioner without adaptive pooling, but this one pools the feature map "
+                "to {0}x{0} (grid={0}); ONNX export freezes adaptive pooling to one input size".format(grid),
+                hint="export at one size with --image-size N instead")
+        opt = int(config["image_size"])
+        low, high = opts.image_size_range
+        low = int(low) if low is not None else max(MIN_IMAGE_SIZE, opt // 2)
+        high = int(high) if high is not None else 2 * opt
+        if not MIN_IMAGE_SIZE <= low <= opt <= high:
+            raise UsageError("image sizes must satisfy {} <= --min-image-size <= --image-size <= --max-image-size "
+                             "(got {} <= {} <= {})".format(MIN_IMAGE_SIZE, low, opt, high))
+        if "int8" in opts.precisions and opts.calibration_method is not CalibrationMethod.MINMAX:
+            # measured: entropy/percentile ranges from the opt size alone fail the INT8 check at the min size
+            raise UsageError("INT8 with --dynamic-image-size needs --calibration-method minmax (it calibrates at "
+                             "every profile size; {} calibration takes one input shape only)".format(
+                                 opts.calibration_method.value))
+        return dict(config, dynamic_image_size=True, image_size_range=[low, high])
+
+    def axes(self, config, opts):
+        """batch; with a dynamic image size also height, width (square sizes) and the matching num_pixels."""
+        axes = super().axes(config, opts)
+        if config.get("dynamic_image_size"):
+            low, high = config["image_size_range"]
+            sizes = {"min": int(low), "opt": int(config["image_size"]), "max": int(high)}
+            axes["height"] = dict(sizes)
+            axes["width"] = dict(sizes)
+            axes["num_pixels"] = {level: feature_pixels(size) for level, size in sizes.items()}
+        return axes
+
+    def sweep(self, axes):
+        """Batch 1 and max, each at the min/opt/max image size with its matching num_pixels (square
+        images only: the feature-pixel count must be the one the size produces)."""
+        if "height" not in axes:
+            return super().sweep(axes)
+        cases = []
+        for batch in sorted({1, axes["batch"]["max"]}):
+            for level in ("min", "opt", "max"):
+                case = {"batch": batch, "height": axes["height"][level], "width": axes["width"][level],
+                        "num_pixels": axes["num_pixels"][level]}
+                if case not in cases:
+                    cases.append(case)
+        return cases
+
+    def real_pool(self, feeds):
+        """As the base, over the feeds shaped like each graph's first one (the opt image size; extra
+        calibration sizes are left out)."""
+        same = {}
+        for graph, items in feeds.items():
+            shapes = {n: a.shape[1:] for n, a in items[0].items()}
+            same[graph] = [f for f in items if {n: a.shape[1:] for n, a in f.items()} == shapes]
+        return super().real_pool(same)
+
+    def real_feed(self, pool, spec, case):
+        """Real images are resized (bilinear, antialiased) to the case's height/width instead of cropped
+        or tiled, so every image size is validated on natural-looking images."""
+        images = pool.get("images")
+        if images is not None and "height" in case and images.shape[2:] != (case["height"], case["width"]):
+            torch = require("torch")
+            with torch.no_grad():
+                resized = torch.nn.functional.interpolate(
+                    torch.from_numpy(images), size=(case["height"], case["width"]), mode="bilinear",
+                    align_corners=False, antialias=True)
+            pool = dict(pool, images=resized.numpy().astype(np.float32))
+        return real_batch(pool, spec, case)
+
     def manifest_extras(self, loaded, config):
         if loaded.vocab is None:
             raise UsageError("the captioner checkpoint has no word map", hint="pass --word-map WORDMAP.json")
+        preprocessing = preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"])
+        if config.get("dynamic_image_size"):
+            # the runtime resizes to image_size (the profile's opt); a caller may feed any square size in this range
+            preprocessing["image_size_range"] = [int(s) for s in config["image_size_range"]]
         return {
-            "preprocessing": preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"]),
+            "preprocessing": preprocessing,
             "vocabulary": loaded.vocab.to_dict(),
             "decoding": {"max_len": int(config.get("max_len", 20)), "beam_size": 1},
         }
@@ -119,6 +219,14 @@ class CaptionerExport(FamilyExport):
 
         images, _ = self._images(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000)
         encoder_feeds = [{"images": images[i:i + 1]} for i in range(len(images))]
+        if (config.get("dynamic_image_size") and "int8" in opts.precisions
+                and opts.calibration_method is CalibrationMethod.MINMAX):
+            # calibrate the encoder's ranges at every profile size (min/max merge over any shapes; the
+            # histogram calibrators need one shape: refused with INT8 in ``configure``)
+            for size in sorted(set(config["image_size_range"]) - {int(config["image_size"])}):
+                sized, _ = self._images(dict(config, image_size=size), opts, limit=opts.calibration_samples,
+                                        seed=opts.seed + 2000)
+                encoder_feeds += [{"images": sized[i:i + 1]} for i in range(len(sized))]
         step_feeds: List[Dict[str, np.ndarray]] = []
 
         class Recorder(TorchDecoderSession):

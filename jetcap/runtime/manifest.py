@@ -8,8 +8,15 @@
     axes {axis: {min, opt, max}}                                      # ranges of every symbolic axis
     variants {precision: {files: {graph: {path, sha256, bytes}}, ...how it was made...}}
     preprocessing {image_size [h, w], resize, mean, std, channel_order, layout, scale}   # captioner
+                  (+ image_size_range [min, max] of a ``--dynamic-image-size`` export, see below)
     vocabulary {itos, specials} | labels [names]
     decoding {max_len, beam_size}, reference {path, sha256}, validation {...}
+
+A captioner exported with ``--dynamic-image-size`` has encoder input ``(batch, 3, height, width)`` and
+``num_pixels`` (feature-map positions: ``ceil(side / 32) ** 2``) in features/projected/alpha, each axis
+with min/opt/max in ``axes``.  The runtime still resizes every image to ``preprocessing.image_size``
+(the opt size); a caller driving the graphs itself may feed any square size within ``image_size_range``
+(TensorRT profiles cover it), with ``num_pixels`` following from that size.
 
 This module reads and checks it (Python 3.6, no torch/onnx).
 """
