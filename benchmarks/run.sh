@@ -4,8 +4,9 @@
 #
 #   benchmarks/run.sh [OUT_DIR]        # default: demo-out/bench (ignored by git)
 #
-# Environment: PYTHON (default .venv/bin/python, else python3), REPEAT (50), WARMUP (5), COLD_RUNS (3),
-# THREADS (default: every usable CPU), PRECISIONS (variants exported besides fp32, default "fp16 int8").
+# Environment: PYTHON (default .venv/bin/python, else python3), REPEAT (50), WARMUP (5), ROUNDS (3),
+# COLD_RUNS (1 per round), THREADS (default: every usable CPU),
+# PRECISIONS (variants exported besides fp32, default "fp16 int8").
 # Results: OUT_DIR/{captioner,classifier}.{txt,json,png}.
 # The machine should be otherwise idle: the script prints the load average before and after.
 set -euo pipefail
@@ -16,7 +17,8 @@ OUT="${1:-demo-out/bench}"
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 REPEAT="${REPEAT:-50}"
 WARMUP="${WARMUP:-5}"
-COLD_RUNS="${COLD_RUNS:-3}"
+ROUNDS="${ROUNDS:-3}"
+COLD_RUNS="${COLD_RUNS:-1}"
 PRECISION_ARGS=()
 for precision in ${PRECISIONS-fp16 int8}; do PRECISION_ARGS+=(--precision "$precision"); done
 THREAD_ARGS=()
@@ -35,7 +37,7 @@ for model in captioner classifier; do
     "$PYTHON" -m jetcap export "$CKPT_DIR/$model.pt" -o "$bundle" ${PRECISION_ARGS[@]+"${PRECISION_ARGS[@]}"} --force >&2
     echo "== bench $model" >&2
     "$PYTHON" -m jetcap bench "$bundle" --checkpoint "$CKPT_DIR/$model.pt" --repeat "$REPEAT" --warmup "$WARMUP" \
-        --cold-runs "$COLD_RUNS" ${THREAD_ARGS[@]+"${THREAD_ARGS[@]}"} --plot "$OUT/$model.png" --json > "$OUT/$model.json"
+        --rounds "$ROUNDS" --cold-runs "$COLD_RUNS" ${THREAD_ARGS[@]+"${THREAD_ARGS[@]}"} --plot "$OUT/$model.png" --json > "$OUT/$model.json"
     "$PYTHON" -c 'import json, sys; from jetcap.bench.report import format_report; print(format_report(json.load(open(sys.argv[1]))))' \
         "$OUT/$model.json" | tee "$OUT/$model.txt"
     echo

@@ -5,6 +5,7 @@ Every ratio reads "times better than PyTorch eager (same algorithm)": above 1 is
 figure is a latency, a throughput, a peak RSS or a cold start.
 """
 import collections
+import re
 
 Metric = collections.namedtuple("Metric", ["key", "label", "unit", "better", "path"])
 Metric.__doc__ = """One figure of a configuration: ``path`` into its results, ``better`` "lower" or "higher"."""
@@ -54,7 +55,8 @@ def classifier_metrics(lengths, opt):
     metrics = [Metric("latency_ms_T{}".format(t), "T={} ms".format(t), "ms", "lower",
                       ("measure", "batch1", str(t), "p50_ms")) for t in lengths]
     metrics += [
-        Metric("latency_p95_ms_opt", "T={} p95 ms".format(opt), "ms", "lower", ("measure", "batch1", str(opt), "p95_ms")),
+        Metric("latency_p95_ms_opt", "T={} p95 ms".format(opt), "ms", "lower",
+               ("measure", "batch1", str(opt), "p95_ms")),
         Metric("batch_ms_max", "batch ms", "ms", "lower", ("measure", "max_batch", "stats", "p50_ms")),
         Metric("sequences_per_s_max", "seq/s", "1/s", "higher", ("measure", "max_batch", "stats", "sequences_per_s")),
     ]
@@ -283,7 +285,9 @@ def _limit_table(run):
             point = entry["limit"].get(first, {})
             row.append("x{:.1f}".format(point["x_shape_floor"]) if "x_shape_floor" in point else "-")
         rows.append(row)
-    header = ["configuration"] + [label for label, _ in points] + (["{} / one matmul".format(first)] if with_shape else [])
+    header = ["configuration"] + [label for label, _ in points]
+    if with_shape:
+        header.append("{} / one matmul".format(first))
     return ("distance to the limit: achieved GFLOP/s, fraction of the peak matmul rate, latency / FLOP floor at that "
             "rate;\nlast column: latency / time of one matmul with as many multiply-adds\n" +
             format_table(header, rows))
@@ -295,8 +299,9 @@ def _header(run):
     for entry in run["configurations"]:
         versions.update(_get(entry, ("measure", "versions")) or {})
     lines = [
-        "jetcap bench {} ({}): {} threads, medians of {} repetitions after {} warm-up, {} cold start(s)".format(
-            run["bundle"], run["family"], run["threads"], run["repeat"], run["warmup"], run["cold_runs"]),
+        "jetcap bench {} ({}): {} threads, medians of {} repetitions after {} warm-up, best of {} round(s), "
+        "{} cold start(s) per round".format(run["bundle"], run["family"], run["threads"], run["repeat"], run["warmup"],
+                                            run.get("rounds", 1), run["cold_runs"]),
         "machine: {}, {} CPUs, {:.1f} GiB; {}".format(
             machine["cpu"], machine["cpus"], machine["memory_total_mb"] / 1024.0,
             ", ".join("{} {}".format(k, versions[k]) for k in sorted(versions))),
@@ -314,14 +319,19 @@ def _header(run):
         lines.append("matmul limit: " + "; ".join(parts))
     if run["flops"]:
         lines.append("FLOPs (FP32 graphs): " + ", ".join(
-            "{} {}".format(key, _flop_text(value["flops"])) for key, value in run["flops"].items()))
+            "{} {}".format(key, _flop_text(run["flops"][key])) for key in sorted(run["flops"], key=_natural)))
     return "\n".join(lines)
 
 
 def _flop_text(count):
     from jetcap.bench.flops import format_flops
 
-    return format_flops(count)
+    return format_flops(count["flops"])
+
+
+def _natural(key):
+    """Sort key putting ``model@1,T=20`` before ``model@1,T=128`` (numbers compared as numbers)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def format_report(run):

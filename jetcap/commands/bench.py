@@ -14,7 +14,9 @@ from jetcap.runtime.manifest import PRECISIONS
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Untimed repetitions before each measurement.")
 @click.option("--cold-runs", type=click.IntRange(min=0), default=3, show_default=True,
-              help="Fresh processes per configuration for the cold start and peak RSS (median; 0 skips).")
+              help="Fresh processes per configuration and round for the cold start and peak RSS (median; 0 skips).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Passes over all configurations; each timing is the best round's median (for busy machines).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads of ONNX Runtime, PyTorch and the BLAS [default: the usable CPUs].")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
@@ -26,7 +28,8 @@ from jetcap.runtime.manifest import PRECISIONS
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw latency, memory and cold-start bars per configuration into this PNG.")
 @json_option
-def command(bundle, checkpoint, repeat, warmup, cold_runs, threads, precisions, only, matmul_size, plot, as_json):
+def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, plot,
+            as_json):
     """Benchmark BUNDLE: PyTorch eager (from --checkpoint) against ONNX Runtime (FP32/FP16/INT8) and
     TensorRT (when installed), one fresh process per configuration.
 
@@ -41,8 +44,7 @@ def command(bundle, checkpoint, repeat, warmup, cold_runs, threads, precisions, 
     from jetcap.bench.runs import BenchOptions, run_benchmark
 
     options = BenchOptions(bundle, checkpoint=checkpoint, repeat=repeat, warmup=warmup, cold_runs=cold_runs,
-                           threads=threads, precisions=precisions, only=only,
-                           matmul_size=matmul_size)
+                           rounds=rounds, threads=threads, precisions=precisions, only=only, matmul_size=matmul_size)
     report = run_benchmark(options, log=log)
     if plot:
         from jetcap.bench.plot import draw_report

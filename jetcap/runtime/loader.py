@@ -291,7 +291,7 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
     Raises:
         InsufficientMemoryError: the estimate exceeds the budget or what is available.
     """
-    from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from jetcap.runtime.backends.onnxruntime import bundle_runners
 
     log = log or _quiet
     manifest = _manifest(bundle)
@@ -302,11 +302,7 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
                             what="the {} graph(s) {} of {}".format(precision, ", ".join(graphs), manifest.bundle_dir),
                             available_text=info.describe())
     rss_before = current_rss_bytes()
-    runners = collections.OrderedDict(
-        (graph, OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph),
-                                  name="onnxruntime:{}[{}]".format(graph, precision), providers=providers,
-                                  threads=threads))
-        for graph in graphs)
+    runners = bundle_runners(manifest, precision, graphs=graphs, providers=providers, threads=threads)
     _activate_all(runners)
     loaded = LoadedBundle(manifest, "onnxruntime", precision, runners, estimate, decision, rss_before,
                           current_rss_bytes())

@@ -8,7 +8,7 @@ import numpy as np
 
 from jetcap.errors import UsageError
 from jetcap.runtime import decoding
-from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
 from jetcap.runtime.sequences import check_sequence
 
 
@@ -22,11 +22,7 @@ def softmax(logits):
 
 def open_onnxruntime(manifest, precision="fp32", providers=None, threads=None):
     """``{graph: OnnxRuntimeRunner}`` (not yet activated) for ``precision`` of the bundle."""
-    return dict(
-        (graph, OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph),
-                                  name="onnxruntime:{}[{}]".format(graph, precision), providers=providers,
-                                  threads=threads))
-        for graph in manifest.graph_names)
+    return bundle_runners(manifest, precision, providers=providers, threads=threads)
 
 
 class HostDecoderSession(object):
@@ -96,7 +92,8 @@ def make_decoder_session(runner, features, projected, h, c):
     factory = getattr(runner, "decoder_session", None)
     if factory is not None:
         return factory(features, projected, h, c)
-    if isinstance(runner, OnnxRuntimeRunner):
+    if isinstance(runner, OnnxRuntimeRunner) and "CUDAExecutionProvider" in runner.session.get_providers():
+        # I/O binding pays off when h/c can stay on the GPU; on the CPU plain arrays were as fast
         return OrtBoundDecoderSession(runner, features, projected, h, c)
     return HostDecoderSession(runner, features, projected, h, c)
 

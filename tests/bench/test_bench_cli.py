@@ -89,7 +89,12 @@ def test_bad_input_is_reported_with_exit_code_2(tmp_path):
     result = _bench(bundle, "--only", "nonsense")
     assert result.exit_code == 2 and "unknown configuration nonsense" in result.output
     result = _bench(bundle, "--checkpoint", tmp_path / "absent.pt", "--only", "onnxruntime-fp32")
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and "checkpoint not found" in result.output
+    from jetcap.runtime.backends.trt_api import tensorrt_available
+
+    if not tensorrt_available():
+        result = _bench(bundle, "--only", "tensorrt-fp16")
+        assert result.exit_code == 2 and "none of tensorrt-fp16 can run here: tensorrt: not installed" in result.output
 
 
 @pytest.mark.slow

@@ -85,3 +85,24 @@ def test_bench_package_needs_at_most_python_36():
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout
+
+
+def test_best_of_rounds_takes_each_timing_from_its_best_round():
+    from jetcap.bench.runs import best_of_rounds, best_limit, combine_cold
+
+    rounds = [{"encoder": {"1": {"p50_ms": 5.0, "n": 3}}, "step": {"p50_ms": 1.0}, "captions": [[1, 2]], "load_s": 1.0},
+              {"encoder": {"1": {"p50_ms": 4.0, "n": 3}}, "step": {"p50_ms": 2.0}, "captions": [[1, 2]], "load_s": 2.0}]
+    best = best_of_rounds(rounds)
+    assert best["encoder"]["1"]["p50_ms"] == 4.0 and best["encoder"]["1"]["round_p50_ms"] == [5.0, 4.0]
+    assert best["step"]["p50_ms"] == 1.0
+    assert best["captions"] == [[1, 2]] and best["load_s"] == 1.0
+    colds = [{"cold_start_s": c, "peak_rss_mb": m} for c, m in ((3.0, 90.0), (1.0, 80.0), (2.0, 85.0))]
+    cold = combine_cold(colds)
+    assert cold["cold_start_s"] == 2.0 and cold["peak_rss_mb"] == 85.0 and cold["runs"] == [3.0, 1.0, 2.0]
+    limits = [{"numpy_peak": {"gflops": 10.0}, "onnxruntime_peak": {"gflops": 30.0}, "peak_gflops": 30.0,
+               "shapes": [{"gflops": 5.0}]},
+              {"numpy_peak": {"gflops": 20.0}, "onnxruntime_peak": {"gflops": 25.0}, "peak_gflops": 25.0,
+               "shapes": [{"gflops": 6.0}]}]
+    limit = best_limit(limits)
+    assert limit["peak_gflops"] == 30.0 and limit["numpy_peak"]["gflops"] == 20.0
+    assert limit["shapes"] == [{"gflops": 6.0}] and limit["rounds"] == 2

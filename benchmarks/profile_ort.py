@@ -1,0 +1,178 @@
+"""Where jetcap's ONNX Runtime captioning time goes on a CPU (the analysis behind docs/BENCHMARKS.md).
+
+    python benchmarks/profile_ort.py BUNDLE [--precision fp32] [--threads N] [--steps 3000] [--captions 100]
+
+1. One decoder step at batch 1 (median microseconds): jetcap's decoder session (I/O binding, what
+   ``CaptionPipeline`` uses), a plain ``session.run`` with numpy feeds, one MatMul with as many
+   multiply-adds as the step (1 x 1024 x N; with N threads and with 1), an empty one-node graph (the
+   fixed cost of a ``run`` call), and ONNX Runtime's own per-node kernel times (its profiler adds
+   overhead: compare those with each other, not with the totals).
+2. Whole captions at batch 1 and at the bundle's largest batch (median ms) with the sessions as
+   jetcap makes them, then with ``session.intra_op.allow_spinning = 0`` on both sessions, with the
+   host-array decoder session instead of I/O binding, and with both changes.  The encoder and the
+   decoder step each own an intra-op thread pool; by default a pool's threads keep spinning after each
+   run, so on a small CPU the idle session's spinning threads compete with the busy one's.
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _median(call, count, warmup):
+    for i in range(warmup):
+        call(i)
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _session(model, threads, spinning=True, profile_dir=None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_dir:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(profile_dir, "step")
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["NchwcTransformer"])
+
+
+def decoder_step(manifest, precision, threads, steps):
+    """Part 1: the batch-1 decoder step, its equal-work matmul and ONNX Runtime's per-node times."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from jetcap.bench.flops import count_flops, graph_input_shapes
+    from jetcap.bench.matmul import matmul_model
+    from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from jetcap.runtime.pipeline import HostDecoderSession, OrtBoundDecoderSession
+
+    path = manifest.graph_path(precision, "decoder_step")
+    spec = manifest.graph("decoder_step")
+    sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
+    sizes["batch"] = 1
+    shapes = graph_input_shapes(spec, sizes)
+    count = count_flops(manifest.graph_path("fp32", "decoder_step"), shapes)
+    rng = np.random.RandomState(0)
+    feed = dict((t["name"], np.ones(shapes[t["name"]], dtype=np.int64) if t["dtype"] == "int64"
+                 else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
+    runner = OnnxRuntimeRunner(path, spec, threads=threads)
+    runner.activate()
+    state = (feed["features"], feed["projected"], feed["h"], feed["c"])
+    words = feed["prev_word"]
+    rows = collections.OrderedDict()
+    bound = OrtBoundDecoderSession(runner, *state)
+    host = HostDecoderSession(runner, *state)
+    rows["jetcap decoder session (I/O binding)"] = _median(lambda i: bound.step(words), steps, 200)
+    rows["host-array decoder session (session.run)"] = _median(lambda i: host.step(words), steps, 200)
+    rows["session.run, numpy feeds, all outputs"] = _median(lambda i: runner.session.run(None, feed), steps, 200)
+    columns = max(1, int(round(count.macs / 1024.0)))
+    x = rng.standard_normal((1, 1024)).astype(np.float32)
+    for pool in sorted(set([threads, 1]), reverse=True):
+        matmul = _session(matmul_model(1024, columns).SerializeToString(), pool)
+        rows["one MatMul 1x1024x{} ({} thread{})".format(columns, pool, "s" if pool > 1 else "")] = _median(
+            lambda i: matmul.run(None, {"x": x}), steps, 200)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    empty = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    empty.ir_version = 7
+    empty_session = _session(empty.SerializeToString(), threads)
+    one = np.ones(1, dtype=np.float32)
+    rows["empty one-node graph (fixed cost of a run call)"] = _median(
+        lambda i: empty_session.run(None, {"x": one}), steps, 200)
+    print("1. decoder step, batch 1, {} ({} threads): {:.2f} MFLOP, {:.2f} M multiply-adds, {} nodes".format(
+        precision, threads, count.flops / 1e6, count.macs / 1e6, len(onnx.load(path).graph.node)))
+    for label, seconds in rows.items():
+        print("  {:<52} {:8.1f} us".format(label, seconds * 1e6))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = _session(path, threads, profile_dir=tmp)
+        for _ in range(steps):
+            profiled.run(None, feed)
+        with open(profiled.end_profiling()) as handle:
+            events = json.load(handle)
+    kernels = collections.defaultdict(list)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            kernels[(event["args"].get("op_name"), event["name"][:-len("_kernel_time")])].append(event["dur"])
+    medians = sorted(((sorted(v)[len(v) // 2], k) for k, v in kernels.items()), reverse=True)
+    print("  ONNX Runtime profiler: per-node kernel medians sum to {} us over {} nodes; the largest:".format(
+        sum(m for m, _ in medians), len(medians)))
+    for value, (op, name) in medians[:6]:
+        print("    {:>5} us  {:<10} {}".format(value, op, name))
+
+
+def captions(manifest, precision, threads, count):
+    """Part 2: whole captions with jetcap's sessions and with the two changes, alone and together."""
+    from jetcap import samples
+    from jetcap.runtime import decoding
+    from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from jetcap.runtime.pipeline import CaptionPipeline, HostDecoderSession, make_decoder_session
+    from jetcap.runtime.preprocess import load_images
+
+    images = load_images(samples.sample_images(), manifest.preprocessing)
+    max_batch = int(manifest.axes["batch"]["max"])
+    full = np.stack([images[i % len(images)] for i in range(max_batch)])
+    max_len = int(manifest.decoding.get("max_len", 20))
+    print("2. captions, {} ({} threads), median ms (batch 1 cycles through {} sample images):".format(
+        precision, threads, len(images)))
+    print("  {:<58} {:>9} {:>11}".format("sessions", "batch 1", "batch {}".format(max_batch)))
+    for spinning, host in ((True, False), (False, False), (True, True), (False, True)):
+        runners = {}
+        for graph in manifest.graph_names:
+            runner = OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph), threads=threads)
+            runner.activate()
+            runner.session = _session(runner.path, threads, spinning=spinning)
+            runners[graph] = runner
+        pipeline = CaptionPipeline(manifest, runners)
+        vocab = pipeline.vocab
+
+        def caption(batch):
+            encoded = pipeline.encode(batch)
+            session = HostDecoderSession(pipeline.step, *encoded) if host else \
+                make_decoder_session(pipeline.step, *encoded)
+            return decoding.greedy_decode(session, len(batch), vocab.start_id, vocab.end_id, max_len)
+
+        one = _median(lambda i: caption(images[i % len(images):i % len(images) + 1]), count, 10)
+        many = _median(lambda i: caption(full), max(10, count // 4), 3)
+        label = "{}, {}".format("jetcap's (spinning pools)" if spinning else "allow_spinning=0",
+                                "host-array steps" if host else "I/O-binding steps (jetcap's)")
+        print("  {:<58} {:9.2f} {:11.2f}".format(label, one * 1e3, many * 1e3))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--captions", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    from jetcap.runtime.manifest import Manifest
+
+    manifest = Manifest.load(args.bundle)
+    print("load average before: {}".format(open("/proc/loadavg").read().strip()))
+    decoder_step(manifest, args.precision, args.threads, args.steps)
+    captions(manifest, args.precision, args.threads, args.captions)
+    print("load average after: {}".format(open("/proc/loadavg").read().strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
