@@ -5,15 +5,10 @@ feed ONNX Runtime's Q/DQ calibration and can feed a TensorRT calibrator on the d
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 
-from jetcap.errors import UsageError
-from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence  # noqa: F401  (re-exported)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class FeedReader:
@@ -31,11 +26,3 @@ class FeedReader:
 
     def __len__(self) -> int:
         return len(self._feeds)
-
-
-def list_files(folder: Path, suffixes: tuple, limit: int) -> List[Path]:
-    """Sorted files of ``folder`` with one of ``suffixes``, at most ``limit``; none is a UsageError."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in suffixes)[:limit]
-    if not files:
-        raise UsageError("{} holds no {} files".format(folder, "/".join(suffixes)))
-    return files

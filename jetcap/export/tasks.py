@@ -5,16 +5,18 @@ One small class per family, registered by family name, so generic export code ha
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any, Dict, List
 
 import numpy as np
 
 from jetcap.errors import UsageError
-from jetcap.export.calibration import IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, list_files, load_sequence
+from jetcap.util.fsio import list_inputs
 from jetcap.export.options import CalibrationMethod, ExportOptions
 from jetcap.export.sweep import real_batch
 from jetcap.runtime import preprocess
+from jetcap.runtime.preprocess import IMAGE_SUFFIXES
+from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence
 from jetcap.runtime.decoding import greedy_decode
 from jetcap.util.lazy import require
 
@@ -181,8 +183,8 @@ class CaptionerExport(FamilyExport):
     def _images(self, config, opts, limit: int, seed: int) -> tuple:
         prep = preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"])
         if opts.calibration_data is not None:
-            paths = list_files(Path(opts.calibration_data), IMAGE_SUFFIXES, limit)
-            return preprocess.load_images(paths, prep), [p.name for p in paths]
+            paths = list_inputs(opts.calibration_data, IMAGE_SUFFIXES, limit)
+            return preprocess.load_images(paths, prep), [os.path.basename(p) for p in paths]
         from jetcap import samples
         from jetcap.samples import shapes
 
@@ -277,7 +279,7 @@ class ClassifierExport(FamilyExport):
         high = axes["T"]["max"]
         low = axes["T"]["min"]
         if opts.calibration_data is not None:
-            seqs = [load_sequence(p) for p in list_files(Path(opts.calibration_data), SEQUENCE_SUFFIXES, limit)]
+            seqs = [load_sequence(p) for p in list_inputs(opts.calibration_data, SEQUENCE_SUFFIXES, limit)]
         else:
             from jetcap import samples
             from jetcap.samples import gestures

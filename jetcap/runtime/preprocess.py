@@ -12,6 +12,7 @@ from jetcap.util.lazy import require
 
 # Refuse decompression bombs before decoding: 40 megapixels is far above any camera the Nano serves.
 DEFAULT_MAX_PIXELS = 40 * 1000 * 1000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
 

@@ -94,3 +94,23 @@ def atomic_directory(path, force=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def list_inputs(folder, suffixes, limit=None):
+    """Sorted paths (str) of the files in ``folder`` whose suffix is one of ``suffixes``, at most ``limit``.
+
+    Raises:
+        UsageError: the folder does not exist or holds no such file.
+    """
+    from jetcap.errors import UsageError
+
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        raise UsageError("folder not found: {}".format(folder))
+    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in suffixes)
+    if limit:
+        names = names[:limit]
+    if not names:
+        raise UsageError("{} holds no {} files".format(folder, "/".join(suffixes)))
+    return [os.path.join(folder, n) for n in names]
+

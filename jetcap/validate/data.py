@@ -8,30 +8,17 @@ import os
 
 import numpy as np
 
-from jetcap.errors import UsageError
 from jetcap.runtime import preprocess
+from jetcap.runtime.preprocess import IMAGE_SUFFIXES
 from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
 from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def _files(folder, suffixes, limit):
-    if not os.path.isdir(str(folder)):
-        raise UsageError("--data folder not found: {}".format(folder))
-    names = sorted(n for n in os.listdir(str(folder)) if os.path.splitext(n)[1].lower() in suffixes)
-    if limit:
-        names = names[:limit]
-    if not names:
-        raise UsageError("{} holds no {} files".format(folder, "/".join(suffixes)))
-    return [os.path.join(str(folder), n) for n in names]
-
+from jetcap.util.fsio import list_inputs
 
 def task_from_folder(manifest, opts):
     """Task inputs and reference results for the files in ``opts.data``."""
     beam_size = 3
     if manifest.family == "captioner":
-        paths = _files(opts.data, IMAGE_SUFFIXES, opts.samples)
+        paths = list_inputs(opts.data, IMAGE_SUFFIXES, opts.samples)
         images = preprocess.load_images(paths, manifest.preprocessing)
         names = [os.path.basename(p) for p in paths]
         if opts.checkpoint:
@@ -50,7 +37,7 @@ def task_from_folder(manifest, opts):
             source = "{} ({} images), ONNX Runtime FP32 reference".format(opts.data, len(paths))
         return {"source": source, "names": names, "images": images, "greedy": ref["greedy"], "beam": ref["beam"],
                 "beam_size": beam_size}
-    paths = _files(opts.data, SEQUENCE_SUFFIXES, opts.samples)
+    paths = list_inputs(opts.data, SEQUENCE_SUFFIXES, opts.samples)
     runners = open_onnxruntime(manifest, "fp32")
     pipeline = ClassifierPipeline(manifest, runners)
     sequences = [pipeline.check(load_sequence(p), os.path.basename(p)) for p in paths]
