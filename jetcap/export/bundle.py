@@ -27,6 +27,7 @@ from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
 from jetcap.util.isolate import probe_onnx_session
 from jetcap.util.lazy import require
 from jetcap.util.npz import save_npz
+from jetcap.validate.gate import tolerance_gates
 
 REFERENCE_NAME = "reference.npz"
 VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
@@ -185,7 +186,7 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
                 prefix = "sweep/{}/{}/".format(spec.name, case["name"])
                 feed = {k[len(prefix) + 3:]: v for k, v in reference.items() if k.startswith(prefix + "in/")}
                 expected = {k[len(prefix) + 4:]: v for k, v in reference.items() if k.startswith(prefix + "out/")}
-                gate = precision != "int8" or case["kind"] == "real"
+                gate = tolerance_gates(precision, case["kind"])
                 for record in compare_outputs(runner.infer(feed), expected, tolerance, gate=gate):
                     record["case"] = case["name"]
                     record["gated"] = gate
