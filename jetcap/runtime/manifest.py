@@ -23,7 +23,8 @@ This module reads and checks it (Python 3.6, no torch/onnx).
 import os
 
 from jetcap.errors import BundleError
-from jetcap.util.fsio import read_json, sha256_file
+from jetcap.runtime import bundle_schema
+from jetcap.util.fsio import read_json
 
 FORMAT = "jetcap-bundle"
 FORMAT_VERSION = 1
@@ -82,7 +83,7 @@ class Manifest(object):
             raise BundleError("{} has no {} (is it a jetcap bundle?)".format(bundle_dir, MANIFEST_NAME))
         try:
             data = read_json(path)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise BundleError("{} is not valid JSON: {}".format(path, exc))
         return cls(data, bundle_dir)
 
@@ -94,12 +95,7 @@ class Manifest(object):
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise BundleError("manifest format version {!r} is not supported by this jetcap (reads <= {})".format(
                 version, FORMAT_VERSION), hint="upgrade jetcap on this device")
-        for key in ("family", "graphs", "axes", "variants", "config"):
-            if key not in data:
-                raise BundleError("manifest lacks {!r}".format(key))
-        for precision, variant in data["variants"].items():
-            if set(variant.get("files", {})) != set(data["graphs"]):
-                raise BundleError("variant {} does not list a file for every graph".format(precision))
+        bundle_schema.check_manifest(data, self.bundle_dir)
 
     # -- accessors ------------------------------------------------------------------------------
     @property
@@ -154,19 +150,15 @@ class Manifest(object):
     def graph_path(self, precision, graph):
         """Absolute path of ``graph``'s ONNX file in ``precision``; BundleError if the file is missing."""
         entry = self.variant(precision)["files"][graph]
-        path = os.path.join(self.bundle_dir, entry["path"])
+        path = bundle_schema.bundle_file(self.bundle_dir, entry["path"], "{} {}".format(precision, graph))
         if not os.path.isfile(path):
             raise BundleError("bundle file missing: {}".format(path))
         return path
 
     def verify_file(self, precision, graph):
-        """Check the sha256 of one graph file against the manifest; BundleError on mismatch."""
-        entry = self.variant(precision)["files"][graph]
-        path = self.graph_path(precision, graph)
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise BundleError("{} does not match its manifest checksum (modified or corrupt)".format(path))
-        return actual
+        """Check the sha256 of one graph file and its external data against the manifest; BundleError on mismatch."""
+        return bundle_schema.verify_graph_file(self.bundle_dir, self.variant(precision)["files"][graph],
+                                               "{} {}".format(precision, graph))
 
     def vocabulary(self):
         """The captioner's :class:`jetcap.runtime.vocab.Vocabulary`."""
@@ -181,8 +173,8 @@ class Manifest(object):
         return profile_shapes(self.graph(graph)["inputs"], self.axes)
 
     def reference_path(self):
-        """Absolute path of the reference-data npz, or None when the bundle has none."""
+        """Absolute path of the reference-data npz (its sha256 checked), or None when the bundle has none."""
         ref = self.data.get("reference")
         if not ref:
             return None
-        return os.path.join(self.bundle_dir, ref["path"])
+        return bundle_schema.verify_reference(self.bundle_dir, ref)

@@ -14,6 +14,7 @@ engine for this precision, TensorRT version and GPU that loads; otherwise ONNX R
 turned into a silent fallback: it is raised with the numbers, whatever the backend.
 """
 from jetcap.errors import BundleError, InsufficientMemoryError, JetcapError, MissingDependencyError, UsageError
+from jetcap.runtime import bundle_schema
 from jetcap.runtime.manifest import PRECISIONS, Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -97,6 +98,7 @@ def expect_family(manifest, family, command=None):
         hint = "use jetcap {} for {} bundles".format(command, manifest.family) if command else None
         raise UsageError("{} is a {} bundle, not a {}".format(manifest.bundle_dir, manifest.family, family),
                          hint=hint)
+    bundle_schema.require_entries(manifest, "caption" if family == "captioner" else "predict")
 
 
 def sequence_limits(manifest):

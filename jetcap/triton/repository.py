@@ -23,6 +23,7 @@ import os
 import shutil
 
 from jetcap.errors import BundleError, MissingDependencyError, UsageError
+from jetcap.runtime import bundle_schema
 from jetcap.runtime.manifest import MANIFEST_NAME, Manifest
 from jetcap.triton import config as pbtxt
 from jetcap.util.fsio import atomic_directory, read_json, sha256_file
@@ -253,6 +254,8 @@ def _copy_bundle(manifest, dest, precision, graphs):
         manifest.verify_file(precision, graph)
         rel = manifest.variant(precision)["files"][graph]["path"]
         target = os.path.join(dest, rel)
+        if not bundle_schema.inside(dest, target):  # the manifest's paths are checked on load; never trust them
+            raise BundleError("bundle path {!r} would be written outside the repository".format(rel))
         if not os.path.isdir(os.path.dirname(target)):
             os.makedirs(os.path.dirname(target))
         shutil.copy2(manifest.graph_path(precision, graph), target)
@@ -320,6 +323,8 @@ def write_repository(bundle_dir, out_dir, options=None):
     manifest = bundle_dir if isinstance(bundle_dir, Manifest) else Manifest.load(bundle_dir)
     manifest.variant(options.precision)
     name = options.name or manifest.family
+    if not bundle_schema.NAME.match(name):
+        raise UsageError("model name {!r} is not a plain name (letters, digits, '_', '.', '-')".format(name))
     max_batch = _batch_max(manifest, options)
     plans = find_plans(manifest, options.precision, options.engine_cache) if options.backend == "tensorrt" else {}
     if options.backend != "python":
