@@ -17,6 +17,7 @@ from jetcap.errors import JetcapError
 COMMANDS = (
     ("export", "export"),
     ("validate", "validate"),
+    ("check", "check"),
     ("build", "build"),
     ("caption", "caption"),
     ("caption-stream", "caption_stream"),
