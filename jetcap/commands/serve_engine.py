@@ -31,10 +31,24 @@ from jetcap.commands.options import backend_option, max_memory_option, precision
               help="Largest image (width x height) accepted, from its header [default: 40 000 000].")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
               help="Connections served at once; more are answered 503 immediately.")
+@click.option("--probe-slots", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Extra connections taken while every --max-connections slot is busy, only for GET/HEAD "
+                   "/health, /ready and /metrics (so probes work while slow clients hold the slots).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Seconds from a connection's start until its request line and headers are in; then 408.")
+@click.option("--min-body-rate-kib", type=click.FloatRange(min=0.001), default=64.0, show_default=True,
+              help="Slowest average body upload accepted (KiB/s, after --header-timeout of grace); then 408.")
+@click.option("--max-buffered-mb", type=click.FloatRange(min=0.001), default=None,
+              help="Request bodies held in memory by all connections together; beyond it 503 before reading "
+                   "[default: 4 x --max-body-mb].")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Accept only requests whose Host header is NAME (repeatable; others get 421): a defence "
+                   "against DNS rebinding when a browser can reach the server [default: any].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads [default: onnxruntime's choice].")
 def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb, max_concurrency, queue, max_body_mb,
-            timeout, memory_threshold_mb, max_rss_mb, max_pixels, max_connections, threads):
+            timeout, memory_threshold_mb, max_rss_mb, max_pixels, max_connections, probe_slots, header_timeout,
+            min_body_rate_kib, max_buffered_mb, allowed_hosts, threads):
     """Serve BUNDLE over HTTP: POST /caption or /predict, GET /health /ready /model /metrics.
 
     The model loads in the background; /ready turns 200 once it is loaded and warmed up (a load failure
@@ -43,13 +57,16 @@ def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb,
     See docs/SERVING.md.
     """
     from jetcap.runtime import preprocess
-    from jetcap.runtime.server import ServeOptions, serve
+    from jetcap.serve.app import serve
+    from jetcap.serve.options import ServeOptions
 
     options = ServeOptions(host=host, port=port, backend=backend, precision=precision, engine_cache=engine_cache,
                            max_memory_mb=max_memory_mb, max_concurrency=max_concurrency, queue=queue,
                            max_body_mb=max_body_mb, timeout=timeout, memory_threshold_mb=memory_threshold_mb,
                            max_rss_mb=max_rss_mb, max_pixels=max_pixels or preprocess.DEFAULT_MAX_PIXELS,
-                           max_connections=max_connections, threads=threads)
+                           max_connections=max_connections, threads=threads, probe_slots=probe_slots,
+                           header_timeout=header_timeout, min_body_rate_kib=min_body_rate_kib,
+                           max_buffered_mb=max_buffered_mb, allowed_hosts=allowed_hosts)
     code = serve(bundle, options)
     if code:
         raise click.exceptions.Exit(code)

@@ -116,7 +116,7 @@ def read_sequences(paths, manifest):
     out = []
     for path in paths:
         name = str(path)
-        array = load_sequence(_require_file(path, "sequence file"))
+        array = load_sequence(_require_file(path, "sequence file"), max_len=max_len, width=width)
         out.append((name, check_sequence(array, os.path.basename(name), width=width, max_len=max_len,
                                          min_len=min_len)))
     return out

@@ -1,6 +1,7 @@
 """Keypoint sequences from files: .npy or JSON ``(T, F)`` (Python 3.6)."""
 import json
 import os
+import re
 
 import numpy as np
 
@@ -9,19 +10,108 @@ from jetcap.errors import UsageError
 SEQUENCE_SUFFIXES = (".npy", ".json")
 
 
-def load_sequence(path):
-    """A (T, F) float32 sequence from ``.npy`` or JSON (a list of frames or ``{"sequence": [...]}``)."""
+# a (T, F) sequence is two levels deep; anything far deeper is hostile (and would hit the recursion limit)
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 64
+
+
+def _parse_number(text):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError("a number of {} characters".format(len(text)))
+    return float(text)  # never an int: huge integers become inf (refused later), not OverflowError
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_depth_ok(text, limit):
+    """False when brackets in ``text`` nest deeper than ``limit`` (strings skipped); cheap, before parsing."""
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        ch = match.group(0)
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_sequence_json(text, name="sequence"):
+    """Parse JSON text of a sequence (or of a request holding one); UsageError for anything hostile.
+
+    Nesting deeper than :data:`MAX_JSON_DEPTH`, numbers longer than :data:`MAX_NUMBER_CHARS` characters and
+    malformed JSON are one-line UsageErrors; integers are read as floats (so 400 digits are ``inf``, which
+    :func:`check_sequence` refuses) and NaN/Infinity literals are refused there too.
+    """
+    if not _json_depth_ok(text, MAX_JSON_DEPTH):
+        raise UsageError("{} nests JSON deeper than {} levels (a sequence is [[...], ...])".format(
+            name, MAX_JSON_DEPTH))
+    try:
+        return json.loads(text, parse_int=_parse_number, parse_float=_parse_number)
+    except RecursionError:
+        raise UsageError("{} nests JSON too deeply".format(name))
+    except ValueError as exc:
+        raise UsageError("{} is not valid JSON: {}".format(name, str(exc)[:200]))
+
+
+def load_sequence(path, max_len=None, width=None):
+    """A (T, F) float32 sequence from ``.npy`` or JSON (a list of frames or ``{"sequence": [...]}``).
+
+    A ``.npy`` file's header is read first and its shape checked against ``max_len`` / ``width`` before
+    any data is read; the data is memory-mapped, so a 2 GB file costs nothing until it passed.
+    """
     path = str(path)
+    name = os.path.basename(path)
     try:
         if path.lower().endswith(".npy"):
-            array = np.load(path, allow_pickle=False)
+            array = _load_npy(path, name, max_len, width)
         else:
-            with open(path, "r") as handle:
-                data = json.load(handle)
-            array = np.asarray(data["sequence"] if isinstance(data, dict) else data, dtype=np.float32)
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_JSON_BYTES + 1)
+            if len(raw) > MAX_JSON_BYTES:
+                raise UsageError("{} is over {} MiB of JSON; use .npy for long sequences".format(
+                    name, MAX_JSON_BYTES >> 20))
+            data = parse_sequence_json(raw.decode("utf-8"), name)
+            if isinstance(data, dict):
+                if "sequence" not in data:
+                    raise UsageError('{} is a JSON object without "sequence"'.format(name))
+                data = data["sequence"]
+            array = data
+    except UnicodeDecodeError:
+        raise UsageError("{} is not UTF-8 JSON".format(name))
     except (IOError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError("{} is not a readable sequence: {}".format(os.path.basename(path), exc))
-    return check_sequence(array, os.path.basename(path))
+        raise UsageError("{} is not a readable sequence: {}".format(name, exc))
+    return check_sequence(array, name, width=width, max_len=max_len)
+
+
+MAX_JSON_BYTES = 64 << 20
+
+
+def _load_npy(path, name, max_len, width):
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise UsageError("{}: .npy format version {} is not supported".format(name, version))
+    if dtype.hasobject:
+        raise UsageError("{} holds Python objects (pickles are never loaded)".format(name))
+    if dtype.kind not in "biuf":
+        raise UsageError("{} holds {} values, not numbers".format(name, dtype))
+    if len(shape) != 2:
+        raise UsageError("{} has shape {}, expected (T, F)".format(name, shape))
+    if max_len is not None and shape[0] > max_len:
+        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its positional encoding)".format(
+            name, shape[0], max_len), hint="trim or split the sequence")
+    if width is not None and shape[1] != width:
+        raise UsageError("{} has {} features per frame, the model expects {}".format(name, shape[1], width))
+    if 0 in shape:
+        return np.zeros(shape, dtype=np.float32)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):

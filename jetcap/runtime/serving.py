@@ -7,7 +7,7 @@
 * :class:`ModelState`: loads a bundle in the background (memory-checked, then a warm-up inference) and
   runs the caption / predict jobs.
 
-:mod:`jetcap.runtime.server` puts them behind HTTP.
+:mod:`jetcap.serve` puts them behind HTTP.
 """
 import collections
 import io
@@ -20,8 +20,9 @@ import traceback
 import numpy as np
 
 from jetcap.errors import InsufficientMemoryError, JetcapError, UsageError
-from jetcap.runtime import memory, preprocess
+from jetcap.runtime import bundle_schema, memory, preprocess
 from jetcap.runtime.loader import current_rss_bytes
+from jetcap.util.lazy import require
 
 # memory guard: recover only once memory is this fraction better than the threshold (no flapping)
 GUARD_HYSTERESIS = 0.05
@@ -326,6 +327,7 @@ class ModelState(object):
             if self.manifest.family not in SERVABLE_FAMILIES:
                 raise UsageError("bundle family {!r} cannot be served (captioner or classifier)".format(
                     self.manifest.family))
+            bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
             session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
                                   engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
                                   log=self.log.message, threads=self.options.threads)
@@ -367,13 +369,13 @@ class ModelState(object):
         self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
 
     def _warm_up(self):
+        """One inference through exactly the path a request takes (decode, preprocess, model, result), so
+        ``/ready`` = 200 means every endpoint of the family can answer."""
         if self.family == "captioner":
-            height, width = self.manifest.preprocessing["image_size"]
-            images = np.zeros((1, 3, int(height), int(width)), dtype=np.float32)
-            self.pipeline.caption(images, beam_size=self.default_beam(), max_len=self.default_max_len())
+            self.caption(warmup_image(self.manifest.preprocessing), self.default_beam(), self.default_max_len())
         else:
             length = max(self.pipeline.min_len, min(self.pipeline.max_len, int(self.manifest.axes["T"]["opt"])))
-            self.pipeline.predict(np.zeros((length, self.pipeline.width), dtype=np.float32), "warm-up sequence")
+            self.predict(np.zeros((length, self.pipeline.width), dtype=np.float32).tolist())
 
     def default_beam(self):
         """The bundle's decoding beam size (1 when it has none), as ``jetcap caption`` uses it."""
@@ -452,6 +454,15 @@ class ModelState(object):
         if session is not None:
             session.close()
             self.log("runners_released", backend=session.backend)
+
+
+def warmup_image(preprocessing):
+    """PNG bytes of a mid-grey image of the bundle's input size: what the warm-up request sends."""
+    Image = require("PIL.Image")
+    height, width = preprocessing["image_size"]
+    buffer = io.BytesIO()
+    Image.new("RGB", (int(width), int(height)), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def decode_image(data, max_pixels):

@@ -1,0 +1,179 @@
+"""One request's bytes: body reading, multipart, JSON, option values, error details (Python 3.6).
+
+Everything here treats the client as hostile: a body is read only after its ``Content-Length`` was
+checked against ``--max-body-mb`` and reserved in the :class:`BodyBudget` (bodies being received are
+memory too), against its deadline; JSON cannot reach the recursion limit or turn huge integers into
+overflows; details sent back never contain heap addresses.
+"""
+import re
+import threading
+
+from jetcap.errors import UsageError
+from jetcap.runtime.sequences import parse_sequence_json
+
+_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_ADDRESS = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9A-Fa-f]+>")
+_HEX_ADDRESS = re.compile(r"\bat 0x[0-9A-Fa-f]{6,}\b")
+RETRY_AFTER_BUFFERS = 1
+
+
+class HttpError(Exception):
+    """An error answered to the client as ``{"error": ..., "detail": ...}`` with ``status``.
+
+    ``body_read``: False while the request body is still unread (it is drained before closing).
+    ``close``: the connection must be closed after the answer (always so with HTTP/1.0 here).
+    """
+
+    def __init__(self, status, error, detail=None, headers=None, body_read=False):
+        super(HttpError, self).__init__(error)
+        self.status = int(status)
+        self.error = error
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.body_read = body_read
+
+
+def scrub(detail):
+    """``detail`` without object reprs or heap addresses (``<_io.BytesIO object at 0x7f..>`` -> ``<request body>``)."""
+    if detail is None:
+        return None
+    text = _ADDRESS.sub(lambda m: "<request body>" if "BytesIO" in m.group(1) else "<{}>".format(m.group(1)),
+                        str(detail))
+    return _HEX_ADDRESS.sub("", text)
+
+
+def parse_header_params(value):
+    """``'multipart/form-data; boundary="x"'`` -> ``('multipart/form-data', {'boundary': 'x'})``."""
+    value = value or ""
+    main, _, rest = value.partition(";")
+    params = {}
+    for match in _PARAM.finditer(";" + rest):
+        raw = match.group(2).strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        params[match.group(1).lower()] = raw
+    return main.strip().lower(), params
+
+
+def parse_multipart(body, content_type):
+    """``{field: bytes}`` of a ``multipart/form-data`` body; UsageError when it is malformed."""
+    _, params = parse_header_params(content_type)
+    boundary = params.get("boundary")
+    if not boundary or len(boundary) > 200:
+        raise UsageError("multipart/form-data without a usable boundary")
+    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
+    chunks = (b"\r\n" + body).split(delimiter)
+    if len(chunks) < 3:
+        raise UsageError("malformed multipart/form-data body (boundary not found)")
+    fields = {}
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise UsageError("malformed multipart/form-data part (no blank line after its headers)")
+        name = None
+        for line in head.decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                name = parse_header_params(value)[1].get("name")
+        if name is None:
+            raise UsageError("multipart/form-data part without a Content-Disposition name")
+        fields[name] = content
+    return fields
+
+
+def int_option(values, name, default, low, high):
+    """``values[name]`` as an int in ``[low, high]`` (``default`` when absent); UsageError otherwise."""
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    if len(str(raw)) > 12:
+        raise UsageError("{} must be an integer between {} and {}".format(name, low, high))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise UsageError("{} must be an integer, got {!r}".format(name, str(raw)[:20]))
+    if not low <= value <= high:
+        raise UsageError("{} must be between {} and {}, got {}".format(name, low, high, value))
+    return value
+
+
+def parse_predict_body(body):
+    """The ``sequence`` of a ``/predict`` body ``{"sequence": [[...], ...]}``; UsageError when it is not one."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the body is not UTF-8 JSON")
+    data = parse_sequence_json(text, "the body")
+    if not isinstance(data, dict) or "sequence" not in data:
+        raise UsageError('expected a JSON object {"sequence": [[...], ...]} of frames x features')
+    return data["sequence"]
+
+
+class BodyBudget(object):
+    """Bytes of request bodies being received or held, all connections together (at most ``limit``).
+
+    A request reserves its whole ``Content-Length`` before its body is read, so 40 slow uploads of
+    8 MiB cannot add 320 MB of RSS behind the memory guard's back.
+    """
+
+    def __init__(self, limit):
+        self.limit = int(limit)
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, length):
+        """Reserve ``length`` bytes; HttpError 503 when they do not fit now."""
+        with self._lock:
+            if self.held + length > self.limit:
+                held = self.held
+            else:
+                self.held += length
+                return
+        raise HttpError(503, "busy receiving", "{} bytes of request bodies are being received; {} more do not fit "
+                        "in --max-buffered-mb ({} bytes)".format(held, length, self.limit),
+                        {"Retry-After": RETRY_AFTER_BUFFERS})
+
+    def release(self, length):
+        with self._lock:
+            self.held = max(0, self.held - length)
+
+
+def content_length(headers, max_body_bytes):
+    """The request's body length from its headers; HttpError 411/400/413 when missing, bad or too large."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        raise HttpError(411, "length required", "chunked uploads are not supported; send a Content-Length")
+    raw = headers.get("Content-Length")
+    if raw is None:
+        raise HttpError(411, "length required", "POST needs a Content-Length header")
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 18:
+        raise HttpError(400, "bad request", "invalid Content-Length {!r}".format(raw[:40]))
+    length = int(raw)
+    if length > max_body_bytes:
+        raise HttpError(413, "request body too large", "{} bytes, the limit is {} (--max-body-mb)".format(
+            length, max_body_bytes))
+    return length
+
+
+def read_body(reader, length, seconds):
+    """Read exactly ``length`` body bytes from ``reader`` (a DeadlineReader) within ``seconds``.
+
+    Raises RequestDeadline (408) when the deadline passes, HttpError 400 when the client stops early.
+    """
+    import socket
+
+    from jetcap.serve.connection import RequestDeadline
+
+    reader.set_deadline("body", seconds)
+    try:
+        body = reader.read(length)
+    except socket.timeout:
+        raise RequestDeadline("body", reader.idle_timeout)
+    except RequestDeadline:
+        raise
+    if len(body) < length:
+        raise HttpError(400, "bad request", "body ended after {} of {} bytes".format(len(body), length),
+                        body_read=True)
+    return body

@@ -1,0 +1,160 @@
+"""Slow and hostile HTTP clients against a real ``serve-engine`` on loopback, every test bounded in time."""
+import http.client
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.runtime.test_server import HOST, Server
+
+LIMITS = ["--threads", "1", "--max-connections", "4", "--probe-slots", "2", "--header-timeout", "1.5",
+          "--max-body-mb", "1", "--max-buffered-mb", "2", "--min-body-rate-kib", "64"]
+
+
+@pytest.fixture(scope="module")
+def server(classifier_bundle, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("hostile-logs")
+    started = Server(classifier_bundle, LIMITS, logs / "hostile.log")
+    try:
+        started.wait_listening()
+        assert started.wait_loaded() == "ready"
+        yield started
+    finally:
+        started.kill()
+
+
+@pytest.fixture(scope="module")
+def guarded(classifier_bundle, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("guarded-logs")
+    started = Server(classifier_bundle, ["--threads", "1", "--allowed-host", "localhost"], logs / "guarded.log")
+    try:
+        started.wait_listening()
+        started.wait_loaded()
+        yield started
+    finally:
+        started.kill()
+
+
+def _url(server, path):
+    return "http://{}:{}{}".format(HOST, server.port, path)
+
+
+def _slow(server, head=b"GET /health HTTP/1.0\r\nX-Slow: "):
+    sock = socket.create_connection((HOST, server.port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def _sequence_body(server):
+    model = server.request("GET", "/model")[2]
+    return json.dumps({"sequence": [[0.0] * model["input_size"]] * model["sequence_length"]["min"]}).encode()
+
+
+def test_slow_headers_get_408_within_the_deadline(server):
+    sock = _slow(server)
+    began = time.time()
+    try:
+        sock.settimeout(10)
+        answer = sock.recv(4096)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 408") and b"request timeout" in answer
+    assert 1.0 < time.time() - began < 5.0
+
+
+def test_slow_body_below_the_minimum_rate_gets_408(server):
+    sock = _slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 200000\r\n\r\n{")
+    began = time.time()
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            sock.sendall(b" ")
+        sock.settimeout(10)
+        answer = sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        answer = b"reset"
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 408"), answer
+    assert time.time() - began < 8.0  # 1.5 s grace + 200 000 B at 64 KiB/s
+
+
+def test_probes_and_requests_answer_while_slow_clients_hold_every_slot(server):
+    slow = [_slow(server) for _ in range(8)]  # 4 slots + 2 probe slots, and more
+    try:
+        time.sleep(1.1)  # they are now stalled (a real client sends its headers at once)
+        began = time.time()
+        for path in ("/health", "/ready", "/metrics"):
+            assert urllib.request.urlopen(_url(server, path), timeout=5).status == 200
+        request = urllib.request.Request(_url(server, "/predict"), data=_sequence_body(server))
+        assert urllib.request.urlopen(request, timeout=5).status == 200
+        assert time.time() - began < 3.0
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_body_over_the_limit_is_a_readable_413_for_urllib(server):
+    request = urllib.request.Request(_url(server, "/predict"), data=b"[" * (3 << 20))
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=20)
+    assert info.value.code == 413
+    assert "--max-body-mb" in json.loads(info.value.read().decode())["detail"]
+
+
+def test_buffered_bodies_are_budgeted(server):
+    # two connections announce 1 MiB each (the 2 MiB budget) and send nothing more: a third gets 503
+    held = [_slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1048576\r\n\r\n[") for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        status, head, payload = server.request("POST", "/predict", _sequence_body(server), timeout=10)
+        assert status == 503 and "--max-buffered-mb" in payload["detail"] and "retry-after" in head
+        values = server.metrics()
+        assert values[("jetcap_request_body_bytes_buffered", ())] == 2 * 1048576
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@pytest.mark.parametrize("body", [b"[" * 100000, b'{"sequence": [[' + b"1" * 400 + b"]]}",
+                                  b'{"sequence": [[1e999, 2]]}', b'{"sequence": [[NaN]]}', b"\xff\xfe"])
+def test_hostile_json_is_400(server, body):
+    status, _, payload = server.request("POST", "/predict", body, timeout=10)
+    assert status == 400 and set(payload) == {"error", "detail"}, payload
+
+
+def test_no_heap_addresses_in_details(server, captioner_bundle, tmp_path):
+    status, _, payload = server.request("POST", "/predict", b"{", timeout=10)
+    assert status == 400 and " at 0x" not in payload["detail"]
+    from jetcap.serve.parsing import scrub
+
+    assert scrub("cannot identify image file <_io.BytesIO object at 0x7f12ab34cd50>") == \
+        "cannot identify image file <request body>"
+
+
+def test_head_on_get_endpoints(server):
+    for path in ("/health", "/ready", "/model", "/metrics"):
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+        try:
+            conn.request("HEAD", path)
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == b""
+            assert int(response.getheader("Content-Length")) > 0
+        finally:
+            conn.close()
+
+
+def test_host_header_check(guarded):
+    status, _, payload = guarded.request("GET", "/health", headers={"Host": "evil.example:80"})
+    assert status == 421 and "--allowed-host" in payload["detail"]
+    assert guarded.request("GET", "/health", headers={"Host": "localhost:1234"})[0] == 200
+
+
+def test_binding_every_interface_warns():
+    from jetcap.serve.options import ServeOptions
+
+    assert ServeOptions(host="0.0.0.0").exposed and ServeOptions(host="::").exposed
+    assert not ServeOptions().exposed
