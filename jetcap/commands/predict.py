@@ -5,6 +5,12 @@ from jetcap.commands.options import (backend_option, echo_json, json_option, log
                                      precision_option)
 
 
+def tsv_field(value):
+    """``value`` safe for one TSV field: backslash, tab, newline and carriage return escaped as ``\\``, ``\\t``..."""
+    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
 @click.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("files", nargs=-1, required=True, type=click.Path())
@@ -39,8 +45,8 @@ def command(bundle, files, backend, precision, top, engine_cache, max_memory_mb,
         echo_json(results)
     else:
         for result in results:
-            click.echo("{}\t{}\t{}".format(result["file"], result["label"], " ".join(
-                "{}={:.4f}".format(entry["label"], entry["probability"]) for entry in result["top"])))
+            click.echo("{}\t{}\t{}".format(tsv_field(result["file"]), tsv_field(result["label"]), " ".join(
+                "{}={:.4f}".format(tsv_field(entry["label"]), entry["probability"]) for entry in result["top"])))
     total_ms = sum(r["latency_ms"] for r in results)
     log("{}: {} sequence(s), {:.2f} ms per sequence (loading {:.2f} s)".format(
         session.describe(), len(results), total_ms / len(results), session.load_seconds))

@@ -56,9 +56,42 @@ def open_image(source, max_pixels=DEFAULT_MAX_PIXELS):
         raise UsageError("{} is {}x{} pixels, over the limit of {} pixels".format(name, width, height, max_pixels))
     try:
         image.load()
-        return image.convert("RGB")
+        image = _upright(image)
+        return _to_rgb(image)
     except (IOError, OSError, ValueError, SyntaxError) as exc:
         raise UsageError("{} could not be decoded (truncated or corrupt?): {}".format(name, exc))
+
+
+def _upright(image):
+    """``image`` turned as its EXIF orientation says (a phone photo taken sideways is captioned upright)."""
+    try:
+        from PIL import ImageOps
+    except ImportError:
+        return image
+    transpose = getattr(ImageOps, "exif_transpose", None)  # Pillow >= 6.0
+    if transpose is None:
+        return image
+    try:
+        return transpose(image) or image
+    except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return image  # a broken EXIF block: keep the pixels as stored
+
+
+def _to_rgb(image):
+    """RGB of any mode; 16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert clips them to white)."""
+    Image = require("PIL.Image")
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) if array.size else 0.0
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        else:  # "I" (older Pillow reads 16-bit PNGs so): judged from the values
+            top = 255.0 if peak <= 255 else (65535.0 if peak <= 65535 else peak)
+        if image.mode == "F" and array.size and array.max() <= 1.0:
+            top = 1.0
+        gray = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def preprocess_image(image, preprocessing):

@@ -65,34 +65,119 @@ def read_json(path):
         return json.load(handle)
 
 
+JETCAP_MARKERS = ("manifest.json", "jetcap-repository.json")
+
+
+def is_jetcap_output(path):
+    """True when ``path`` is a directory jetcap wrote: a bundle (``manifest.json`` with format
+    ``jetcap-bundle``) or a Triton repository (``jetcap-repository.json``).  Only these may be replaced."""
+    path = str(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    if os.path.isfile(os.path.join(path, "jetcap-repository.json")):
+        return True
+    try:
+        with open(os.path.join(path, "manifest.json"), "r") as handle:
+            data = json.load(handle)
+    except (IOError, OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == "jetcap-bundle"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == 1  # EPERM: alive, someone else's
+    return True
+
+
+def _siblings(path, kind):
+    """``(name, pid)`` of the ``.<kind>-<basename>-<pid>-*`` work directories next to ``path``."""
+    parent, base = os.path.split(path)
+    prefix = ".{}-{}-".format(kind, base)
+    found = []
+    for name in os.listdir(parent):
+        if name.startswith(prefix):
+            pid_text = name[len(prefix):].split("-", 1)[0]
+            found.append((os.path.join(parent, name), int(pid_text) if pid_text.isdigit() else None))
+    return sorted(found)
+
+
+def recover_directory(path):
+    """Finish or undo an interrupted :func:`atomic_directory` swap of ``path`` and remove its leftovers.
+
+    A kill between "old out of the way" and "new in place" leaves no ``path``: the complete new
+    directory (``.new-*``) is put in place when there is one, else the old one (``.old-*``) comes back.
+    Work directories of processes that are gone (``.tmp-*``) are removed.  Returns what was done (a list
+    of short strings, empty when there was nothing to do).
+    """
+    path = os.path.abspath(str(path))
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        return []
+    done = []
+    stale = lambda entries: [p for p, pid in entries if pid is None or pid == os.getpid() or not _pid_alive(pid)]
+    news, olds = stale(_siblings(path, "new")), stale(_siblings(path, "old"))
+    if not os.path.exists(path) and (news or olds):
+        source = news[-1] if news else olds[-1]
+        os.rename(source, path)
+        done.append("restored {} from {}".format(path, os.path.basename(source)))
+    for leftover in stale(_siblings(path, "tmp")) + [p for p in news + olds if os.path.exists(p)]:
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append("removed " + os.path.basename(leftover))
+    return done
+
+
 @contextlib.contextmanager
-def atomic_directory(path, force=False):
+def atomic_directory(path, force=False, replaceable=is_jetcap_output):
     """Yield a temporary directory that replaces ``path`` when the block succeeds.
+
+    The swap is recoverable: the finished directory is first renamed to ``.new-<name>-<pid>-*``, the old
+    one to ``.old-<name>-<pid>-*``, then the new one into place; a run killed in between is finished (or
+    undone) by the next call for the same ``path`` (:func:`recover_directory`), which also removes the
+    ``.tmp-*`` work directories of killed runs.
 
     Args:
         path: the final directory.
         force: replace an existing ``path``; without it an existing non-empty directory is an error
             raised *before* any work is done (FileExistsError).
+        replaceable: ``replaceable(path) -> bool``: what ``force`` may replace (default: only directories
+            jetcap wrote, :func:`is_jetcap_output`); anything else is refused (UsageError) even with
+            ``force``, so a mistyped ``-o`` never deletes a user's folder.
     """
     path = os.path.abspath(str(path))
-    if os.path.exists(path) and not force and (not os.path.isdir(path) or os.listdir(path)):
-        raise FileExistsError(path)
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         os.makedirs(parent)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    recover_directory(path)
+    if os.path.lexists(path) and (not os.path.isdir(path) or os.path.islink(path) or os.listdir(path)):
+        if not force:
+            raise FileExistsError(path)
+        if not replaceable(path):
+            from jetcap.errors import UsageError
+
+            raise UsageError("{} exists and is not a directory jetcap wrote (a bundle or repository): --force "
+                             "replaces only those".format(path), hint="choose another output or remove it yourself")
+    tag = "{}-{}-".format(os.path.basename(path), os.getpid())
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + tag, dir=parent)
     try:
         yield tmp
+        new = tempfile.mkdtemp(prefix=".new-" + tag, dir=parent)
+        os.rmdir(new)
+        os.rename(tmp, new)
+        tmp = new
         if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(path) + "-", dir=parent)
+            old = tempfile.mkdtemp(prefix=".old-" + tag, dir=parent)
             os.rmdir(old)
             os.rename(path, old)
-            os.rename(tmp, path)
+            os.rename(new, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(tmp, path)
+            os.rename(new, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -3,21 +3,23 @@
 Quantized and FP16 graphs have crashed ONNX Runtime itself (segfaults in graph optimizers).  A crash
 inside jetcap's own process would kill it without a message; in a child it becomes an error we report.
 """
+import io
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 
-from jetcap.util.npz import save_npz
+import numpy as np
 
 _PROBE = """
+import io
 import sys
+import numpy as np
 from jetcap.runtime.backends.onnxruntime import make_session
-from jetcap.util.npz import load_npz
 session = make_session(sys.argv[1], threads=1)
 if len(sys.argv) > 2:
-    session.run(None, load_npz(sys.argv[2]))
+    with np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False) as data:
+        session.run(None, dict((name, data[name]) for name in data.files))
 """
 
 
@@ -28,20 +30,17 @@ def probe_onnx_session(path, feed=None, timeout=300):
         None when it worked, else a one-line description of the failure (crash signal or error).
     """
     args = [sys.executable, "-c", _PROBE, str(path)]
-    tmp = None
+    data = None
+    if feed is not None:
+        # the feed goes through the child's stdin, never a temporary file: a kill leaves nothing behind
+        buffer = io.BytesIO()
+        np.savez(buffer, **dict((str(name), np.asarray(value)) for name, value in feed.items()))
+        data = buffer.getvalue()
+        args.append("-")
     try:
-        if feed is not None:
-            handle, tmp = tempfile.mkstemp(suffix=".npz")
-            os.close(handle)
-            save_npz(tmp, feed, compress=False)
-            args.append(tmp)
-        try:
-            proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return "ONNX Runtime did not finish within {} s on {}".format(timeout, os.path.basename(str(path)))
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+        proc = subprocess.run(args, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "ONNX Runtime did not finish within {} s on {}".format(timeout, os.path.basename(str(path)))
     if proc.returncode == 0:
         return None
     if proc.returncode < 0:

@@ -1,0 +1,68 @@
+"""Odd images and sequences: EXIF orientation, 16-bit grayscale, huge .npy, hostile JSON, TSV labels."""
+import io
+import json
+
+import numpy as np
+import pytest
+
+from jetcap.errors import UsageError
+from jetcap.runtime.preprocess import open_image
+from jetcap.runtime.sequences import load_sequence, parse_sequence_json
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def test_exif_orientation_is_honoured():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored landscape, shown portrait
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    buffer.seek(0)
+    assert open_image(buffer).size == (20, 40)
+
+
+def test_16_bit_grayscale_png_is_scaled_not_white():
+    values = (np.arange(64 * 64).reshape(64, 64) * 15).astype(np.uint16)  # 0 .. 61425
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    buffer.seek(0)
+    rgb = np.asarray(open_image(buffer))
+    assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == round(61425 * 255 / 65535)
+
+
+def test_huge_npy_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "big.npy"
+    with open(str(path), "wb") as handle:  # 2 GB announced, sparse on disk
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (8000000, 63)})
+        handle.truncate(handle.tell() + 8000000 * 63 * 4)
+    with pytest.raises(UsageError, match="8000000 frames, more than the bundle's maximum of 128"):
+        load_sequence(str(path), max_len=128, width=63)
+
+
+def test_npy_of_objects_is_refused(tmp_path):
+    path = tmp_path / "obj.npy"
+    np.save(str(path), np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
+    with pytest.raises(UsageError, match="Python objects"):
+        load_sequence(str(path))
+
+
+@pytest.mark.parametrize("text, message", [("[" * 100000, "deeper than"), ("[[" + "1" * 400 + "]]", "characters"),
+                                           ("[[1, 2", "not valid JSON")])
+def test_hostile_json_is_one_line(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse_sequence_json(text)
+
+
+def test_huge_values_become_inf_and_are_refused(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"sequence": [[1e300 * 10, 2.0]]}).replace("Infinity", "1e999"))
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        load_sequence(str(path))
+
+
+def test_predict_tsv_escapes_labels():
+    from jetcap.commands.predict import tsv_field
+
+    assert tsv_field("wave\nleft\tx\\") == "wave\\nleft\\tx\\\\"
