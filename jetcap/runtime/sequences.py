@@ -73,7 +73,10 @@ def load_sequence(path, max_len=None, width=None):
             if len(raw) > MAX_JSON_BYTES:
                 raise UsageError("{} is over {} MiB of JSON; use .npy for long sequences".format(
                     name, MAX_JSON_BYTES >> 20))
-            data = parse_sequence_json(raw.decode("utf-8"), name)
+            try:
+                data = parse_sequence_json(raw.decode("utf-8"), "the file")
+            except UsageError as exc:
+                raise UsageError("{} is not a readable sequence: {}".format(name, exc))
             if isinstance(data, dict):
                 if "sequence" not in data:
                     raise UsageError('{} is a JSON object without "sequence"'.format(name))
@@ -97,11 +100,12 @@ def _load_npy(path, name, max_len, width):
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
-            raise UsageError("{}: .npy format version {} is not supported".format(name, version))
+            raise UsageError("{} is not a readable sequence: .npy format version {}".format(name, version))
     if dtype.hasobject:
-        raise UsageError("{} holds Python objects (pickles are never loaded)".format(name))
+        raise UsageError("{} is not a readable sequence: it holds Python objects (pickles are never loaded)".format(
+            name))
     if dtype.kind not in "biuf":
-        raise UsageError("{} holds {} values, not numbers".format(name, dtype))
+        raise UsageError("{} is not a readable sequence: it holds {} values, not numbers".format(name, dtype))
     if len(shape) != 2:
         raise UsageError("{} has shape {}, expected (T, F)".format(name, shape))
     if max_len is not None and shape[0] > max_len:

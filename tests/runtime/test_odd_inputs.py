@@ -44,7 +44,7 @@ def test_huge_npy_is_refused_from_its_header(tmp_path):
 def test_npy_of_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(str(path), np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
-    with pytest.raises(UsageError, match="Python objects"):
+    with pytest.raises(UsageError, match="not a readable sequence: it holds Python objects"):
         load_sequence(str(path))
 
 
