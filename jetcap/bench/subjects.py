@@ -9,7 +9,6 @@ jetcap's own runtime (ONNX Runtime or TensorRT, no torch); the PyTorch ones live
 import numpy as np
 
 from jetcap.runtime import decoding
-from jetcap.runtime.pipeline import make_decoder_session
 
 KINDS = ("pytorch-reproject", "pytorch", "onnxruntime", "tensorrt")
 
@@ -28,8 +27,7 @@ class BundleCaptioner(object):
         return self.pipeline.encode(images)
 
     def decoder_session(self, encoded):
-        features, projected, h, c = encoded
-        return make_decoder_session(self.pipeline.step, features, projected, h, c)
+        return self.pipeline.decoder_session(encoded)
 
     def caption(self, images):
         return [h.tokens for h in self.pipeline.caption(images, beam_size=1, max_len=self.max_len)]

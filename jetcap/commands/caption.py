@@ -32,13 +32,18 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
     preprocessed as the bundle's manifest says and batched up to the bundle's largest batch.
     Exit 0 on success, 2 on bad input (unreadable/oversized image, not a captioner bundle, too little memory).
     """
+    from jetcap.errors import UsageError
     from jetcap.runtime.attention_map import attention_map_paths, save_attention_map
+    from jetcap.runtime.decoder_protocol import DecoderProtocol
     from jetcap.runtime.inference import caption_images, read_images
     from jetcap.runtime.manifest import Manifest
     from jetcap.runtime.session import expect_family, open_bundle
 
     manifest = Manifest.load(bundle)
     expect_family(manifest, "captioner", command="predict")
+    if attention_map and DecoderProtocol.from_manifest(manifest).attention is None:
+        raise UsageError("--attention-map needs attention weights, but this bundle's decoder step has no attention "
+                         "output")
     map_paths = attention_map_paths(attention_map, images) if attention_map else None
     batch = read_images(images, manifest.preprocessing, keep_originals=bool(map_paths))
     with open_bundle(manifest, backend=backend, precision=precision, engine_cache=engine_cache,

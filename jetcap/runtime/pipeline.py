@@ -9,6 +9,7 @@ import numpy as np
 from jetcap.errors import UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
+from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.runtime.sequences import check_sequence
 
 
@@ -26,76 +27,95 @@ def open_onnxruntime(manifest, precision="fp32", providers=None, threads=None):
 
 
 class HostDecoderSession(object):
-    """Decoder session keeping h/c/features/projected as host numpy arrays (any runner)."""
+    """Decoder session keeping the step's state and context as host numpy arrays (any runner).
 
-    def __init__(self, runner, features, projected, h, c):
+    Args:
+        runner: the decoder-step runner (``infer(feed) -> {output: array}``).
+        initial: ``{step input: array}`` of the first step (see ``DecoderProtocol.initial``).
+        protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
+    """
+
+    def __init__(self, runner, initial, protocol):
         self.runner = runner
-        self.state = {"features": features, "projected": projected, "h": h, "c": c}
+        self.protocol = protocol
+        self.state = dict(initial)
 
     def step(self, prev_words):
         feed = dict(self.state)
-        feed["prev_word"] = np.ascontiguousarray(prev_words, dtype=np.int64)
+        feed[self.protocol.word_input] = np.ascontiguousarray(prev_words, dtype=np.int64)
         out = self.runner.infer(feed)
-        self.state["h"], self.state["c"] = out["h_new"], out["c_new"]
-        return out["log_probs"], out["alpha"]
+        for output, name in self.protocol.state_outputs.items():
+            self.state[name] = out[output]
+        return self.protocol.split(out)
 
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)
         for key in self.state:
-            self.state[key] = np.ascontiguousarray(self.state[key][rows])
+            self.state[key] = np.ascontiguousarray(np.take(self.state[key], rows, axis=self.protocol.batch_axes[key]))
 
 
 class OrtBoundDecoderSession(object):
-    """Decoder session over ONNX Runtime I/O binding: features/projected are bound once per batch and
-    h/c outputs are fed back as the next step's inputs without leaving the session's device."""
+    """Decoder session over ONNX Runtime I/O binding: the context is bound once per batch and the state
+    outputs are fed back as the next step's inputs without leaving the session's device."""
 
-    def __init__(self, runner, features, projected, h, c):
+    def __init__(self, runner, initial, protocol):
         import onnxruntime as ort
 
         self._ort = ort
         self.runner = runner
+        self.protocol = protocol
         self.session = runner.session
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        self._bind_state(features, projected, h, c)
+        self._bind_state(initial)
 
     def _value(self, array):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
-    def _bind_state(self, features, projected, h, c):
-        self.features, self.projected = self._value(features), self._value(projected)
-        self.h, self.c = self._value(h), self._value(c)
+    def _bind_state(self, arrays):
+        self.values = dict((name, self._value(array)) for name, array in arrays.items())
 
     def step(self, prev_words):
+        protocol = self.protocol
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input("prev_word", self._value(np.asarray(prev_words, dtype=np.int64)))
-        binding.bind_ortvalue_input("h", self.h)
-        binding.bind_ortvalue_input("c", self.c)
-        binding.bind_ortvalue_input("features", self.features)
-        binding.bind_ortvalue_input("projected", self.projected)
-        # get_outputs() returns the outputs in binding order: log_probs and alpha go to the host (the
-        # search needs them), h_new and c_new stay on the session's device
-        for name in ("log_probs", "h_new", "c_new", "alpha"):
-            binding.bind_output(name, "cpu" if name in ("log_probs", "alpha") else self.device)
+        binding.bind_ortvalue_input(protocol.word_input, self._value(np.asarray(prev_words, dtype=np.int64)))
+        for name, value in self.values.items():
+            binding.bind_ortvalue_input(name, value)
+        # get_outputs() returns the outputs in binding order: what the search reads goes to the host,
+        # the carried state stays on the session's device
+        fetch = protocol.fetch
+        carried = list(protocol.state_outputs)
+        for name in fetch:
+            binding.bind_output(name, "cpu")
+        for name in carried:
+            binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
-        log_probs, h_new, c_new, alpha = binding.get_outputs()
-        self.h, self.c = h_new, c_new
-        return log_probs.numpy(), alpha.numpy()
+        outputs = binding.get_outputs()
+        results = dict((name, outputs[i].numpy()) for i, name in enumerate(fetch))
+        for i, name in enumerate(carried):
+            self.values[protocol.state_outputs[name]] = outputs[len(fetch) + i]
+        return protocol.split(results)
 
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)
-        self._bind_state(self.features.numpy()[rows], self.projected.numpy()[rows],
-                         self.h.numpy()[rows], self.c.numpy()[rows])
+        self._bind_state(dict((name, np.take(value.numpy(), rows, axis=self.protocol.batch_axes[name]))
+                              for name, value in self.values.items()))
 
 
-def make_decoder_session(runner, features, projected, h, c):
-    """The best decoder session the runner's backend offers."""
+def make_decoder_session(runner, initial, protocol):
+    """The best decoder session the runner's backend offers.
+
+    Args:
+        runner: the activated decoder-step runner.
+        initial: ``{step input: array}`` of the first step (``protocol.initial(encoder outputs)``).
+        protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
+    """
     factory = getattr(runner, "decoder_session", None)
     if factory is not None:
-        return factory(features, projected, h, c)
+        return factory(initial, protocol)
     if isinstance(runner, OnnxRuntimeRunner) and "CUDAExecutionProvider" in runner.session.get_providers():
-        # I/O binding pays off when h/c can stay on the GPU; on the CPU plain arrays were as fast
-        return OrtBoundDecoderSession(runner, features, projected, h, c)
-    return HostDecoderSession(runner, features, projected, h, c)
+        # I/O binding pays off when the state can stay on the GPU; on the CPU plain arrays were as fast
+        return OrtBoundDecoderSession(runner, initial, protocol)
+    return HostDecoderSession(runner, initial, protocol)
 
 
 class CaptionPipeline(object):
@@ -112,13 +132,18 @@ class CaptionPipeline(object):
         self.manifest = manifest
         self.encoder = runners["encoder"]
         self.step = runners["decoder_step"]
+        self.protocol = DecoderProtocol.from_manifest(manifest)
         self.vocab = manifest.vocabulary()
         self.max_batch = int(manifest.axes["batch"]["max"])
 
     def encode(self, images):
-        """Encoder outputs (features, projected, h0, c0) of a float32 NCHW batch."""
-        out = self.encoder.infer({"images": np.ascontiguousarray(images, dtype=np.float32)})
-        return out["features"], out["projected"], out["h0"], out["c0"]
+        """The encoder outputs ``{name: array}`` of a float32 NCHW batch."""
+        return self.encoder.infer({"images": np.ascontiguousarray(images, dtype=np.float32)})
+
+    def decoder_session(self, encoded, rows=None):
+        """A decoder session (see :mod:`jetcap.runtime.decoding`) over the encoder outputs ``encoded``
+        (optionally only batch ``rows``)."""
+        return make_decoder_session(self.step, self.protocol.initial(encoded, rows), self.protocol)
 
     def caption(self, images, beam_size=1, max_len=None):
         """Hypotheses for ``images`` (float32 NCHW), batched up to the bundle's max batch."""
@@ -126,17 +151,14 @@ class CaptionPipeline(object):
         results = []
         for start in range(0, len(images), self.max_batch):
             chunk = images[start:start + self.max_batch]
-            features, projected, h, c = self.encode(chunk)
+            encoded = self.encode(chunk)
             if beam_size == 1:
-                session = make_decoder_session(self.step, features, projected, h, c)
-                results.extend(decoding.greedy_decode(session, len(chunk), self.vocab.start_id, self.vocab.end_id,
-                                                      max_len))
+                results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk), self.vocab.start_id,
+                                                      self.vocab.end_id, max_len))
             else:
                 for i in range(len(chunk)):
-                    session = make_decoder_session(self.step, features[i:i + 1], projected[i:i + 1], h[i:i + 1],
-                                                   c[i:i + 1])
-                    results.append(decoding.beam_search(session, beam_size, self.vocab.start_id,
-                                                        self.vocab.end_id, max_len))
+                    results.append(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size,
+                                                        self.vocab.start_id, self.vocab.end_id, max_len))
         return results
 
     def text(self, hypothesis):

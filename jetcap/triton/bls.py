@@ -63,15 +63,15 @@ class BlsRunner(object):
             result[name] = tensor.as_numpy()
         return result
 
-    def decoder_session(self, features, projected, h, c):
+    def decoder_session(self, initial, protocol):
         """A :class:`BlsDecoderSession` for one batch of encoded images (used by the caption pipeline)."""
-        return BlsDecoderSession(self, features, projected, h, c)
+        return BlsDecoderSession(self, initial, protocol)
 
 
 class BlsDecoderSession(HostDecoderSession):
     """Decoder session for :mod:`jetcap.runtime.decoding` whose ``step()`` is one BLS request.
 
-    The recurrent state (h, c) and the encoder outputs stay in this Python model's memory as numpy
+    The recurrent state and the per-image context stay in this Python model's memory as numpy
     arrays; each step sends them with the previous words to the ``decoder_step`` model, and
     ``reorder()`` selects rows for the beam search.
     """

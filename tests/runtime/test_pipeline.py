@@ -66,14 +66,23 @@ def test_batches_beyond_the_max_batch_match_single_images(caption_session, capti
 
 def test_host_and_bound_decoder_sessions_agree(caption_session, captioner_reference):
     from jetcap.runtime import decoding
+    from jetcap.runtime.pipeline import OrtBoundDecoderSession
 
     pipeline = caption_session.caption_pipeline()
     images = captioner_reference["task/images"][:4]
-    features, projected, h, c = pipeline.encode(images)
-    host = decoding.greedy_decode(HostDecoderSession(pipeline.step, features, projected, h, c), len(images),
-                                  pipeline.vocab.start_id, pipeline.vocab.end_id, 20)
-    bound = pipeline.caption(images, max_len=20)
+    encoded = pipeline.encode(images)
+    protocol = pipeline.protocol
+    start, end = pipeline.vocab.start_id, pipeline.vocab.end_id
+    host = decoding.greedy_decode(HostDecoderSession(pipeline.step, protocol.initial(encoded), protocol), len(images),
+                                  start, end, 20)
+    bound = decoding.greedy_decode(OrtBoundDecoderSession(pipeline.step, protocol.initial(encoded), protocol),
+                                   len(images), start, end, 20)
     assert [x.tokens for x in host] == [x.tokens for x in bound]
+    beam_host = decoding.beam_search(HostDecoderSession(pipeline.step, protocol.initial(encoded, [0]), protocol), 3,
+                                     start, end, 20)
+    beam_bound = decoding.beam_search(OrtBoundDecoderSession(pipeline.step, protocol.initial(encoded, [0]), protocol),
+                                      3, start, end, 20)
+    assert beam_host.tokens == beam_bound.tokens
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])

@@ -9,6 +9,7 @@ from jetcap.runtime import decoding, engine
 from jetcap.runtime.backends import tensorrt as trt_backend
 from jetcap.runtime.backends import trt_api
 from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.util.lazy import available
 
 HAVE_TRT = trt_api.tensorrt_available()
@@ -57,6 +58,18 @@ def test_row_copy_plan_gathers_like_numpy():
         for dst_off, src_off, nbytes in trt_backend.row_copy_plan(rows, 12):
             dst[dst_off:dst_off + nbytes] = raw[src_off:src_off + nbytes]
         np.testing.assert_array_equal(np.frombuffer(bytes(dst), dtype=np.float32).reshape(len(rows), 3), src[rows])
+
+
+def test_row_copy_plan_gathers_a_later_batch_axis_like_numpy():
+    # an nn.LSTM state is (layers, batch, dim): rows are gathered within each layer
+    src = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    for rows in ([3, 3, 0], [0, 1, 2, 3], [2], [1, 2, 2, 3, 0]):
+        dst = bytearray(2 * len(rows) * 12)
+        raw = src.tobytes()
+        for dst_off, src_off, nbytes in trt_backend.row_copy_plan(rows, 12, outer=2, src_rows=4):
+            dst[dst_off:dst_off + nbytes] = raw[src_off:src_off + nbytes]
+        got = np.frombuffer(bytes(dst), dtype=np.float32).reshape(2, len(rows), 3)
+        np.testing.assert_array_equal(got, src[:, rows])
 
 
 def test_unresolved_output_shape_is_an_error():
@@ -146,7 +159,8 @@ def _sessions(manifest, paths, images, from_device=True):
         session = trt_backend.TensorRTDecoderSession(runner, initial)
     else:
         out = encoder.infer({"images": images})
-        session = runner.decoder_session(out["features"], out["projected"], out["h0"], out["c0"])
+        protocol = DecoderProtocol.from_manifest(manifest)
+        session = runner.decoder_session(protocol.initial(out), protocol)
     encoder.deactivate()  # the session copied what it needs
     return OrtDecoderSession(step, state), session, runner
 

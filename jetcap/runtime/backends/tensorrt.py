@@ -66,20 +66,27 @@ def engine_input_array(array, dtype, name="input"):
     raise UsageError("input {} has dtype {}, the engine expects {}".format(name, array.dtype, dtype))
 
 
-def row_copy_plan(rows, row_bytes):
+def row_copy_plan(rows, row_bytes, outer=1, src_rows=None):
     """Copies that gather ``rows`` of a row-major tensor into a new one: ``[(dst_offset, src_offset, nbytes)]``.
 
     Consecutive source rows are merged into one copy.  ``rows`` may repeat and reorder rows (beam search).
+    For a batch axis that is not the first (an ``nn.LSTM`` state is ``(layers, batch, dim)``), ``outer``
+    is the product of the dimensions before it, ``src_rows`` the source's batch size and ``row_bytes``
+    the bytes of one batch row within one outer index.
     """
+    rows = [int(r) for r in rows]
+    src_rows = len(rows) if src_rows is None else int(src_rows)
     plan = []  # type: List[Tuple[int, int, int]]
-    for position, row in enumerate(int(r) for r in rows):
-        if row < 0:
-            raise UsageError("row index {} is negative".format(row))
-        dst, src = position * row_bytes, row * row_bytes
-        if plan and plan[-1][0] + plan[-1][2] == dst and plan[-1][1] + plan[-1][2] == src:
-            plan[-1] = (plan[-1][0], plan[-1][1], plan[-1][2] + row_bytes)
-        else:
-            plan.append((dst, src, row_bytes))
+    for block in range(int(outer)):
+        for position, row in enumerate(rows):
+            if row < 0:
+                raise UsageError("row index {} is negative".format(row))
+            dst = (block * len(rows) + position) * row_bytes
+            src = (block * src_rows + row) * row_bytes
+            if plan and plan[-1][0] + plan[-1][2] == dst and plan[-1][1] + plan[-1][2] == src:
+                plan[-1] = (plan[-1][0], plan[-1][1], plan[-1][2] + row_bytes)
+            else:
+                plan.append((dst, src, row_bytes))
     return plan
 
 
@@ -394,17 +401,22 @@ class TensorRTRunner(Runner):
             device.stream.synchronize()
             return host.copy()
 
-    def gather_rows(self, dst, src, rows):
-        """Fill ``dst`` with rows ``rows`` of ``src`` (device to device; rows may repeat) and wait."""
+    def gather_rows(self, dst, src, rows, axis=0):
+        """Fill ``dst`` with rows ``rows`` of ``src`` along batch ``axis`` (device to device; rows may
+        repeat) and wait."""
         device = self._device()
         rows = [int(r) for r in rows]
-        if rows and max(rows) >= (src.shape[0] if src.shape else 0):
-            raise UsageError("row {} out of range for a tensor of {} rows".format(max(rows), src.shape[0]))
+        shape = tuple(src.shape)
+        size = shape[axis] if len(shape) > axis else 0
+        if rows and max(rows) >= size:
+            raise UsageError("row {} out of range for a tensor of {} rows".format(max(rows), size))
         if dst.ptr == src.ptr:
             raise UsageError("gather_rows needs distinct source and destination buffers")
+        outer = int(np.prod(shape[:axis], dtype=np.int64)) if axis else 1
+        row_bytes = int(np.prod(shape[axis + 1:], dtype=np.int64)) * np.dtype(src.dtype).itemsize
         with device.current():
-            dst.reshape((len(rows),) + tuple(src.shape[1:]), src.dtype)
-            for dst_offset, src_offset, nbytes in row_copy_plan(rows, src.row_bytes):
+            dst.reshape(shape[:axis] + (len(rows),) + shape[axis + 1:], src.dtype)
+            for dst_offset, src_offset, nbytes in row_copy_plan(rows, row_bytes, outer, size):
                 device.cuda.memcpy_dtod_async(dst.ptr + dst_offset, src.ptr + src_offset, nbytes, device.stream)
             device.stream.synchronize()
         return dst
@@ -432,13 +444,17 @@ class TensorRTRunner(Runner):
             yield
 
     # -- running --------------------------------------------------------------------------------
-    def decoder_session(self, features, projected, h, c):
+    def decoder_session(self, initial, protocol):
         """A :class:`TensorRTDecoderSession` over this decoder-step runner: the state stays on the GPU.
 
-        The arguments are the encoder outputs (host arrays or :class:`DeviceBuffer`); used by
-        ``jetcap.runtime.pipeline.make_decoder_session``.
+        Args:
+            initial: ``{step input: host array or DeviceBuffer}`` of the first step.
+            protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
+        Used by ``jetcap.runtime.pipeline.make_decoder_session``.
         """
-        return TensorRTDecoderSession(self, {"features": features, "projected": projected, "h": h, "c": c})
+        return TensorRTDecoderSession(self, initial, word_input=protocol.word_input,
+                                      state_outputs=protocol.state_outputs, fetch=protocol.fetch,
+                                      batch_axes=protocol.batch_axes, protocol=protocol)
 
     def infer_impl(self, feed):
         return self.infer_device(feed=feed)
@@ -539,13 +555,19 @@ class TensorRTDecoderSession(object):
         word_input: the token-id input (default ``"prev_word"``).
         state_outputs: ``{output: input}`` pairs carried to the next step (default h_new->h, c_new->c).
         fetch: outputs returned by :meth:`step`, in order (default log_probs, alpha).
+        batch_axes: ``{input: batch axis}`` where it is not 0 (e.g. ``(layers, batch, dim)`` LSTM state).
+        protocol: the bundle's decoder protocol; when given, :meth:`step` returns ``(log_probs, alpha)``
+            as every decoder session does (alpha ``(n, 0)`` for a decoder without attention).
     """
 
-    def __init__(self, runner, initial, word_input="prev_word", state_outputs=None, fetch=("log_probs", "alpha")):
+    def __init__(self, runner, initial, word_input="prev_word", state_outputs=None, fetch=("log_probs", "alpha"),
+                 batch_axes=None, protocol=None):
         self.runner = runner
         self.word_input = word_input
         self.state_outputs = dict(state_outputs or {"h_new": "h", "c_new": "c"})
         self.fetch = tuple(fetch)
+        self.batch_axes = dict(batch_axes or {})
+        self.protocol = protocol
         expected = set(runner.input_names) - {word_input}
         if set(initial) != expected:
             raise UsageError("decoder session needs initial values for {}, got {}".format(
@@ -558,16 +580,18 @@ class TensorRTDecoderSession(object):
         rows = None
         for name, value in initial.items():
             dtype = runner.tensor(name).dtype
+            axis = self.batch_axes.get(name, 0)
             if isinstance(value, DeviceBuffer):
                 buffer = runner.new_buffer(value.shape, value.dtype)
-                runner.gather_rows(buffer, value, range(value.shape[0]))
+                runner.gather_rows(buffer, value, range(value.shape[axis]), axis)
             else:
                 buffer = runner.upload(runner.new_buffer(np.shape(value), dtype), engine_input_array(value, dtype, name))
             self.current[name] = buffer
             self.spare[name] = runner.new_buffer(buffer.shape, buffer.dtype)
-            if rows is not None and buffer.shape[0] != rows:
-                raise UsageError("initial values disagree on the number of rows ({} vs {})".format(rows, buffer.shape[0]))
-            rows = buffer.shape[0]
+            if rows is not None and buffer.shape[axis] != rows:
+                raise UsageError("initial values disagree on the number of rows ({} vs {})".format(
+                    rows, buffer.shape[axis]))
+            rows = buffer.shape[axis]
         self.rows = rows or 0
 
     def step(self, prev_words):
@@ -580,13 +604,15 @@ class TensorRTDecoderSession(object):
                                            device_outputs=targets, fetch=self.fetch)
         for name in self.state_outputs.values():
             self.current[name], self.spare[name] = self.spare[name], self.current[name]
+        if self.protocol is not None:
+            return self.protocol.split(results)
         return tuple(results[name] for name in self.fetch)
 
     def reorder(self, rows):
         """Keep/duplicate state rows by index (beam selection, finished captions)."""
         rows = [int(r) for r in np.asarray(rows).reshape(-1)]
         for name in list(self.current):
-            self.runner.gather_rows(self.spare[name], self.current[name], rows)
+            self.runner.gather_rows(self.spare[name], self.current[name], rows, self.batch_axes.get(name, 0))
             self.current[name], self.spare[name] = self.spare[name], self.current[name]
         self.rows = len(rows)
 
