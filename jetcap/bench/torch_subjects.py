@@ -102,12 +102,15 @@ class TorchClassifier(object):
 
 def open_torch_subject(manifest, checkpoint, reproject=False, threads=None):
     """Load ``checkpoint`` (checked against the bundle's configuration) as a PyTorch subject."""
-    from jetcap.validate.live import load_reference_model
+    from jetcap.errors import UsageError
+    from jetcap.validate.live import load_reference_subject
 
     if threads:
         torch.set_num_threads(int(threads))
-    loaded = load_reference_model(manifest, str(checkpoint), {})
-    model = loaded.model.eval()
+    subject = load_reference_subject(manifest, str(checkpoint), {})
+    if getattr(subject, "loaded", None) is None:
+        raise UsageError("jetcap bench --checkpoint times PyTorch for jetcap's built-in families only")
+    model = subject.loaded.model.eval()
     if manifest.family == "captioner":
         return TorchCaptioner(model, manifest.vocabulary(), manifest.decoding.get("max_len", 20), reproject)
     return TorchClassifier(model)

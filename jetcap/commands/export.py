@@ -1,7 +1,9 @@
 """``jetcap export``: checkpoint -> ONNX bundle, validated against PyTorch."""
 import click
 
-from jetcap.commands.options import echo_json, json_option, log
+from jetcap.commands.options import (
+    echo_json, json_option, log, model_source_options, parse_json_object, parse_models, parse_triple,
+)
 
 
 @click.command("export")
@@ -26,37 +28,54 @@ from jetcap.commands.options import echo_json, json_option, log
               help="Smallest square input side with --dynamic-image-size [default: max(32, image size / 2)].")
 @click.option("--max-image-size", type=int, default=None,
               help="Largest square input side with --dynamic-image-size [default: 2 x image size].")
-@click.option("--min-len", type=int, default=None, help="Classifier: shortest sequence (default 1).")
+@click.option("--mean", default=None, metavar="R,G,B",
+              help="Captioner input normalisation mean, when the checkpoint does not store it [default: ImageNet, "
+                   "with a warning].")
+@click.option("--std", default=None, metavar="R,G,B", help="Captioner input normalisation std (see --mean).")
+@click.option("--min-len", type=int, default=None, help="Classifier: shortest sequence (default: the shortest the "
+                                                        "model accepts).")
 @click.option("--opt-len", type=int, default=None, help="Classifier: typical sequence length (profile 'opt').")
 @click.option("--max-len", type=int, default=None,
-              help="Classifier: longest sequence (default: the positional-encoding length).")
+              help="Classifier: longest sequence (default: the positional-encoding length); captioner: the "
+                   "decoding limit (default: the checkpoint's, else 20).")
+@click.option("--output", default=None, metavar="NAME|INDEX",
+              help="Classifier: which forward output holds the logits (a dict key or a position) "
+                   "[default: 'logits', else the first (batch, classes) output]; the others are kept.")
+@click.option("--input-size", type=int, default=None,
+              help="Classifier: features per frame, when neither the checkpoint nor the first layer tells.")
 @click.option("--calibration-data", type=click.Path(file_okay=False), default=None,
               help="Folder of images / sequences for INT8 calibration and reference data (default: built-in samples).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="INT8 activation-range calibration.")
 @click.option("--calibration-samples", type=int, default=32, show_default=True, help="Calibration inputs to use.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow loading whole pickled modules (executes code from the checkpoint: only for files you trust).")
-@click.option("--code-path", type=click.Path(file_okay=False), default=None,
-              help="Directory with the training code whose classes a trusted pickle needs.")
 @click.option("--word-map", type=click.Path(dir_okay=False), default=None, help="Captioner word map JSON.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="Classifier labels (JSON list/map or a scikit-learn LabelEncoder pickle, read safely).")
 @click.option("--num-heads", type=int, default=None, help="Classifier attention heads, when the checkpoint lacks them.")
 @click.option("--backbone", default=None, help="Captioner backbone, when it cannot be inferred.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--target", default=None, metavar="DEVICE|VERSION",
+              help="Device (nano, xavier-nx, xavier, orin-nano, orin) or TensorRT version the bundle is for: "
+                   "the TensorRT pre-flight (jetcap check) runs for it at the end [default: nano].")
+@click.option("--no-check", is_flag=True, help="Skip that pre-flight.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@model_source_options
 @json_option
 def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, dynamic_image_size,
-            min_image_size, max_image_size, min_len, opt_len, max_len,
-            calibration_data, calibration_method, calibration_samples, trust_pickle, code_path, word_map, labels,
-            num_heads, backbone, no_simplify, force, as_json):
+            min_image_size, max_image_size, mean, std, min_len, opt_len, max_len, output, input_size,
+            calibration_data, calibration_method, calibration_samples, word_map, labels,
+            num_heads, backbone, no_simplify, target, no_check, force, models, model_args, adapter, trust_pickle,
+            code_path, as_json):
     """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
 
-    Exit 0 on success, 1 when a variant does not match PyTorch, 2 on bad input.
+    The model is your own code where jetcap can have it: --model MODULE:NAME (your class, the checkpoint's
+    weights), or --trust-pickle for checkpoints that pickle whole modules; otherwise jetcap rebuilds one of
+    its built-in families from the tensors (and says so).  Exit 0 on success, 1 when a variant does not
+    match PyTorch, 2 on bad input.
     """
     from pathlib import Path
 
+    from jetcap.errors import JetcapError
     from jetcap.export import ExportOptions, export_bundle
 
     hints = {}
@@ -71,11 +90,20 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         seq_len=(min_len, opt_len, max_len), calibration_data=Path(calibration_data) if calibration_data else None,
         calibration_method=calibration_method, calibration_samples=calibration_samples, trust_pickle=trust_pickle,
         code_path=Path(code_path) if code_path else None, word_map=Path(word_map) if word_map else None,
-        labels=Path(labels) if labels else None, hints=hints, simplify=not no_simplify, force=force)
-    summary = export_bundle(opts, log=log)
+        labels=Path(labels) if labels else None, hints=hints, simplify=not no_simplify, force=force,
+        models=parse_models(models), model_args=parse_json_object(model_args, "--model-args"),
+        adapter=Path(adapter) if adapter else None, output=output, input_size=input_size,
+        mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std"), caption_max_len=max_len,
+        target=target, preflight=not no_check)
+    try:
+        summary = export_bundle(opts, log=log)
+    except JetcapError as error:
+        if as_json:  # --json output stays JSON on failure too
+            echo_json({"error": str(error), "exit_code": error.exit_code})
+        raise
     if as_json:
         echo_json(summary)
     else:
-        click.echo("bundle {} ({}): {}".format(summary["bundle"], summary["family"], ", ".join(
+        click.echo("bundle {} ({}, {}): {}".format(summary["bundle"], summary["family"], summary["source"], ", ".join(
             "{} {}".format(p, "PASS" if ok else "FAIL") for p, ok in summary["validation"].items())))
         click.echo("export took {:.1f} s".format(summary["seconds"]["total"]))

@@ -28,3 +28,67 @@ def echo_json(obj):
 def log(message):
     """Progress and log lines go to stderr, results to stdout."""
     click.echo(message, err=True)
+
+
+def parse_models(values):
+    """``--model [PART=]MODULE:NAME`` values -> ``{part: spec}`` (part ``model`` when not named)."""
+    parts = {}
+    for value in values:
+        part, spec = "model", value
+        head = value.split(":", 1)[0]
+        if "=" in head:
+            part, spec = value.split("=", 1)
+        if part in parts:
+            raise click.BadParameter("part {!r} given twice".format(part), param_hint="--model")
+        parts[part] = spec
+    return parts
+
+
+def parse_json_object(value, option):
+    """A JSON object option (e.g. ``--model-args``); BadParameter for anything else."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter("not valid JSON: {}".format(exc), param_hint=option)
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return parsed
+
+
+def parse_triple(value, option):
+    """``R,G,B`` -> three floats (``--mean``/``--std``)."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3:
+        raise click.BadParameter("expected three comma-separated numbers, got {!r}".format(value), param_hint=option)
+    return numbers
+
+
+def model_source_options(command):
+    """The options that say where the user's model comes from (export and validate --checkpoint)."""
+    decorators = [
+        click.option("--model", "models", multiple=True, metavar="[PART=]MODULE:NAME",
+                     help="Your model class or factory (MODULE importable from --code-path, or path/file.py); "
+                          "repeat as encoder=... --model decoder=... for models saved in parts.  The checkpoint "
+                          "then only provides weights (still read with weights_only=True)."),
+        click.option("--model-args", default=None, metavar="JSON",
+                     help="Constructor arguments for --model: an object, or {part: object} "
+                          "[default: the checkpoint's config / Lightning hyper_parameters]."),
+        click.option("--adapter", type=click.Path(dir_okay=False), default=None, metavar="FILE.py",
+                     help="Captioner: a file saying how one decoder step of your model is wired "
+                          "(docs/EXPORT.md, 'Adapters') [default: the built-in Show-Attend-Tell adapter]."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Use the whole pickled modules in the checkpoint, with their own forward (executes code "
+                          "from the file: only for files you trust)."),
+        click.option("--code-path", type=click.Path(), default=None,
+                     help="Your training code: a folder (searched recursively for pickled classes) or a .py file."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command

@@ -1,7 +1,7 @@
 """``jetcap validate``: the numeric-equivalence gate for CI."""
 import click
 
-from jetcap.commands.options import echo_json, json_option, log
+from jetcap.commands.options import echo_json, json_option, log, model_source_options, parse_json_object, parse_models
 
 
 def _tolerance_option(ctx, param, values):
@@ -35,16 +35,22 @@ def _tolerance_option(ctx, param, values):
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerance_option,
               help="Override an output's tolerance: OUTPUT=ATOL,RTOL[,MIN_COSINE] (repeatable).")
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache.")
-@click.option("--trust-pickle", is_flag=True, help="With --checkpoint: allow whole pickled modules.")
-@click.option("--code-path", type=click.Path(file_okay=False), default=None,
-              help="With --checkpoint: directory with the training code.")
+@click.option("--word-map", type=click.Path(dir_okay=False), default=None,
+              help="With --checkpoint: the captioner's word map, if the checkpoint lacks it [default: the bundle's].")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write JUnit XML here.")
+@click.option("--target", default=None, metavar="DEVICE|VERSION",
+              help="Device or TensorRT version of the TensorRT pre-flight [default: the bundle's export target].")
+@click.option("--no-check", is_flag=True, help="Skip the TensorRT pre-flight (jetcap check).")
+@model_source_options
 @json_option
-def command(bundle, backends, precisions, checkpoint, data, samples, seed, tolerances, engine_cache, trust_pickle,
-            code_path, junit, as_json):
+def command(bundle, backends, precisions, checkpoint, data, samples, seed, tolerances, engine_cache, word_map, junit,
+            target, no_check, models, model_args, adapter, trust_pickle, code_path, as_json):
     """Compare BUNDLE's variants on each backend with PyTorch, tensor by tensor and caption by caption.
 
-    Exit 0 when every check passes, 1 on a numeric failure, 2 on a usage or environment error.
+    With --checkpoint the PyTorch reference is recomputed from your model -- the same --model /
+    --trust-pickle / --adapter options as export -- so a bundle that does not compute what your code
+    computes fails.  Exit 0 when every check passes, 1 on a numeric failure, 2 on a usage or
+    environment error.
     """
     from jetcap.util.fsio import write_bytes_atomic
     from jetcap.validate.gate import ValidateOptions, validate_bundle
@@ -54,9 +60,21 @@ def command(bundle, backends, precisions, checkpoint, data, samples, seed, toler
         options["trust_pickle"] = True
     if code_path:
         options["code_path"] = code_path
+    if models:
+        options["models"] = parse_models(models)
+    if model_args:
+        options["model_args"] = parse_json_object(model_args, "--model-args")
+    if adapter:
+        options["adapter"] = adapter
+    if word_map:
+        options["word_map"] = word_map
+    if options and not checkpoint:
+        raise click.UsageError("--model, --model-args, --adapter, --trust-pickle, --code-path and --word-map go "
+                               "with --checkpoint")
     opts = ValidateOptions(bundle, backends=list(backends) or "all", precisions=list(precisions) or "all",
                            checkpoint=checkpoint, data=data, samples=samples, tolerances=tolerances,
-                           engine_cache=engine_cache, checkpoint_options=options, seed=seed)
+                           engine_cache=engine_cache, checkpoint_options=options, seed=seed, target=target,
+                           preflight=not no_check)
     report = validate_bundle(opts, log=log)
     if junit:
         write_bytes_atomic(junit, report.to_junit_xml().encode("utf-8"))

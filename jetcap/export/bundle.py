@@ -8,16 +8,16 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from jetcap import __version__
-from jetcap.errors import ValidationFailed
+from jetcap.errors import JetcapError, UsageError, ValidationFailed
 from jetcap.export.fp16 import convert_fp16
 from jetcap.export.int8 import quantize_int8
 from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
-from jetcap.export.options import ExportOptions
+from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_options
 from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
 from jetcap.export.tasks import family_export
 from jetcap.export.calibration import FeedReader
@@ -33,8 +33,16 @@ REFERENCE_NAME = "reference.npz"
 VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
 
 
-def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda message: None) -> Dict[str, Any]:
-    """Export ``opts.checkpoint`` to the bundle ``opts.out_dir``; returns the summary (also in the manifest).
+def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda message: None,
+                  source: Optional[Any] = None) -> Dict[str, Any]:
+    """Export the model of ``opts`` (or the given model ``source``) to the bundle ``opts.out_dir``;
+    returns the summary (also in the manifest).
+
+    Args:
+        opts: the export options.
+        log: progress lines (stderr in the CLI).
+        source: a :class:`jetcap.models.sources.ModelSource` (the Python API); default: resolved from
+            ``opts`` (user code, trusted pickled modules or a built-in family).
 
     Raises:
         UsageError / CheckpointError (exit 2) for bad input, ExportError when a graph cannot be exported,
@@ -42,34 +50,48 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
     """
     for package in ("torch", "torchvision", "onnx", "onnxruntime"):
         require(package)  # MissingDependencyError naming the extra to install, before anything else
-    from jetcap.models.checkpoint import load_checkpoint
+    from jetcap.export.subject import BuiltinSubject, is_builtin, make_subject
+    from jetcap.models.sources import resolve_source
 
     opts.check()
     started = time.monotonic()
-    log("loading {}".format(opts.checkpoint))
-    loaded = load_checkpoint(opts.checkpoint, opts.family, trust_pickle=opts.trust_pickle, code_path=opts.code_path,
-                             word_map=opts.word_map, labels=opts.labels, hints=opts.hints)
-    family, task = loaded.family, family_export(loaded.family.name)
-    config = dict(loaded.config)
-    if opts.image_size:
-        config["image_size"] = int(opts.image_size)
-    config = task.configure(config, opts)
-    model = loaded.model.eval()
+    if source is None:
+        if opts.checkpoint is None:
+            raise UsageError("no checkpoint given")
+        log("loading {}".format(opts.checkpoint))
+        source = resolve_source(source_options(opts))
+    log("model source: {}: {}".format(source.kind, source.description))
+    if is_builtin(source):
+        task = family_export(source.family)
+        config = dict(source.builtin.config)
+        if opts.image_size:
+            config["image_size"] = int(opts.image_size)
+        subject = BuiltinSubject(source, task.configure(config, opts))
+    else:
+        subject = make_subject(source, opts)
+        task = family_export(subject.family)
+    family = subject.family_spec
+    config = subject.config
     axes = task.axes(config, opts)
-    graphs = family.graphs(config)
-    extras = task.manifest_extras(loaded, config)
+    graphs = subject.graphs
+    extras = dict(task.manifest_extras(subject, config), **subject.manifest_extras())
+    for warning in subject.warnings:
+        log("warning: " + warning)
+    for check in subject.checks:
+        log("check: {} - {}: {}".format(check["check"], check["status"], check["detail"]))
     timings: Dict[str, float] = {}
 
     with atomic_directory(opts.out_dir, force=opts.force) as tmp_dir:
         tmp = Path(tmp_dir)
-        notes: List[str] = list(loaded.notes)
+        notes: List[str] = list(source.notes)
         files: Dict[str, Dict[str, Path]] = {"fp32": {}}
         for spec in graphs:
             t0 = time.monotonic()
             path = tmp / "{}.onnx".format(spec.name)
             example_axes = {a: (max(2, r["opt"]) if a == "batch" else r["opt"]) for a, r in axes.items()}
-            example = family.dummy_inputs(config, spec.name, example_axes, seed=opts.seed)
-            export_graph(family.graph_module(model, spec.name), spec, example, path, opts.opset, opts.exporter, axes)
+            example = subject.dummy_inputs(spec.name, example_axes, seed=opts.seed)
+            with subject.export_context(spec.name):
+                export_graph(subject.graph_module(spec.name), spec, example, path, opts.opset, opts.exporter, axes)
             notes += tidy_graph(path, spec, simplify=opts.simplify)
             _check_dynamic_axes(path, spec)
             files["fp32"][spec.name] = path
@@ -77,17 +99,17 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             log("exported {} in {:.1f} s".format(path.name, timings["export_" + spec.name]))
 
         log("computing PyTorch reference outputs over the dynamic ranges")
-        calibration = task.calibration_feeds(loaded, config, opts)
-        pool = task.real_pool(calibration)
+        calibration = task.calibration_feeds(subject, config, opts)
+        pool = task.real_pool(calibration, graphs)
         reference: Dict[str, np.ndarray] = {}
         cases: Dict[str, List[Dict[str, Any]]] = {}
         for spec in graphs:
-            module = family.graph_module(model, spec.name)
+            module = subject.graph_module(spec.name)  # unpatched: the reference is the model as written
             cases[spec.name] = []
             for i, case in _graph_cases(task.sweep(axes), spec):
                 for kind in ("random", "real"):
                     if kind == "random":
-                        feed = family.dummy_inputs(config, spec.name, case, seed=opts.seed + 17 * i + 1)
+                        feed = subject.dummy_inputs(spec.name, case, seed=opts.seed + 17 * i + 1)
                     else:
                         feed = task.real_feed(pool[spec.name], spec, case)
                     name = case_name(kind, case)
@@ -96,7 +118,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                         reference["sweep/{}/{}/in/{}".format(spec.name, name, key)] = value
                     for key, value in torch_outputs(module, spec, feed).items():
                         reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
-        reference.update(task.task_reference(loaded, config, opts))
+        reference.update(task.task_reference(subject, config, opts))
 
         validation: Dict[str, Any] = {}
         variants: Dict[str, Any] = {}
@@ -117,14 +139,14 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                     reader = FeedReader(calibration[spec.name])
                     details.setdefault("notes", []).extend(quantize_int8(
                         files["fp32"][spec.name], dst, reader, opts.calibration_method,
-                        keep_float_patterns=family.int8_keep_float))
+                        keep_float_patterns=subject.int8_keep_float))
                     files["int8"][spec.name] = dst
                 details["calibration"] = {"method": opts.calibration_method.value,
                                           "samples": opts.calibration_samples,
                                           "data": str(opts.calibration_data) if opts.calibration_data else "built-in samples"}
                 details["quantization"] = {"format": "QDQ", "activations": "int8 symmetric",
                                            "weights": "int8 symmetric per-channel", "ops": ["Conv", "Gemm", "MatMul"],
-                                           "kept_float": list(family.int8_keep_float)}
+                                           "kept_float": list(subject.int8_keep_float)}
             log("checking {} against PyTorch".format(precision))
             validation[precision] = _validate_variant(files[precision], graphs, cases, reference,
                                                       family.tolerances[precision], precision)
@@ -140,11 +162,11 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         manifest = dict(extras, **{
             "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
             "created_by": _library_versions(),
-            "source": {"checkpoint": Path(opts.checkpoint).name, "sha256": loaded.sha256, "layout": loaded.layout},
+            "source": source.manifest_entry(),
             "export": {"opset": opts.opset, "exporter": opts.exporter.value, "simplified": opts.simplify,
                        "notes": notes},
             "config": _jsonable(config),
-            "graphs": {spec.name: _graph_entry(spec) for spec in graphs},
+            "graphs": {spec.name: spec.manifest_entry() for spec in graphs},
             "graph_order": [spec.name for spec in graphs],  # JSON objects are written key-sorted
             "axes": axes,
             "variants": variants,
@@ -159,10 +181,42 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             worst = [f for p in failed for f in validation[p]["failures"]][:3]
             raise ValidationFailed("export validation failed for {}: {}".format(", ".join(failed), "; ".join(worst)),
                                    hint="no bundle was written")
-    summary = {"bundle": str(opts.out_dir), "family": family.name, "precisions": list(opts.precisions),
+        preflight = None
+        if opts.preflight:
+            # an opset past what the Nano's TensorRT 8.2 reads is meant for a newer Jetson (Orin, TensorRT 10)
+            preflight = _preflight(tmp, opts.target or ("nano" if opts.opset <= JETPACK46_MAX_OPSET else "orin"), log)
+            manifest["preflight"] = preflight
+            write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    summary = {"bundle": str(opts.out_dir), "family": family.name, "source": source.kind,
+               "warnings": list(subject.warnings), "precisions": list(opts.precisions),
                "graphs": [g.name for g in graphs], "seconds": {k: round(v, 2) for k, v in timings.items()},
-               "validation": {p: v["passed"] for p, v in validation.items()}, "notes": notes}
+               "validation": {p: v["passed"] for p, v in validation.items()}, "notes": notes,
+               "preflight": preflight}
+    if preflight is not None and not preflight["ok"]:
+        raise PreflightFailed("bundle {} written, but the TensorRT pre-flight for {} found {} error(s); first: {}".format(
+            opts.out_dir, preflight["target"], len(preflight["errors"]), preflight["errors"][0]),
+            hint="it will not build there as it is: see `jetcap check {}`; --target names another device".format(
+                opts.out_dir))
     return summary
+
+
+class PreflightFailed(JetcapError):
+    """The bundle was written, but TensorRT on the target would refuse it (exit 1, like a failed check)."""
+
+    exit_code = 1
+
+
+def _preflight(bundle: Path, target: Optional[str], log: Callable[[str], None]) -> Dict[str, Any]:
+    """``jetcap check`` of the new bundle for ``target`` (default: the Nano): the manifest's summary."""
+    from jetcap.check import preflight_bundle
+
+    report = preflight_bundle(bundle, target=target or "nano")
+    for line in report.to_text().splitlines():
+        log("pre-flight: " + line)
+    return {"target": report.target, "requested": target or "nano", "ok": bool(report),
+            "errors": ["[{}] {}{}: {}".format(f.rule, f.precision + "/" if f.precision else "", f.graph or "", f.message)
+                       for f in report.errors()],
+            "warnings": len(report.warnings())}
 
 
 def _validate_variant(files: Dict[str, Path], graphs, cases, reference, tolerance, precision: str) -> Dict[str, Any]:
@@ -228,10 +282,6 @@ def _check_dynamic_axes(path: Path, spec) -> None:
 
 def _tensor_entry(tensor) -> Dict[str, Any]:
     return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape)}
-
-
-def _graph_entry(spec) -> Dict[str, Any]:
-    return {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
 
 
 def _jsonable(config: Dict[str, Any]) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 from jetcap.errors import JetcapError
 from jetcap.export.options import Exporter
 from jetcap.models.registry import GraphSpec
+from jetcap.util.fdcapture import silenced_output
 from jetcap.util.lazy import require
 
 
@@ -36,9 +37,8 @@ def export_graph(module, spec: GraphSpec, example: Dict[str, np.ndarray], path: 
     if exporter is Exporter.DYNAMO:
         require("onnxscript")  # the dynamo exporter's dependency: a clear install hint instead of a failure
     args = tuple(torch.from_numpy(example[name]) for name in spec.input_names)
-    log = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+        with warnings.catch_warnings(), silenced_output():
             warnings.simplefilter("ignore")
             if exporter is Exporter.TORCHSCRIPT:
                 torch.onnx.export(module, args, str(path), input_names=spec.input_names,

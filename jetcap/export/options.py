@@ -51,12 +51,22 @@ class ExportOptions:
         calibration_data: folder of images/sequences for INT8 calibration and reference data; None: built-in samples.
         calibration_method, calibration_samples: INT8 calibration settings.
         trust_pickle, code_path, word_map, labels, hints: checkpoint-loading options.
+        models: ``{part: "MODULE:NAME"}`` of the user's model class/factory (``model`` for one module,
+            ``encoder``/``decoder`` for parts); the checkpoint then only provides weights.
+        model_args: constructor arguments for ``models`` (an object, or ``{part: object}``).
+        adapter: a captioner adapter file (how one decoder step of the user's model is wired).
+        output: classifier: which forward output holds the logits (name or position).
+        input_size: classifier features per frame, when the model does not tell.
+        mean, std: captioner input normalisation, when the checkpoint does not store it.
+        caption_max_len: captioner decoding limit stored in the manifest.
+        target: device or TensorRT version of the pre-flight (``jetcap check``) run at the end; None: nano.
+        preflight: run that pre-flight (an error there exits 1, the bundle is kept).
         simplify: run onnxslim (re-validated after).
         seed: seed of the dummy inputs.
         force: replace an existing bundle.
     """
 
-    checkpoint: Path
+    checkpoint: Optional[Path]
     out_dir: Path
     family: Optional[str] = None
     opset: int = 13
@@ -75,6 +85,16 @@ class ExportOptions:
     word_map: Optional[Path] = None
     labels: Optional[Path] = None
     hints: Dict[str, Any] = field(default_factory=dict)
+    models: Dict[str, str] = field(default_factory=dict)
+    model_args: Optional[Dict[str, Any]] = None
+    adapter: Optional[Path] = None
+    output: Optional[str] = None
+    input_size: Optional[int] = None
+    mean: Optional[Tuple[float, float, float]] = None
+    std: Optional[Tuple[float, float, float]] = None
+    caption_max_len: Optional[int] = None
+    target: Optional[str] = None
+    preflight: bool = True
     simplify: bool = True
     seed: int = 0
     force: bool = False
@@ -100,10 +120,24 @@ class ExportOptions:
             raise UsageError("--min-image-size/--max-image-size need --dynamic-image-size")
         if self.calibration_samples < 1:
             raise UsageError("--calibration-samples must be >= 1")
-        if not Path(self.checkpoint).is_file():
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise UsageError("checkpoint not found: {}".format(self.checkpoint))
+        if self.adapter is not None and not Path(self.adapter).is_file():
+            raise UsageError("adapter file not found: {}".format(self.adapter))
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and (len(values) != 3 or (name == "std" and any(v <= 0 for v in values))):
+                raise UsageError("--{} needs three numbers{}".format(name, " > 0" if name == "std" else ""))
         if self.calibration_data is not None and not Path(self.calibration_data).is_dir():
             raise UsageError("calibration data folder not found: {}".format(self.calibration_data))
         out = Path(self.out_dir)
         if out.exists() and not self.force and (not out.is_dir() or any(out.iterdir())):
             raise UsageError("{} already exists".format(out), hint="pass --force to replace it")
+
+
+def source_options(opts: "ExportOptions"):
+    """The :class:`jetcap.models.sources.SourceOptions` of an export."""
+    from jetcap.models.sources import SourceOptions
+
+    return SourceOptions(checkpoint=opts.checkpoint, family=opts.family, models=dict(opts.models),
+                         model_args=opts.model_args, trust_pickle=opts.trust_pickle, code_path=opts.code_path,
+                         word_map=opts.word_map, labels=opts.labels, hints=dict(opts.hints))

@@ -20,8 +20,9 @@ def real_batch(pool: Dict[str, np.ndarray], spec: GraphSpec, case: Dict[str, int
     feed = {}
     for tensor in spec.inputs:
         array = pool[tensor.name]
-        rows = np.resize(np.arange(array.shape[0]), case["batch"])
-        array = array[rows]
+        axis = list(tensor.shape).index("batch") if "batch" in tensor.shape else 0
+        rows = np.resize(np.arange(array.shape[axis]), case["batch"])
+        array = np.take(array, rows, axis=axis)
         for axis, name in tensor.dynamic_axes.items():
             if name == "batch":
                 continue

@@ -18,6 +18,7 @@ from jetcap.runtime import preprocess
 from jetcap.runtime.preprocess import IMAGE_SUFFIXES
 from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence
 from jetcap.runtime.decoding import greedy_decode
+from jetcap.runtime.pipeline import softmax
 from jetcap.util.lazy import require
 
 REFERENCE_BEAM = 3
@@ -63,21 +64,21 @@ class FamilyExport:
                         cases.append(case)
         return cases
 
-    def manifest_extras(self, loaded, config: Dict[str, Any]) -> Dict[str, Any]:
+    def manifest_extras(self, subject, config: Dict[str, Any]) -> Dict[str, Any]:
         return {}
 
     def real_feed(self, pool: Dict[str, np.ndarray], spec, case: Dict[str, int]) -> Dict[str, np.ndarray]:
         """A real-input feed of graph ``spec`` at ``case`` cut from its real ``pool`` (see ``real_batch``)."""
         return real_batch(pool, spec, case)
 
-    def task_reference(self, loaded, config, opts) -> Dict[str, np.ndarray]:
+    def task_reference(self, subject, config, opts) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def calibration_feeds(self, loaded, config, opts) -> Dict[str, List[Dict[str, np.ndarray]]]:
+    def calibration_feeds(self, subject, config, opts) -> Dict[str, List[Dict[str, np.ndarray]]]:
         """``{graph: [feed, ...]}`` of real inputs (calibration data or built-in samples)."""
         raise NotImplementedError
 
-    def real_pool(self, feeds: Dict[str, List[Dict[str, np.ndarray]]]) -> Dict[str, Dict[str, np.ndarray]]:
+    def real_pool(self, feeds: Dict[str, List[Dict[str, np.ndarray]]], graphs=()) -> Dict[str, Dict[str, np.ndarray]]:
         """Real inputs of each graph concatenated along the batch axis (cropped to a common length)."""
         pool = {}
         for graph, items in feeds.items():
@@ -145,15 +146,6 @@ class CaptionerExport(FamilyExport):
                     cases.append(case)
         return cases
 
-    def real_pool(self, feeds):
-        """As the base, over the feeds shaped like each graph's first one (the opt image size; extra
-        calibration sizes are left out)."""
-        same = {}
-        for graph, items in feeds.items():
-            shapes = {n: a.shape[1:] for n, a in items[0].items()}
-            same[graph] = [f for f in items if {n: a.shape[1:] for n, a in f.items()} == shapes]
-        return super().real_pool(same)
-
     def real_feed(self, pool, spec, case):
         """Real images are resized (bilinear, antialiased) to the case's height/width instead of cropped
         or tiled, so every image size is validated on natural-looking images."""
@@ -167,8 +159,8 @@ class CaptionerExport(FamilyExport):
             pool = dict(pool, images=resized.numpy().astype(np.float32))
         return real_batch(pool, spec, case)
 
-    def manifest_extras(self, loaded, config):
-        if loaded.vocab is None:
+    def manifest_extras(self, subject, config):
+        if subject.vocab is None:
             raise UsageError("the captioner checkpoint has no word map", hint="pass --word-map WORDMAP.json")
         preprocessing = preprocess.default_preprocessing(config["image_size"], config["mean"], config["std"])
         if config.get("dynamic_image_size"):
@@ -176,7 +168,7 @@ class CaptionerExport(FamilyExport):
             preprocessing["image_size_range"] = [int(s) for s in config["image_size_range"]]
         return {
             "preprocessing": preprocessing,
-            "vocabulary": loaded.vocab.to_dict(),
+            "vocabulary": subject.vocab.to_dict(),
             "decoding": {"max_len": int(config.get("max_len", 20)), "beam_size": 1},
         }
 
@@ -197,15 +189,11 @@ class CaptionerExport(FamilyExport):
             names += ["generated_{:03d}".format(i) for i in range(limit - len(names))]
         return np.concatenate(arrays).astype(np.float32), names
 
-    def task_reference(self, loaded, config, opts):
-        torch = require("torch")
+    def task_reference(self, subject, config, opts):
         images, names = self._images(config, opts, limit=16, seed=opts.seed + 1000)
-        vocab = loaded.vocab
         max_len = int(config.get("max_len", 20))
-        with torch.no_grad():
-            batch = torch.from_numpy(images)
-            greedy = loaded.model.caption(batch, vocab.start_id, vocab.end_id, max_len)
-            beam = loaded.model.caption(batch, vocab.start_id, vocab.end_id, max_len, beam_size=REFERENCE_BEAM)
+        greedy = subject.caption(images, max_len)
+        beam = subject.caption(images, max_len, beam_size=REFERENCE_BEAM)
         return {
             "task/images": images,
             "task/names": np.asarray(names),
@@ -215,10 +203,7 @@ class CaptionerExport(FamilyExport):
             "task/beam_size": np.asarray(REFERENCE_BEAM),
         }
 
-    def calibration_feeds(self, loaded, config, opts):
-        torch = require("torch")
-        from jetcap.models.captioner import TorchDecoderSession
-
+    def calibration_feeds(self, subject, config, opts):
         images, _ = self._images(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000)
         encoder_feeds = [{"images": images[i:i + 1]} for i in range(len(images))]
         if (config.get("dynamic_image_size") and "int8" in opts.precisions
@@ -230,26 +215,44 @@ class CaptionerExport(FamilyExport):
                                         seed=opts.seed + 2000)
                 encoder_feeds += [{"images": sized[i:i + 1]} for i in range(len(sized))]
         step_feeds: List[Dict[str, np.ndarray]] = []
-
-        class Recorder(TorchDecoderSession):
-            def step(self, prev_words):
-                step_feeds.append({"prev_word": np.asarray(prev_words, dtype=np.int64),
-                                   "h": self.h.numpy().copy(), "c": self.c.numpy().copy(),
-                                   "features": self.features.numpy().copy(),
-                                   "projected": self.projected.numpy().copy()})
-                return super().step(prev_words)
-
-        with torch.no_grad():
-            features = loaded.model.encoder(torch.from_numpy(images))
-            greedy_decode(Recorder(loaded.model.decoder, features), len(images), loaded.vocab.start_id,
-                          loaded.vocab.end_id, int(config.get("max_len", 20)))
+        session = subject.decoder_session(subject.encode(images))
+        session.runner = _RecordingRunner(session.runner, step_feeds)
+        greedy_decode(session, len(images), subject.vocab.start_id, subject.vocab.end_id, int(config.get("max_len", 20)))
         # re-chunk the recorded rows (batches shrink as captions finish) into equal batches: histogram
         # calibrators stack every feed's activations and need one shape
-        rows = {k: np.concatenate([f[k] for f in step_feeds]) for k in step_feeds[0]}
+        axes = dict(subject.protocol.batch_axes, **{subject.protocol.word_input: 0})
+        rows = {k: np.concatenate([f[k] for f in step_feeds], axis=axes[k]) for k in step_feeds[0]}
         size = 8
-        count = len(rows["prev_word"]) // size
-        chunks = [{k: np.ascontiguousarray(v[i * size:(i + 1) * size]) for k, v in rows.items()} for i in range(count)]
+        count = rows[subject.protocol.word_input].shape[0] // size
+        chunks = [{k: np.ascontiguousarray(np.take(v, np.arange(i * size, (i + 1) * size), axis=axes[k]))
+                   for k, v in rows.items()} for i in range(count)]
         return {"encoder": encoder_feeds, "decoder_step": chunks or step_feeds[:1]}
+
+    def real_pool(self, feeds, graphs=()):
+        """Real inputs of each graph concatenated along each tensor's batch axis, over the feeds shaped
+        like the graph's first one (the opt image size; extra calibration sizes are left out)."""
+        pool = {}
+        specs = {g.name: g for g in graphs}
+        for graph, items in feeds.items():
+            axes = batch_axes(specs[graph]) if graph in specs else {}
+            def others(feed):
+                return {n: tuple(d for i, d in enumerate(a.shape) if i != axes.get(n, 0)) for n, a in feed.items()}
+            shapes = others(items[0])
+            same = [f for f in items if others(f) == shapes]
+            pool[graph] = {n: np.concatenate([f[n] for f in same], axis=axes.get(n, 0)) for n in same[0]}
+        return pool
+
+
+class _RecordingRunner(object):
+    """Wraps a decoder-step runner and keeps a copy of every feed (calibration data of the step graph)."""
+
+    def __init__(self, runner, feeds):
+        self.runner = runner
+        self.feeds = feeds
+
+    def infer(self, feed):
+        self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        return self.runner.infer(feed)
 
 
 class ClassifierExport(FamilyExport):
@@ -269,8 +272,11 @@ class ClassifierExport(FamilyExport):
             raise UsageError("--opt-len {} is outside {}..{}".format(opt, low, high))
         return {"batch": {"min": 1, "opt": 1, "max": opts.max_batch}, "T": {"min": low, "opt": opt, "max": high}}
 
-    def manifest_extras(self, loaded, config):
-        labels = loaded.labels or ["class_{}".format(i) for i in range(int(config["num_classes"]))]
+    def manifest_extras(self, subject, config):
+        labels = subject.source.labels or ["class_{}".format(i) for i in range(int(config["num_classes"]))]
+        if subject.source.labels is None:
+            subject.warnings.append("no class names found: labels class_0..class_{} (pass --labels FILE)".format(
+                int(config["num_classes"]) - 1))
         if len(labels) != int(config["num_classes"]):
             raise UsageError("{} labels given for a model with {} classes".format(len(labels), config["num_classes"]))
         return {"labels": list(labels)}
@@ -296,19 +302,16 @@ class ClassifierExport(FamilyExport):
             out.append(np.ascontiguousarray(seq[:high]) if len(seq) >= low else np.pad(seq, ((0, low - len(seq)), (0, 0))))
         return out
 
-    def task_reference(self, loaded, config, opts):
-        torch = require("torch")
+    def task_reference(self, subject, config, opts):
         axes = self.axes(config, opts)
         seqs = self._sequences(config, opts, limit=12, seed=opts.seed + 1000, axes=axes)
         arrays: Dict[str, np.ndarray] = {"task/count": np.asarray(len(seqs))}
-        with torch.no_grad():
-            for i, seq in enumerate(seqs):
-                logits, _ = loaded.model(torch.from_numpy(seq[None]))
-                arrays["task/seq_{:03d}".format(i)] = seq
-                arrays["task/probs_{:03d}".format(i)] = torch.softmax(logits, dim=1).numpy()[0]
+        for i, seq in enumerate(seqs):
+            arrays["task/seq_{:03d}".format(i)] = seq
+            arrays["task/probs_{:03d}".format(i)] = softmax(subject.logits(seq[None]))[0]
         return arrays
 
-    def calibration_feeds(self, loaded, config, opts):
+    def calibration_feeds(self, subject, config, opts):
         axes = self.axes(config, opts)
         seqs = self._sequences(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000, axes=axes)
         if opts.calibration_method is not CalibrationMethod.MINMAX:
@@ -316,6 +319,11 @@ class ClassifierExport(FamilyExport):
             shortest = min(len(s) for s in seqs)
             seqs = [s[:shortest] for s in seqs]
         return {"model": [{"sequence": s[None]} for s in seqs]}
+
+
+def batch_axes(spec) -> Dict[str, int]:
+    """``{input: index of its "batch" axis}`` of a graph spec."""
+    return {t.name: list(t.shape).index("batch") for t in spec.inputs if "batch" in t.shape}
 
 
 def _pad(token_lists: List[List[int]]) -> np.ndarray:

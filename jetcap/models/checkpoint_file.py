@@ -33,6 +33,7 @@ import torch
 from jetcap.errors import CheckpointError, UsageError
 from jetcap.models.labels import LABEL_ENCODER_GLOBALS, InertLabelEncoder
 from jetcap.models.state_dict import InertScriptObject
+from jetcap.util.pyfile import import_python_file
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
 TRUST_HINT = "if you trust the file's source, pass --trust-pickle"
@@ -239,14 +240,15 @@ class _CodePath:
     def __enter__(self) -> "_CodePath":
         self._modules_before = set(sys.modules)
         if self.code_path is not None:
-            sys.path.insert(0, str(self.code_path))
+            sys.path.insert(0, str(self.code_path if self.code_path.is_dir() else self.code_path.parent))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.code_path is not None:
+            folder = self.code_path if self.code_path.is_dir() else self.code_path.parent
             with contextlib.suppress(ValueError):
-                sys.path.remove(str(self.code_path))
-            root = os.path.realpath(str(self.code_path))
+                sys.path.remove(str(folder))
+            root = os.path.realpath(str(folder))
             for name in set(sys.modules) - self._modules_before:  # forget the user's modules again
                 module_file = getattr(sys.modules.get(name), "__file__", None) or ""
                 if name.startswith("_jetcap_user_") or os.path.realpath(module_file).startswith(root + os.sep):
@@ -255,24 +257,33 @@ class _CodePath:
     def _import_file(self, file: Path) -> Optional[types.ModuleType]:
         """``file`` imported under a private name (its ``if __name__ == "__main__"`` block stays off)."""
         if file not in self._imported:
-            name = "_jetcap_user_" + file.stem
-            spec = importlib.util.spec_from_file_location(name, str(file))
+            relative = file.relative_to(self.code_path) if self.code_path and self.code_path.is_dir() else Path(file.name)
+            name = "_jetcap_user_" + "_".join(relative.with_suffix("").parts)
             module = None
-            if spec is not None and spec.loader is not None:
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                try:
-                    spec.loader.exec_module(module)
-                except Exception as exc:  # user code: remembered and reported if the class is not found
-                    self._failures.append("{} ({}: {})".format(file.name, type(exc).__name__, _first_line(exc)))
-                    del sys.modules[name]
-                    module = None
+            try:
+                module = import_python_file(file, name)
+            except Exception as exc:  # user code: remembered and reported if the class is not found
+                self._failures.append("{} ({}: {})".format(file.name, type(exc).__name__, _first_line(exc)))
             self._imported[file] = module
         return self._imported[file]
 
+    def _code_files(self) -> List[Path]:
+        """The ``.py`` files of code_path: the file itself, or every one below the folder (hidden
+        folders, virtual environments and caches skipped), shallowest first."""
+        if self.code_path is None:
+            return []
+        if self.code_path.is_file():
+            return [self.code_path]
+        skip = {"__pycache__", "site-packages", "node_modules"}
+        files = [f for f in self.code_path.rglob("*.py")
+                 if not any(p.startswith(".") or p in skip or p.startswith("venv")
+                            for p in f.relative_to(self.code_path).parts[:-1])]
+        return sorted(files, key=lambda f: (len(f.relative_to(self.code_path).parts), str(f)))
+
     def _find_main_class(self, name: str) -> Any:
-        """``__main__.name`` from the first ``.py`` file of code_path defining it, then the real __main__."""
-        for file in sorted(self.code_path.glob("*.py")) if self.code_path else []:
+        """``__main__.name`` from the first ``.py`` file of code_path defining it (searched
+        recursively, e.g. ``processing/predictor.py``), then the real __main__."""
+        for file in self._code_files():
             module = self._import_file(file)
             found = _getattr_path(module, name)
             if found is not None:
@@ -288,12 +299,30 @@ class _CodePath:
                               "{}".format(name, where),
                               hint="pass --code-path DIR, the folder with the script that defines {}".format(name))
 
+    def _from_code_path(self, module: str, name: str) -> Any:
+        """``module.name`` from the file below code_path that is ``module`` (``a/b.py`` or
+        ``a/b/__init__.py``), imported under a private name: a pickled ``models.Encoder`` is found in
+        ``REPO/src/models.py`` even when another ``models`` is importable (or already imported)."""
+        tail = Path(*module.split("."))
+        for file in self._code_files():
+            for candidate in (tail.with_suffix(".py"), tail / "__init__.py"):
+                if tuple(file.parts[-len(candidate.parts):]) == candidate.parts:
+                    found = _getattr_path(self._import_file(file), name)
+                    if found is not None:
+                        return found
+        return None
+
     def find_class(self, module: str, name: str, default: Any) -> Any:
         if module == "__main__":
             return self._find_main_class(name)
+        if "{}.{}".format(module, name) in LABEL_ENCODER_GLOBALS:
+            return InertLabelEncoder  # beside the model: read inertly, scikit-learn not needed
         try:
             return default(module, name)
         except (ImportError, AttributeError) as exc:
+            found = self._from_code_path(module, name)
+            if found is not None:
+                return found
             raise CheckpointError("the checkpoint pickles {}.{} which cannot be imported: {}".format(
                 module, name, _first_line(exc)),
                 hint="pass --code-path DIR, the folder with the code that defines it") from None
@@ -389,8 +418,8 @@ def read_checkpoint(path: Path, trust_pickle: bool = False, code_path: Optional[
         raise UsageError("checkpoint file not found: {}".format(path))
     if not path.is_file():
         raise UsageError("checkpoint path is not a file: {}".format(path))
-    if code_path is not None and not code_path.is_dir():
-        raise UsageError("--code-path is not a directory: {}".format(code_path))
+    if code_path is not None and not code_path.is_dir() and not (code_path.is_file() and code_path.suffix == ".py"):
+        raise UsageError("--code-path is neither a directory nor a .py file: {}".format(code_path))
     file_format = sniff_format(path)
     if file_format == "safetensors":
         return RawCheckpoint(read_safetensors(path), file_format, False)

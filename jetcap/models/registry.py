@@ -42,6 +42,12 @@ class GraphSpec:
     def output_names(self) -> List[str]:
         return [t.name for t in self.outputs]
 
+    def manifest_entry(self) -> Dict[str, Any]:
+        """``{inputs, outputs}`` as the manifest's ``graphs`` entry writes it."""
+        def tensor(t: TensorSpec) -> Dict[str, Any]:
+            return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+        return {"inputs": [tensor(t) for t in self.inputs], "outputs": [tensor(t) for t in self.outputs]}
+
 
 @dataclass(frozen=True)
 class Tolerance:

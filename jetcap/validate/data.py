@@ -22,10 +22,10 @@ def task_from_folder(manifest, opts):
         images = preprocess.load_images(paths, manifest.preprocessing)
         names = [os.path.basename(p) for p in paths]
         if opts.checkpoint:
-            from jetcap.validate.live import load_reference_model, torch_task_reference
+            from jetcap.validate.live import load_reference_subject, torch_task_reference
 
-            loaded = load_reference_model(manifest, opts.checkpoint, opts.checkpoint_options)
-            ref = torch_task_reference(loaded, manifest, images=images, beam_size=beam_size)
+            subject = load_reference_subject(manifest, opts.checkpoint, opts.checkpoint_options)
+            ref = torch_task_reference(subject, manifest, images=images, beam_size=beam_size)
             source = "{} ({} images), PyTorch reference".format(opts.data, len(paths))
         else:
             runners = open_onnxruntime(manifest, "fp32")
@@ -42,10 +42,10 @@ def task_from_folder(manifest, opts):
     pipeline = ClassifierPipeline(manifest, runners)
     sequences = [pipeline.check(load_sequence(p), os.path.basename(p)) for p in paths]
     if opts.checkpoint:
-        from jetcap.validate.live import load_reference_model, torch_task_reference
+        from jetcap.validate.live import load_reference_subject, torch_task_reference
 
-        loaded = load_reference_model(manifest, opts.checkpoint, opts.checkpoint_options)
-        probs = torch_task_reference(loaded, manifest, sequences=sequences)["probs"]
+        subject = load_reference_subject(manifest, opts.checkpoint, opts.checkpoint_options)
+        probs = torch_task_reference(subject, manifest, sequences=sequences)["probs"]
         source = "{} ({} sequences), PyTorch reference".format(opts.data, len(paths))
     else:
         runners["model"].activate()

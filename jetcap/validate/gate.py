@@ -41,11 +41,14 @@ class ValidateOptions(object):
         tolerances: ``{output_name: {atol, rtol, min_cosine}}`` overrides for every precision.
         engine_cache: TensorRT engine cache directory.
         seed: with ``checkpoint``, also draw fresh random inputs with this seed (see ``live_reference``).
-        checkpoint_options: extra ``load_checkpoint`` keyword arguments (trust_pickle, code_path, ...).
+        checkpoint_options: how to find the user's model (models, model_args, adapter, trust_pickle,
+            code_path, word_map; see ``jetcap.models.sources``).
+        target: device / TensorRT version of the pre-flight (default: the one the bundle was exported for).
+        preflight: run the TensorRT pre-flight (``jetcap check``) as part of the gate.
     """
 
     def __init__(self, bundle, backends="all", precisions="all", checkpoint=None, data=None, samples=None,
-                 tolerances=None, engine_cache=None, checkpoint_options=None, seed=None):
+                 tolerances=None, engine_cache=None, checkpoint_options=None, seed=None, target=None, preflight=True):
         self.bundle = bundle
         self.backends = backends
         self.precisions = precisions
@@ -56,6 +59,8 @@ class ValidateOptions(object):
         self.engine_cache = engine_cache
         self.checkpoint_options = checkpoint_options or {}
         self.seed = seed
+        self.target = target
+        self.preflight = preflight
 
 
 def backend_available(name):
@@ -110,7 +115,37 @@ def validate_bundle(opts, log=lambda message: None):
         for precision in precisions:
             log("validating {} {}".format(backend, precision))
             _validate_one(manifest, reference, task, backend, precision, opts, report)
+    if opts.preflight:
+        _preflight_checks(manifest, precisions, opts, report, log)
     return report
+
+
+def _preflight_checks(manifest, precisions, opts, report, log):
+    """The TensorRT pre-flight (``jetcap check``) for the bundle's target as checks of the report: one
+    failing check per error, one passing check when there is none.  Needs onnx (skipped, and said so,
+    on a device without it: there the real TensorRT build is the check)."""
+    if not available("onnx"):
+        log("pre-flight skipped: onnx is not installed here")
+        return
+    from jetcap.check import preflight_bundle
+
+    target = opts.target or (manifest.data.get("preflight") or {}).get("requested") or "nano"
+    try:
+        checked = preflight_bundle(manifest.bundle_dir, target=target)
+    except UsageError:
+        raise  # a --target it does not know: the user's to fix (exit 2)
+    except JetcapError as exc:  # e.g. a graph file that does not parse: a failed check, reported with the rest
+        report.add(Check("tensorrt-preflight", "-", "-", "preflight.run", None, None, "==", passed=False,
+                         detail=str(exc)))
+        return
+    errors = [f for f in checked.errors() if f.precision in (None,) + tuple(precisions)]
+    for f in errors:
+        report.add(Check("tensorrt-preflight", f.precision or "-", f.graph or "-", "preflight." + f.rule, None, None,
+                         "==", passed=False, detail="{} ({})".format(f.message, checked.target)))
+    if not errors:
+        report.add(Check("tensorrt-preflight", "-", "-", "preflight.errors", 0, 0, "==",
+                         detail="{}: no parser, precision or memory errors ({} warnings; jetcap check lists them)".format(
+                             checked.target, len(checked.warnings()))))
 
 
 def _load_reference(manifest):

@@ -15,8 +15,6 @@ def test_sample_bundles_pass_the_82_preflight(request, name):
     assert all(entry["verdict"] == "fits" for entry in nano.memory["precisions"])
 
 
-@pytest.mark.xfail(strict=True, reason="export quantizes Conv/Gemm biases to INT32 DequantizeLinear inputs, which "
-                   "TensorRT's parser refuses; fixed by QuantizeBias=False in jetcap/export/int8.py")
 @pytest.mark.parametrize("name", ["captioner_bundle", "classifier_bundle"])
 def test_sample_int8_variants_pass_the_82_preflight(request, name):
     report = preflight_bundle(request.getfixturevalue(name), tensorrt="8.2", precisions=["int8"])

@@ -53,12 +53,23 @@ def _sequence_body(server):
     return json.dumps({"sequence": [[0.0] * model["input_size"]] * model["sequence_length"]["min"]}).encode()
 
 
+def _read_until_closed(sock, limit=65536):
+    """Everything the server sends before closing (head and body may come in separate segments)."""
+    chunks = []
+    while sum(len(c) for c in chunks) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_slow_headers_get_408_within_the_deadline(server):
     sock = _slow(server)
     began = time.time()
     try:
         sock.settimeout(10)
-        answer = sock.recv(4096)
+        answer = _read_until_closed(sock)
     finally:
         sock.close()
     assert answer.startswith(b"HTTP/1.0 408") and b"request timeout" in answer
