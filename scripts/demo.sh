@@ -25,6 +25,20 @@ jetcap caption "$OUT/captioner" "$SAMPLES"/images/sample_00.png --precision int8
 echo "   attention map of each word: $OUT/attention_sample_00.png"
 jetcap predict "$OUT/classifier" "$SAMPLES"/sequences/*.npy
 
+echo "== your model, as written: a Lightning captioner (2-layer nn.LSTM decoder) exported from its own code"
+echo "   with an adapter file, then captioned without torch (checkpoints built by tests/export/user_models)"
+REPOS=tests/export/user_models
+python "$REPOS/build_checkpoints.py" "$OUT/user" > /dev/null
+jetcap export "$OUT/user/lightning/last.ckpt" --code-path "$REPOS/lightning_repo" --model lit_caption:CaptionNet \
+  --adapter "$REPOS/lightning_repo/jetcap_adapter.py" --word-map "$OUT/user/lightning/vocab.json" --image-size 64 \
+  --calibration-data "$OUT/user/calibration" --precision fp16 -o "$OUT/lightning" --force 2>&1 | grep -v "pre-flight:"
+jetcap validate "$OUT/lightning" --checkpoint "$OUT/user/lightning/last.ckpt" --code-path "$REPOS/lightning_repo" \
+  --model lit_caption:CaptionNet --adapter "$REPOS/lightning_repo/jetcap_adapter.py" | tail -n 2
+jetcap caption "$OUT/lightning" "$OUT"/user/images/toy_0[0-3].png
+
+echo "== jetcap check: will the bundles build on a Jetson Nano (TensorRT 8.2)? No TensorRT needed"
+jetcap check "$OUT/captioner" --target nano | tail -n 14
+
 echo "== jetcap build: TensorRT engines are built on the device (here it says what is missing)"
 jetcap build "$OUT/captioner" --precision fp16 || echo "   (expected without TensorRT: exit $?)"
 

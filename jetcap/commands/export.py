@@ -53,6 +53,9 @@ from jetcap.commands.options import (
               help="Classifier labels (JSON list/map or a scikit-learn LabelEncoder pickle, read safely).")
 @click.option("--num-heads", type=int, default=None, help="Classifier attention heads, when the checkpoint lacks them.")
 @click.option("--backbone", default=None, help="Captioner backbone, when it cannot be inferred.")
+@click.option("--grid", type=click.IntRange(min=0), default=None,
+              help="Built-in captioner family: side of the pooled feature map (0: no pooling) when the checkpoint "
+                   "does not store it [default: 7, with a warning].")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
 @click.option("--target", default=None, metavar="DEVICE|VERSION",
               help="Device (nano, xavier-nx, xavier, orin-nano, orin) or TensorRT version the bundle is for: "
@@ -64,7 +67,7 @@ from jetcap.commands.options import (
 def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, dynamic_image_size,
             min_image_size, max_image_size, mean, std, min_len, opt_len, max_len, output, input_size,
             calibration_data, calibration_method, calibration_samples, word_map, labels,
-            num_heads, backbone, no_simplify, target, no_check, force, models, model_args, adapter, trust_pickle,
+            num_heads, backbone, grid, no_simplify, target, no_check, force, models, model_args, adapter, trust_pickle,
             code_path, as_json):
     """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
 
@@ -83,6 +86,8 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         hints["num_heads"] = num_heads
     if backbone is not None:
         hints["backbone"] = backbone
+    if grid is not None:
+        hints["grid"] = grid or None
     opts = ExportOptions(
         checkpoint=Path(checkpoint), out_dir=Path(out_dir), family=family, opset=opset, exporter=exporter,
         precisions=tuple(precisions) or ("fp32",), max_batch=max_batch, image_size=image_size,

@@ -64,9 +64,11 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
     if is_builtin(source):
         task = family_export(source.family)
         config = dict(source.builtin.config)
+        given = {k: "--" + k.replace("_", "-") for k in opts.hints}
         if opts.image_size:
             config["image_size"] = int(opts.image_size)
-        subject = BuiltinSubject(source, task.configure(config, opts))
+            given["image_size"] = "--image-size"
+        subject = BuiltinSubject(source, task.configure(config, opts), given)
     else:
         subject = make_subject(source, opts)
         task = family_export(subject.family)
@@ -211,10 +213,14 @@ def _preflight(bundle: Path, target: Optional[str], log: Callable[[str], None]) 
     from jetcap.check import preflight_bundle
 
     report = preflight_bundle(bundle, target=target or "nano")
-    for line in report.to_text().splitlines():
-        log("pre-flight: " + line)
+    lines = report.to_text().splitlines()
+    log("pre-flight: " + lines[0])
+    for finding in report.errors() + report.warnings():
+        where = "/".join(part for part in (finding.precision, finding.graph) if part)
+        log("pre-flight: {} [{}] {}: {}".format(finding.severity.upper(), finding.rule, where, finding.message))
+    log("pre-flight: " + lines[-1] + " (jetcap check BUNDLE for the memory plan)")
     return {"target": report.target, "requested": target or "nano", "ok": bool(report),
-            "errors": ["[{}] {}{}: {}".format(f.rule, f.precision + "/" if f.precision else "", f.graph or "", f.message)
+            "errors": ["[{}] {}: {}".format(f.rule, "/".join(p for p in (f.precision, f.graph) if p), f.message)
                        for f in report.errors()],
             "warnings": len(report.warnings())}
 

@@ -634,17 +634,35 @@ def positional_bound(model) -> Optional[Tuple[str, int]]:
 
 # -- jetcap's own families ----------------------------------------------------------------------------
 
+# Values of the built-in families that no tensor holds: the family's default is used, with a warning.
+BUILTIN_DEFAULTS = {
+    "captioner": {
+        "grid": "the feature map is pooled to 7x7 as jetcap's family does (Show-Attend-Tell tutorials pool to "
+                "14x14); pass --grid N (0: no pooling) or store config['grid']",
+        "image_size": "the usual ImageNet input size; pass --image-size N",
+        "mean": "ImageNet normalisation (store config['mean'] if the model was trained with another)",
+        "std": "ImageNet normalisation (store config['std'] if the model was trained with another)",
+    },
+}
+
+
 class BuiltinSubject(TorchCaptioning, ExportSubject):
     """A checkpoint rebuilt into one of jetcap's families (the no-code path)."""
 
-    def __init__(self, source: ModelSource, config: Dict[str, Any]):
+    def __init__(self, source: ModelSource, config: Dict[str, Any], given: Optional[Dict[str, str]] = None):
         loaded = source.builtin
+        given = dict(given or {})
         super().__init__(source=source, family=loaded.family.name, config=dict(config))
         self.loaded = loaded
         self.fam = loaded.family
         self.int8_keep_float = tuple(self.fam.int8_keep_float)
         self.graphs = self.fam.graphs(self.config)
-        self.config_sources = {k: "checkpoint tensors / stored config" for k in self.config}
+        self.config_sources = {k: loaded.provided.get(k, "tensor shapes") for k in self.config}
+        for key, why in BUILTIN_DEFAULTS.get(self.family, {}).items():
+            if key in self.config and key not in loaded.provided and key not in given:
+                self.assume(key, self.config[key], why)
+        for key in given:
+            self.config_sources[key] = given[key]
         self.warnings.append("model rebuilt from the known layout of jetcap's {} family, not from your code; "
                              "pass --model MODULE:NAME or --trust-pickle to export your own".format(self.family))
         self.vocab = loaded.vocab

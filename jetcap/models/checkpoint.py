@@ -59,6 +59,8 @@ class LoadedModel:
         sha256: hex digest of the checkpoint file.
         layout: what was found, e.g. ``"dict['model_state_dict'] + config + word_map"``.
         notes: what was done to make it load, e.g. ``"stripped prefix 'module.' (52 keys)"``.
+        provided: ``{config key: where it came from}`` for the values the checkpoint or the caller gave
+            (the rest come from tensor shapes or the family's defaults).
     """
 
     family: ModelFamily
@@ -70,6 +72,7 @@ class LoadedModel:
     sha256: str
     layout: str
     notes: List[str] = field(default_factory=list)
+    provided: Dict[str, str] = field(default_factory=dict)
 
 
 def _resolve(path: PathLike, base: Path) -> Path:
@@ -408,8 +411,10 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
         else:
             notes.append("no class names in the checkpoint (pass --labels)")
 
+    provided = {k: "checkpoint config" for k in stored_hints if k in config and config[k] == stored_hints[k]}
+    provided.update({k: "command line" for k in user_hints})
     return LoadedModel(family=chosen, model=model, config=config, vocab=vocab, labels=labels_list, path=path,
-                       sha256=sha256_file(path), layout=" + ".join(layout), notes=notes)
+                       sha256=sha256_file(path), layout=" + ".join(layout), notes=notes, provided=provided)
 
 
 def _first_found(reader: Any, entries: Mapping[str, Any]) -> Optional[Tuple[Any, str]]:

@@ -414,10 +414,12 @@ def read_checkpoint(path: Path, trust_pickle: bool = False, code_path: Optional[
             come from its ``.py`` files, imported in name order under private module names until one
             defines the class (training must stay behind ``if __name__ == "__main__":``).
     """
+    path = Path(path)
     if not path.exists():
         raise UsageError("checkpoint file not found: {}".format(path))
     if not path.is_file():
         raise UsageError("checkpoint path is not a file: {}".format(path))
+    code_path = Path(code_path) if code_path is not None else None
     if code_path is not None and not code_path.is_dir() and not (code_path.is_file() and code_path.suffix == ".py"):
         raise UsageError("--code-path is neither a directory nor a .py file: {}".format(code_path))
     file_format = sniff_format(path)
