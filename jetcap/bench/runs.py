@@ -50,11 +50,13 @@ class BenchOptions(object):
         only: configuration names to run (e.g. ``["pytorch", "onnxruntime-fp32"]``; default all).
         timeout: seconds allowed per child process (default 900).
         matmul_size: side of the square GEMM measuring the peak matmul rate (default 1024).
+        data: a folder of real images / sequences to feed (default: the shipped samples).
     """
 
     def __init__(self, bundle, checkpoint=None, repeat=50, warmup=5, cold_runs=3, threads=None, precisions=None,
-                 only=None, timeout=900, matmul_size=1024, rounds=1):
+                 only=None, timeout=900, matmul_size=1024, rounds=1, data=None):
         self.bundle = str(bundle)
+        self.data = str(data) if data else None
         self.checkpoint = str(checkpoint) if checkpoint else None
         self.repeat = int(repeat)
         self.warmup = int(warmup)
@@ -187,26 +189,38 @@ def classifier_lengths(manifest):
     return sorted(lengths)
 
 
-def _sample_sequence_pool(width):
+def _sample_sequence_pool(width, data=None):
     from jetcap import samples
 
     pool = []
-    for path in samples.sample_sequences():
+    if data:
+        from jetcap.runtime.sequences import SEQUENCE_SUFFIXES
+        from jetcap.util.fsio import list_inputs
+
+        paths = list_inputs(data, SEQUENCE_SUFFIXES, SAMPLE_IMAGES)
+    else:
+        paths = samples.sample_sequences()
+    for path in paths:
         array = np.load(str(path))
         if array.ndim == 2 and array.shape[1] == width:
             pool.append(array.astype(np.float32))
     return np.concatenate(pool) if pool else None
 
 
-def prepare_inputs(manifest, workdir):
+def prepare_inputs(manifest, workdir, data=None):
     """Write/choose the inputs of every configuration under ``workdir``.
 
-    Captioner: the shipped sample images (random PNGs when absent).  Classifier: one ``(T, F)`` sequence
-    per benchmarked T, cut from the shipped sample sequences when their width fits (seeded noise otherwise).
+    Captioner: the images of ``data`` (``--data DIR``), else the shipped sample images (random PNGs when
+    absent).  Classifier: one ``(T, F)`` sequence per benchmarked T, cut from the sequences of ``data``
+    or the shipped sample sequences when their width fits (seeded noise otherwise).
     """
     if manifest.family == "captioner":
         from jetcap import samples
+        from jetcap.runtime.preprocess import IMAGE_SUFFIXES
+        from jetcap.util.fsio import list_inputs
 
+        if data:
+            return {"images": list_inputs(data, IMAGE_SUFFIXES, SAMPLE_IMAGES)}
         images = [str(p) for p in samples.sample_images()]
         if not images:
             from PIL import Image
@@ -218,7 +232,7 @@ def prepare_inputs(manifest, workdir):
                 images.append(path)
         return {"images": images}
     width = int(manifest.config["input_size"])
-    pool = _sample_sequence_pool(width)
+    pool = _sample_sequence_pool(width, data)
     rng = np.random.RandomState(0)
     sequences = {}
     for length in classifier_lengths(manifest):
@@ -404,7 +418,7 @@ def run_benchmark(options, log=lambda message: None):
     env = child_env(options.threads)
     workdir = tempfile.mkdtemp(prefix="jetcap-bench-")
     try:
-        inputs = prepare_inputs(manifest, workdir)
+        inputs = prepare_inputs(manifest, workdir, options.data)
         log("counting FLOPs")
         flops = count_graph_flops(manifest, log)
         matmul_spec = {"mode": "matmul", "threads": options.threads, "shapes": limit_shapes(manifest, flops),

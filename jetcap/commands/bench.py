@@ -25,10 +25,13 @@ from jetcap.runtime.manifest import PRECISIONS
               help="Run only this configuration (repeatable): pytorch, pytorch-reproject, onnxruntime-fp32, ...")
 @click.option("--matmul-size", type=click.IntRange(min=16), default=1024, show_default=True,
               help="Side of the square GEMM that measures the machine's peak matmul rate.")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Folder of real images (captioner) or .npy/.json sequences (classifier) to feed, e.g. real-size "
+                   "photos for a 224x224 model [default: the shipped 96x96 samples, resized].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw latency, memory and cold-start bars per configuration into this PNG.")
 @json_option
-def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, plot,
+def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, data, plot,
             as_json):
     """Benchmark BUNDLE: PyTorch eager (from --checkpoint) against ONNX Runtime (FP32/FP16/INT8) and
     TensorRT (when installed), one fresh process per configuration.
@@ -44,7 +47,8 @@ def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, prec
     from jetcap.bench.runs import BenchOptions, run_benchmark
 
     options = BenchOptions(bundle, checkpoint=checkpoint, repeat=repeat, warmup=warmup, cold_runs=cold_runs,
-                           rounds=rounds, threads=threads, precisions=precisions, only=only, matmul_size=matmul_size)
+                           rounds=rounds, threads=threads, precisions=precisions, only=only, matmul_size=matmul_size,
+                           data=data)
     report = run_benchmark(options, log=log)
     if plot:
         from jetcap.bench.plot import draw_report

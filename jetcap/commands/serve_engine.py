@@ -15,8 +15,12 @@ from jetcap.commands.options import backend_option, max_memory_option, precision
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None,
               help="TensorRT engine cache directory [default: BUNDLE/engines].")
 @max_memory_option
-@click.option("--max-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Inferences running at once (1: one engine context; TensorRT always runs one at a time).")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
+              help="Requests served at once [default: 8 with --batching, else 1].  With batching they share each "
+                   "encoder / decoder-step call; without, TensorRT still runs one at a time.")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Captioners: requests in flight share every encoder and decoder-step call (iteration-level "
+                   "batching up to the bundle's max batch); captions are those of single requests.")
 @click.option("--queue", type=click.IntRange(min=0), default=8, show_default=True,
               help="Requests that may wait for a free worker; beyond that new ones get 503 + Retry-After.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True,
@@ -46,7 +50,7 @@ from jetcap.commands.options import backend_option, max_memory_option, precision
                    "against DNS rebinding when a browser can reach the server [default: any].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads [default: onnxruntime's choice].")
-def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb, max_concurrency, queue, max_body_mb,
+def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb, max_concurrency, batching, queue, max_body_mb,
             timeout, memory_threshold_mb, max_rss_mb, max_pixels, max_connections, probe_slots, header_timeout,
             min_body_rate_kib, max_buffered_mb, allowed_hosts, threads):
     """Serve BUNDLE over HTTP: POST /caption or /predict, GET /health /ready /model /metrics.
@@ -61,7 +65,7 @@ def command(bundle, host, port, backend, precision, engine_cache, max_memory_mb,
     from jetcap.serve.options import ServeOptions
 
     options = ServeOptions(host=host, port=port, backend=backend, precision=precision, engine_cache=engine_cache,
-                           max_memory_mb=max_memory_mb, max_concurrency=max_concurrency, queue=queue,
+                           max_memory_mb=max_memory_mb, max_concurrency=max_concurrency, batching=batching, queue=queue,
                            max_body_mb=max_body_mb, timeout=timeout, memory_threshold_mb=memory_threshold_mb,
                            max_rss_mb=max_rss_mb, max_pixels=max_pixels or preprocess.DEFAULT_MAX_PIXELS,
                            max_connections=max_connections, threads=threads, probe_slots=probe_slots,

@@ -287,6 +287,7 @@ class ModelState(object):
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
         self._thread = None
+        self.batchers = {}  # {graph: BatchingRunner} when requests share the model's calls
 
     @property
     def family(self):
@@ -338,7 +339,15 @@ class ModelState(object):
                 self.session = session
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
-            if self.family == "captioner":
+            if self.family == "captioner" and self.options.batching:
+                from jetcap.runtime.batching import batching_runners
+                from jetcap.runtime.pipeline import CaptionPipeline
+
+                # only the batching threads call the runners: no lock, the requests' steps run together
+                self.batchers = batching_runners(self.manifest, session.runners)
+                self.pipeline = CaptionPipeline(self.manifest, self.batchers)
+                self._infer_lock = _NoLock()
+            elif self.family == "captioner":
                 self.pipeline = session.caption_pipeline()
             else:
                 self.pipeline = session.classifier_pipeline()
@@ -451,6 +460,8 @@ class ModelState(object):
             session, self.session = self.session, None
             self.state = "closed"
             self.reason = "the server is shutting down"
+        for batcher in self.batchers.values():
+            batcher.close()
         if session is not None:
             session.close()
             self.log("runners_released", backend=session.backend)

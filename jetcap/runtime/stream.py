@@ -411,42 +411,65 @@ class StreamRunner(object):
                 continue
             if frame is None:
                 break  # the capture thread ended
-            self.summary.frames_processed += 1
-            if last_captioned is None or frame.index - last_captioned >= options.every:
-                last_captioned = frame.index
-                if self.guard.tripped:
-                    self.summary.skipped_memory += 1
-                else:
-                    self._caption(frame)
-                    window_captions += 1
-            if self.overlay is not None or self.window:
-                self._show(frame)
+            # frames that queued up while the last caption ran are captioned together: one batched
+            # encoder call and shared decoder steps (rows leave as their captions end), in frame order
+            frames, ended = [frame], False
+            while len(frames) < self.pipeline.max_batch:
+                more = self.queue.get(timeout=0)
+                if more is FrameQueue.TIMEOUT:
+                    break
+                if more is None:
+                    ended = True
+                    break
+                frames.append(more)
+            wanted = []
+            for queued in frames:
+                self.summary.frames_processed += 1
+                if last_captioned is None or queued.index - last_captioned >= options.every:
+                    last_captioned = queued.index
+                    if self.guard.tripped:
+                        self.summary.skipped_memory += 1
+                    else:
+                        wanted.append(queued)
+            captions = self._caption(wanted) if wanted else {}
+            window_captions += len(captions)
+            for queued in frames:
+                if queued.index in captions:
+                    self.caption_text = captions[queued.index]
+                if self.overlay is not None or self.window:
+                    self._show(queued)
+            if ended:
+                break
 
-    def _caption(self, frame):
+    def _caption(self, frames):
+        """Caption ``frames`` in one batch; writes their records; returns ``{frame index: caption}``."""
         began = time.time()
-        rgb = frame.image[:, :, ::-1]
-        batch = preprocess.preprocess_array(rgb, self.preprocessing)[None]
-        hypothesis = self.pipeline.caption(batch, beam_size=self.beam, max_len=self.max_len)[0]
-        latency_ms = (time.time() - began) * 1000.0
-        text = self.pipeline.text(hypothesis)
-        self.caption_text = text
-        self.latencies.append(latency_ms)
-        self.window_latencies.append(latency_ms)
-        self.summary.captions += 1
-        record = collections.OrderedDict()
-        record["frame"] = frame.index
-        record["timestamp"] = round(frame.timestamp, 6)
-        record["caption"] = text
-        record["score"] = float(hypothesis.score)
-        record["latency_ms"] = round(latency_ms, 3)
-        if self.jsonl is not None:
-            try:
-                self.jsonl.write(json.dumps(record) + "\n")
-                self.jsonl.flush()
-            except (IOError, OSError, ValueError) as exc:
-                raise UsageError("writing --jsonl {} failed: {}".format(self.options.jsonl, exc))
-        if self.on_caption is not None:
-            self.on_caption(record)
+        batch = np.stack([preprocess.preprocess_array(f.image[:, :, ::-1], self.preprocessing) for f in frames])
+        hypotheses = self.pipeline.caption(batch, beam_size=self.beam, max_len=self.max_len)
+        latency_ms = (time.time() - began) * 1000.0  # every frame of the batch waited for all of it
+        captions = {}
+        for frame, hypothesis in zip(frames, hypotheses):
+            text = self.pipeline.text(hypothesis)
+            captions[frame.index] = text
+            self.latencies.append(latency_ms)
+            self.window_latencies.append(latency_ms)
+            self.summary.captions += 1
+            record = collections.OrderedDict()
+            record["frame"] = frame.index
+            record["timestamp"] = round(frame.timestamp, 6)
+            record["caption"] = text
+            record["score"] = float(hypothesis.score)
+            record["latency_ms"] = round(latency_ms, 3)
+            record["batch"] = len(frames)
+            if self.jsonl is not None:
+                try:
+                    self.jsonl.write(json.dumps(record) + "\n")
+                    self.jsonl.flush()
+                except (IOError, OSError, ValueError) as exc:
+                    raise UsageError("writing --jsonl {} failed: {}".format(self.options.jsonl, exc))
+            if self.on_caption is not None:
+                self.on_caption(record)
+        return captions
 
     def _show(self, frame):
         image = draw_caption(self.cv2, frame.image, self.caption_text)

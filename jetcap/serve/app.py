@@ -105,6 +105,19 @@ class EngineServer(Endpoints):
             "jetcap_rejected_requests_total", "Inference requests refused before running, by reason.", ["reason"])
         registry.gauge("jetcap_uptime_seconds", "Seconds since the server started.",
                        function=lambda: round(time.time() - self.started, 3))
+        for graph in ("encoder", "decoder_step"):
+            for key, what in (("calls", "calls run"), ("mean_rows", "mean rows per call"),
+                              ("occupancy", "mean rows per call / the bundle's max batch"),
+                              ("mean_queue_ms", "mean wait of a request's call before it ran, ms"),
+                              ("max_queue_ms", "longest wait of a call before it ran, ms")):
+                registry.gauge("jetcap_batch_{}_{}".format(graph, key), "Batched {} {} (--batching).".format(
+                    graph.replace("_", " "), what), function=self._batch_stat(graph, key))
+
+    def _batch_stat(self, graph, key):
+        def value():
+            batcher = self.model.batchers.get(graph)
+            return round(batcher.stats.snapshot()[key], 4) if batcher is not None else None
+        return value
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self):
@@ -131,6 +144,7 @@ class EngineServer(Endpoints):
             self.say(warning)
         self.log("listening", url=self.url, bundle=self.bundle, backend=self.options.backend,
                  precision=self.options.precision, max_concurrency=self.options.max_concurrency,
+                 batching=self.options.batching,
                  queue=self.options.queue)
         return self.url
 

@@ -17,7 +17,11 @@ class ServeOptions(object):
         precision: bundle variant / engine precision (default "fp32").
         engine_cache: TensorRT engine cache directory (default ``<bundle>/engines``).
         max_memory_mb: refuse to load when the estimate exceeds this many MiB (default: what is available).
-        max_concurrency: inferences running at once (default 1: one engine context).
+        max_concurrency: requests being served at once (default: 8 with ``batching``, else 1: one engine
+            context).  With batching the engine runs only on the batching threads, so more requests in
+            flight only make the shared steps fuller.
+        batching: captioners: requests in flight share every encoder and decoder-step call
+            (:mod:`jetcap.runtime.batching`; default on).
         queue: requests that may wait for a free worker; more get 503 (default 8).
         max_body_mb: largest request body in MiB; larger gets 413 (default 8).
         timeout: seconds a request may wait for its result, queueing included; then 504 (default 30).
@@ -44,18 +48,19 @@ class ServeOptions(object):
     """
 
     def __init__(self, host="127.0.0.1", port=8080, backend="auto", precision="fp32", engine_cache=None,
-                 max_memory_mb=None, max_concurrency=1, queue=8, max_body_mb=8.0, timeout=30.0,
+                 max_memory_mb=None, max_concurrency=None, queue=8, max_body_mb=8.0, timeout=30.0,
                  memory_threshold_mb=64, max_rss_mb=None, max_pixels=preprocess.DEFAULT_MAX_PIXELS,
                  guard_interval=1.0, read_timeout=30.0, max_connections=64, threads=None, max_beam=16,
                  max_len_limit=100, header_timeout=10.0, min_body_rate_kib=64.0, probe_slots=8,
-                 max_buffered_mb=None, allowed_hosts=None):
+                 max_buffered_mb=None, allowed_hosts=None, batching=True):
         self.host = str(host)
         self.port = int(port)
         self.backend = backend
         self.precision = precision
         self.engine_cache = engine_cache
         self.max_memory_mb = max_memory_mb
-        self.max_concurrency = int(max_concurrency)
+        self.batching = bool(batching)
+        self.max_concurrency = int(max_concurrency) if max_concurrency is not None else (8 if self.batching else 1)
         self.queue = int(queue)
         self.max_body_bytes = int(float(max_body_mb) * MIB)
         self.timeout = float(timeout)

@@ -147,7 +147,8 @@ def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, f
     assert [r["frame"] for r in records] == list(range(24))
     assert [r["caption"] for r in records] == reference
     for record in records:
-        assert set(record) == {"frame", "timestamp", "caption", "score", "latency_ms"}
+        assert set(record) == {"frame", "timestamp", "caption", "score", "latency_ms", "batch"}
+        assert record["batch"] >= 1  # frames that queued up while a caption ran are captioned together
         assert record["timestamp"] == pytest.approx(record["frame"] / FPS)  # seconds into the file
         assert record["score"] <= 0 and record["latency_ms"] > 0
     assert summary.latency_p95_ms >= summary.latency_p50_ms > 0
