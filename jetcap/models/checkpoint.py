@@ -19,7 +19,7 @@ from torch import nn
 
 from jetcap.errors import CheckpointError, InsufficientMemoryError, UsageError
 from jetcap.models import registry
-from jetcap.models.checkpoint_file import RawCheckpoint, read_checkpoint
+from jetcap.models.checkpoint_file import RawCheckpoint, declared_size, read_checkpoint
 from jetcap.models.labels import LABEL_KEYS, check_label_count, labels_from_checkpoint, labels_from_file
 from jetcap.models.registry import ModelFamily
 from jetcap.models.state_dict import (
@@ -339,7 +339,8 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
 
     budget, budget_source = _memory_budget(max_memory_mb)
     if path.is_file():
-        _check_memory(path, path.stat().st_size, "file size", budget, budget_source)
+        # a zip's declared member sizes, read before torch.load inflates anything (bombs refused there)
+        _check_memory(path, declared_size(path), "declared uncompressed size", budget, budget_source)
     raw: RawCheckpoint = read_checkpoint(path, trust_pickle=trust_pickle, code_path=code_dir)
     if raw.trusted:
         notes.append("loaded with --trust-pickle (torch.load weights_only=False)")

@@ -33,6 +33,7 @@ import torch
 from jetcap.errors import CheckpointError, UsageError
 from jetcap.models.labels import LABEL_ENCODER_GLOBALS, InertLabelEncoder
 from jetcap.models.state_dict import InertScriptObject
+from jetcap.runtime.memory import format_bytes
 from jetcap.util.pyfile import import_python_file
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch's pre-1.6 (non-zip) format
@@ -47,6 +48,13 @@ _SIGNATURES = (
     (b"\x7fELF", "an executable"),
     (b"\x08\x01\x12", "possibly an ONNX model"),
 )
+
+# torch.save stores archive members uncompressed; a member inflating beyond this ratio is a
+# decompression bomb, not a checkpoint.  Members under the floor are not judged (tiny files compress well).
+MAX_COMPRESSION_RATIO = 200
+_RATIO_FLOOR = 1 << 20
+# The safetensors package's own limit on the JSON header.
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -64,6 +72,46 @@ class RawCheckpoint:
     trusted: bool  # loaded with weights_only=False (code from the file may have run)
 
 
+def _bad_zip(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError("{} is a truncated or corrupted zip archive ({}); the checkpoint is incomplete, "
+                           "was the download or copy interrupted?".format(path, exc))
+
+
+def declared_size(path: Path) -> int:
+    """The bytes loading ``path`` inflates to, read before anything is inflated.
+
+    For a zip archive (torch.save, TorchScript) the sum of the member sizes its central directory
+    declares; for any other file its size on disk.
+
+    Raises:
+        CheckpointError: the archive is unreadable, or declares sizes absurd for the file -- a member
+            (or all of them together) over ``MAX_COMPRESSION_RATIO`` times its stored size.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return size
+    try:
+        with zipfile.ZipFile(str(path)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise _bad_zip(path, exc) from None
+    for info in members:
+        if info.file_size > _RATIO_FLOOR and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise CheckpointError(
+                "{}: archive member {} declares {} uncompressed from {} stored ({:.0f}x, over the {}x any real "
+                "checkpoint needs); a decompression bomb, refused before inflating it".format(
+                    path, info.filename, format_bytes(info.file_size), format_bytes(info.compress_size),
+                    info.file_size / max(info.compress_size, 1), MAX_COMPRESSION_RATIO))
+    total = sum(info.file_size for info in members)
+    if total > _RATIO_FLOOR and total > MAX_COMPRESSION_RATIO * size:
+        raise CheckpointError(
+            "{}: its {} archive members declare {} in all from a {} file ({:.0f}x, over {}x); a decompression "
+            "bomb, refused before inflating it".format(path, len(members), format_bytes(total), format_bytes(size),
+                                                       total / max(size, 1), MAX_COMPRESSION_RATIO))
+    return total
+
+
 def sniff_format(path: Path) -> str:
     """``torch zip``, ``torchscript``, ``torch legacy``, ``pickle`` or ``safetensors``; CheckpointError
     naming what the file is otherwise (image, text, truncated archive, ...)."""
@@ -77,8 +125,7 @@ def sniff_format(path: Path) -> str:
             with zipfile.ZipFile(str(path)) as archive:
                 names = archive.namelist()
         except zipfile.BadZipFile as exc:
-            raise CheckpointError("{} is a truncated or corrupted zip archive ({}); the checkpoint is incomplete, "
-                                  "was the download or copy interrupted?".format(path, exc)) from None
+            raise _bad_zip(path, exc) from None
         if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names):
             return "torchscript"
         if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
@@ -101,6 +148,8 @@ def sniff_format(path: Path) -> str:
         else:
             raise CheckpointError("{} is a text file, not a PyTorch checkpoint (starts with {!r})".format(
                 path, head[:40].decode("utf-8", "replace")))
+    if path.suffix == ".safetensors" and size >= 8:
+        return "safetensors"  # with a broken header: read_safetensors says what is wrong with it
     raise CheckpointError("{} is not a PyTorch checkpoint (unrecognised format, first bytes {})".format(
         path, head[:8].hex()))
 
@@ -374,32 +423,104 @@ def _trusted_load(path: Path, file_format: str, code_path: Optional[Path]) -> An
 
 # -- the entry point -------------------------------------------------------------------------------
 
-def read_safetensors(path: Path) -> Dict[str, Any]:
-    """A ``.safetensors`` file without the safetensors package: ``{"state_dict": ..., **metadata}``."""
-    data = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", data[:8])
+def _safetensors_header(path: Path, handle: Any, size: int) -> Tuple[int, Dict[str, Any]]:
+    """``(header length, parsed header)`` of an open ``.safetensors`` file; CheckpointError if the
+    length does not fit the file or the header is not a JSON object."""
+    prefix = handle.read(8)
+    if len(prefix) < 8:
+        raise CheckpointError("{} is truncated: no safetensors header length".format(path))
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len == 0 or header_len > size - 8:
+        raise CheckpointError("{} has a corrupted safetensors header: its length {} runs past the end of the "
+                              "{}-byte file".format(path, header_len, size))
+    if header_len > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError("{} has a corrupted safetensors header: {} of JSON, over the {} limit".format(
+            path, format_bytes(header_len), format_bytes(MAX_SAFETENSORS_HEADER)))
     try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError("{} has a corrupted safetensors header: {}".format(path, exc)) from None
-    body = memoryview(data)[8 + header_len:]
-    tensors: Dict[str, torch.Tensor] = {}
-    metadata = header.pop("__metadata__", None) or {}
+        header = json.loads(handle.read(header_len).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise CheckpointError("{} has a corrupted safetensors header (not JSON): {}".format(
+            path, _first_line(exc))) from None
+    if not isinstance(header, dict):
+        raise CheckpointError("{} has a corrupted safetensors header: a JSON {} instead of an object".format(
+            path, type(header).__name__))
+    return header_len, header
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _safetensors_entries(path: Path, header: Dict[str, Any],
+                         body_len: int) -> List[Tuple[str, torch.dtype, List[int], int, int]]:
+    """``(name, dtype, shape, begin, end)`` of each tensor in the header, every field checked against
+    the spec and the file: known dtype, a shape of non-negative ints whose byte size is the span of its
+    ``data_offsets``, offsets ordered, inside the data and not overlapping another tensor's."""
+    entries = []
     for name, info in header.items():
-        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        what = "{}: tensor {!r}".format(path, name)
+        if not isinstance(info, dict):
+            raise CheckpointError("{} has a malformed safetensors entry (a JSON {}, not an object)".format(
+                what, type(info).__name__))
+        dtype_name = info.get("dtype")
+        dtype = _SAFETENSORS_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
         if dtype is None:
-            raise CheckpointError("{}: tensor {} has unsupported dtype {}".format(path, name, info.get("dtype")))
-        begin, end = info["data_offsets"]
-        if end > len(body):
-            raise CheckpointError("{} is truncated: tensor {} ends past the end of the file".format(path, name))
+            raise CheckpointError("{} has unsupported dtype {!r} (known: {})".format(
+                what, dtype_name, ", ".join(_SAFETENSORS_DTYPES)))
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CheckpointError("{} has an invalid shape {!r} (a list of non-negative integers is needed)".format(
+                what, shape))
+        offsets = info.get("data_offsets")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            raise CheckpointError("{} has invalid data_offsets {!r} ([begin, end] byte offsets are needed)".format(
+                what, offsets))
+        begin, end = offsets
+        if begin > end:
+            raise CheckpointError("{} has reversed data_offsets [{}, {}]".format(what, begin, end))
+        if end > body_len:
+            raise CheckpointError("{} is truncated: tensor {!r} ends at byte {} of a {}-byte data section".format(
+                path, name, end, body_len))
+        numel = 1
+        for dim in shape:
+            numel *= dim  # Python ints: a huge shape cannot overflow, it just cannot match the span
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        if nbytes != end - begin:
+            raise CheckpointError("{} with shape {} and dtype {} needs {} bytes but its data_offsets span {}".format(
+                what, shape, dtype_name, nbytes, end - begin))
+        entries.append((name, dtype, shape, begin, end))
+    spans = sorted((begin, end, name) for name, _dtype, _shape, begin, end in entries if end > begin)
+    for (_b, previous_end, previous), (begin, _e, name) in zip(spans, spans[1:]):
+        if begin < previous_end:
+            raise CheckpointError("{}: the data of tensors {!r} and {!r} overlap".format(path, previous, name))
+    return entries
+
+
+def read_safetensors(path: Path) -> Dict[str, Any]:
+    """A ``.safetensors`` file without the safetensors package: ``{"state_dict": ..., **metadata}``.
+
+    The header is checked completely (see ``_safetensors_entries``) before any tensor data is read;
+    a malformed one is a one-line CheckpointError.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header_len, header = _safetensors_header(path, handle, size)
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise CheckpointError("{} has a malformed safetensors __metadata__ (a JSON {}, not an object)".format(
+                path, type(metadata).__name__))
+        entries = _safetensors_entries(path, header, size - 8 - header_len)
+        body = handle.read()
+    tensors: Dict[str, torch.Tensor] = {}
+    for name, dtype, shape, begin, end in entries:
         raw = bytearray(body[begin:end])
         tensor = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        tensors[name] = tensor.reshape(info["shape"]).clone()
+        tensors[name] = tensor.reshape(shape).clone()
     out: Dict[str, Any] = {"state_dict": tensors}
     for key, text in metadata.items():  # metadata values are strings; JSON ones (config, word maps) decoded
         try:
             out[key] = json.loads(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             out[key] = text
     return out
 
@@ -423,6 +544,8 @@ def read_checkpoint(path: Path, trust_pickle: bool = False, code_path: Optional[
     if code_path is not None and not code_path.is_dir() and not (code_path.is_file() and code_path.suffix == ".py"):
         raise UsageError("--code-path is neither a directory nor a .py file: {}".format(code_path))
     file_format = sniff_format(path)
+    if file_format in ("torch zip", "torchscript"):
+        declared_size(path)  # refuses decompression bombs before anything is inflated
     if file_format == "safetensors":
         return RawCheckpoint(read_safetensors(path), file_format, False)
     if file_format == "torchscript":
