@@ -48,6 +48,16 @@ from jetcap.commands.options import (
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="INT8 activation-range calibration.")
 @click.option("--calibration-samples", type=int, default=32, show_default=True, help="Calibration inputs to use.")
+@click.option("--int8-max-float-fraction", type=float, default=0.25, show_default=True,
+              help="INT8: the most of a graph's quantizable MACs the accuracy search may keep in float to meet "
+                   "the family's tolerance.")
+@click.option("--int8-error-budget", type=float, default=1.0, show_default=True,
+              help="INT8: the accuracy search's target as a share of the family's INT8 tolerance (0.5: half).")
+@click.option("--no-int8-search", is_flag=True,
+              help="INT8: quantize every candidate layer; no accuracy search.")
+@click.option("--keep-passing", is_flag=True,
+              help="When a variant fails its check, still write the bundle with the variants that passed "
+                   "(the failed ones are listed in the manifest and the output; exit 1).")
 @click.option("--word-map", type=click.Path(dir_okay=False), default=None, help="Captioner word map JSON.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
               help="Classifier labels (JSON list/map or a scikit-learn LabelEncoder pickle, read safely).")
@@ -66,7 +76,8 @@ from jetcap.commands.options import (
 @json_option
 def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, dynamic_image_size,
             min_image_size, max_image_size, mean, std, min_len, opt_len, max_len, output, input_size,
-            calibration_data, calibration_method, calibration_samples, word_map, labels,
+            calibration_data, calibration_method, calibration_samples, int8_max_float_fraction, int8_error_budget,
+            no_int8_search, keep_passing, word_map, labels,
             num_heads, backbone, grid, no_simplify, target, no_check, force, models, model_args, adapter, trust_pickle,
             code_path, as_json):
     """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
@@ -80,6 +91,7 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
 
     from jetcap.errors import JetcapError
     from jetcap.export import ExportOptions, export_bundle
+    from jetcap.export.bundle import PartialBundle
 
     hints = {}
     if num_heads is not None:
@@ -93,7 +105,9 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         precisions=tuple(precisions) or ("fp32",), max_batch=max_batch, image_size=image_size,
         dynamic_image_size=dynamic_image_size, image_size_range=(min_image_size, max_image_size),
         seq_len=(min_len, opt_len, max_len), calibration_data=Path(calibration_data) if calibration_data else None,
-        calibration_method=calibration_method, calibration_samples=calibration_samples, trust_pickle=trust_pickle,
+        calibration_method=calibration_method, calibration_samples=calibration_samples,
+        int8_search=not no_int8_search, int8_max_float_fraction=int8_max_float_fraction,
+        int8_error_budget=int8_error_budget, keep_passing=keep_passing, trust_pickle=trust_pickle,
         code_path=Path(code_path) if code_path else None, word_map=Path(word_map) if word_map else None,
         labels=Path(labels) if labels else None, hints=hints, simplify=not no_simplify, force=force,
         models=parse_models(models), model_args=parse_json_object(model_args, "--model-args"),
@@ -102,6 +116,12 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         target=target, preflight=not no_check)
     try:
         summary = export_bundle(opts, log=log)
+    except PartialBundle as error:  # --keep-passing: the bundle is written, without the failed variants
+        if as_json:
+            echo_json(dict(error.summary, error=str(error), exit_code=error.exit_code))
+        else:
+            _echo_summary(error.summary)
+        raise
     except JetcapError as error:
         if as_json:  # --json output stays JSON on failure too
             echo_json({"error": str(error), "exit_code": error.exit_code})
@@ -109,6 +129,12 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
     if as_json:
         echo_json(summary)
     else:
-        click.echo("bundle {} ({}, {}): {}".format(summary["bundle"], summary["family"], summary["source"], ", ".join(
-            "{} {}".format(p, "PASS" if ok else "FAIL") for p, ok in summary["validation"].items())))
-        click.echo("export took {:.1f} s".format(summary["seconds"]["total"]))
+        _echo_summary(summary)
+
+
+def _echo_summary(summary):
+    click.echo("bundle {} ({}, {}): {}".format(summary["bundle"], summary["family"], summary["source"], ", ".join(
+        "{} {}".format(p, "PASS" if ok else "FAIL") for p, ok in summary["validation"].items())))
+    if summary.get("failed_variants"):
+        click.echo("left out of the bundle (failed their check): {}".format(", ".join(summary["failed_variants"])))
+    click.echo("export took {:.1f} s".format(summary["seconds"]["total"]))

@@ -15,12 +15,11 @@ import numpy as np
 from jetcap import __version__
 from jetcap.errors import JetcapError, UsageError, ValidationFailed
 from jetcap.export.fp16 import convert_fp16
-from jetcap.export.int8 import quantize_int8
+from jetcap.export.int8_search import int8_variant
 from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
 from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_options
 from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
 from jetcap.export.tasks import family_export
-from jetcap.export.calibration import FeedReader
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from jetcap.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
@@ -135,20 +134,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                     files["fp16"][spec.name] = dst
                 details["converter"] = "onnxruntime.transformers.float16 (keep_io_types)"
             elif precision == "int8":
-                files["int8"] = {}
-                for spec in graphs:
-                    dst = tmp / "{}.int8.onnx".format(spec.name)
-                    reader = FeedReader(calibration[spec.name])
-                    details.setdefault("notes", []).extend(quantize_int8(
-                        files["fp32"][spec.name], dst, reader, opts.calibration_method,
-                        keep_float_patterns=subject.int8_keep_float))
-                    files["int8"][spec.name] = dst
-                details["calibration"] = {"method": opts.calibration_method.value,
-                                          "samples": opts.calibration_samples,
-                                          "data": str(opts.calibration_data) if opts.calibration_data else "built-in samples"}
-                details["quantization"] = {"format": "QDQ", "activations": "int8 symmetric",
-                                           "weights": "int8 symmetric per-channel", "ops": ["Conv", "Gemm", "MatMul"],
-                                           "kept_float": list(subject.int8_keep_float)}
+                files["int8"], details = int8_variant(files["fp32"], [g.name for g in graphs], calibration,
+                                                      subject.int8_keep_float, family.tolerances["int8"], opts,
+                                                      tmp, log)
             log("checking {} against PyTorch".format(precision))
             validation[precision] = _validate_variant(files[precision], graphs, cases, reference,
                                                       family.tolerances[precision], precision)
@@ -179,10 +167,21 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         })
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         failed = [p for p, v in validation.items() if not v["passed"]]
-        if failed:
-            worst = [f for p in failed for f in validation[p]["failures"]][:3]
+        worst = [f for p in failed for f in validation[p]["failures"]][:3]
+        partial = bool(failed) and opts.keep_passing and "fp32" not in failed
+        if failed and not partial:
             raise ValidationFailed("export validation failed for {}: {}".format(", ".join(failed), "; ".join(worst)),
-                                   hint="no bundle was written")
+                                   hint="no bundle was written" + ("" if opts.keep_passing or len(opts.precisions) < 2
+                                                                  else " (--keep-passing keeps the variants that passed)"))
+        if partial:  # --keep-passing: the failed variants' files go, the manifest says which and why
+            for precision in failed:
+                for path in files[precision].values():
+                    path.unlink()
+            manifest["failed_variants"] = {p: dict({k: v for k, v in variants.pop(p).items() if k != "files"},
+                                                   failures=validation[p]["failures"][:20]) for p in failed}
+            write_json_atomic(tmp / MANIFEST_NAME, manifest)
+            log("kept the variants that passed ({}); left out: {}".format(
+                ", ".join(variants), ", ".join(failed)))
         preflight = None
         if opts.preflight:
             # an opset past what the Nano's TensorRT 8.2 reads is meant for a newer Jetson (Orin, TensorRT 10)
@@ -194,12 +193,27 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                "graphs": [g.name for g in graphs], "seconds": {k: round(v, 2) for k, v in timings.items()},
                "validation": {p: v["passed"] for p, v in validation.items()}, "notes": notes,
                "preflight": preflight}
+    if failed:
+        summary["failed_variants"] = failed
+        raise PartialBundle("bundle {} written with {} only: {} failed the check: {}".format(
+            opts.out_dir, ", ".join(variants), ", ".join(failed), "; ".join(worst)), summary=summary,
+            hint="the manifest's failed_variants lists every failure")
     if preflight is not None and not preflight["ok"]:
         raise PreflightFailed("bundle {} written, but the TensorRT pre-flight for {} found {} error(s); first: {}".format(
             opts.out_dir, preflight["target"], len(preflight["errors"]), preflight["errors"][0]),
             hint="it will not build there as it is: see `jetcap check {}`; --target names another device".format(
                 opts.out_dir))
     return summary
+
+
+class PartialBundle(ValidationFailed):
+    """``--keep-passing``: the bundle was written without the variants that failed (exit 1)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, summary: Dict[str, Any], hint: Optional[str] = None):
+        super().__init__(message, hint=hint)
+        self.summary = summary
 
 
 class PreflightFailed(JetcapError):

@@ -2,69 +2,118 @@
 
 ``onnxruntime.quantization.quantize_static`` in QDQ format with **symmetric** int8 activations and
 per-channel symmetric int8 weights (zero point 0, what TensorRT requires), opset 13 Q/DQ (per-channel
-``axis``), only compute-heavy ops quantized, and the nodes a family marks as recurrent kept in float
-(TensorRT 8.2 has no INT8 LSTM).  Note: ONNX Runtime on x86 runs this symmetric s8s8 form *slower*
-than FP32; it is meant for TensorRT on Xavier/Orin, and its CPU run here is a fidelity check.
+``axis``), only compute-heavy ops quantized, biases float, and the nodes a family marks as recurrent
+kept in float (TensorRT 8.2 has no INT8 LSTM).  The activation ranges are jetcap's own
+(:func:`jetcap.export.calibration.calibrate`), handed to ``quantize_static`` as its calibration
+cache, so the graph is the one the chosen calibration method computes, and one calibration serves
+every graph the accuracy search (:mod:`jetcap.export.int8_search`) writes.
+
+ONNX Runtime on x86 runs this symmetric s8s8 form slower than FP32 for small, memory-bound graphs;
+it is meant for TensorRT on Xavier/Orin, and its CPU run here is a fidelity check.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from jetcap.export.calibration import FeedReader
+import numpy as np
+
+from jetcap.export.calibration import ActivationRanges, FeedReader, calibrate
 from jetcap.export.onnx_graph import ExportError, _check
 from jetcap.export.options import CalibrationMethod
 from jetcap.util.lazy import require
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+# DedicatedQDQPair: a tensor shared by a quantized and a float consumer (the decoder state h feeds
+# decoder_att *and* the LSTMCell) keeps a float path to the float one.
+# QuantizeBias False: biases stay float; ONNX Runtime's INT32 bias DequantizeLinear is refused by
+# TensorRT's ONNX parser (it dequantizes INT8 only), found by `jetcap check`.
+QDQ_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
+                     "QuantizeBias": False}
 
 
-def quantize_int8(src: Path, dst: Path, reader: FeedReader, method: CalibrationMethod,
-                  keep_float_patterns: Sequence[str] = ()) -> List[str]:
-    """Write the Q/DQ INT8 version of ``src`` to ``dst`` calibrated on ``reader``; returns notes.
+@dataclass
+class Int8Plan:
+    """Which nodes of a graph are INT8 candidates and which stay float by rule.
 
-    Args:
-        src, dst: FP32 input and INT8 output ONNX files.
-        reader: calibration feeds (``get_next()`` protocol).
-        method: minmax, entropy or percentile calibration.
-        keep_float_patterns: substrings of node names to leave in float (recurrent parts).
+    Attributes:
+        candidates: weight-bearing Conv/Gemm/MatMul nodes not matched by a keep-float pattern.
+        forced_float: ``{node: reason}`` of the nodes a keep-float pattern (family / adapter) matched.
     """
-    onnx = require("onnx")
-    quant = require("onnxruntime.quantization")
-    model = onnx.load(str(src))
-    exclude = [n.name for n in model.graph.node if any(p in n.name for p in keep_float_patterns)]
+
+    candidates: List[str]
+    forced_float: Dict[str, str] = field(default_factory=dict)
+
+
+def int8_plan(model, keep_float_patterns: Sequence[str] = ()) -> Int8Plan:
+    """The :class:`Int8Plan` of an ONNX ``model`` under ``keep_float_patterns`` (substrings of node names)."""
+    forced: Dict[str, str] = {}
+    for node in model.graph.node:
+        matched = [p for p in keep_float_patterns if p in node.name]
+        if matched:
+            forced[node.name] = "keep-float pattern {!r} (family / adapter)".format(matched[0])
     # Only weight-bearing ops: a MatMul of two activations (attention scores x values) quantized
     # symmetrically loses half the int8 range on the non-negative attention weights.
     weights = {t.name for t in model.graph.initializer}
-    targets = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in exclude
-               and (n.op_type != "MatMul" or any(i in weights for i in n.input))]
+    candidates = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in forced
+                  and (n.op_type != "MatMul" or any(i in weights for i in n.input))]
+    return Int8Plan(candidates=candidates, forced_float=forced)
+
+
+def write_qdq(src: Path, dst: Path, ranges: ActivationRanges, quantize: Sequence[str],
+              keep_float: Sequence[str], feeds: Sequence[Dict[str, np.ndarray]] = ()) -> None:
+    """Write the Q/DQ graph of ``src`` to ``dst``: the nodes ``quantize`` in INT8 with the
+    activation ``ranges``, the nodes ``keep_float`` in float.  Checked (``onnx.checker``, zero points 0).
+    ``feeds``: a calibration feed, needed only by ONNX Runtime < 1.32 (no calibration cache there).
+
+    Raises:
+        ExportError when ONNX Runtime's quantizer fails or the result is not what TensorRT reads.
+    """
+    onnx = require("onnx")
+    quant = require("onnxruntime.quantization")
+    calibrate_mod = require("onnxruntime.quantization.calibrate")
     methods = {
         CalibrationMethod.MINMAX: quant.CalibrationMethod.MinMax,
         CalibrationMethod.ENTROPY: quant.CalibrationMethod.Entropy,
         CalibrationMethod.PERCENTILE: quant.CalibrationMethod.Percentile,
     }
-    if len(reader) == 0:
-        raise ExportError("no calibration data for {}".format(Path(src).name))
+    data = {name: calibrate_mod.TensorData(lowest=np.float32(-t), highest=np.float32(t))
+            for name, t in ranges.thresholds.items()}
+    tensors = calibrate_mod.TensorsData(methods[ranges.method], data)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static logs advice on the root logger
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory(prefix="jetcap-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            kwargs = {}
+            extra = dict(QDQ_EXTRA_OPTIONS)
+            reader: Optional[FeedReader] = None
+            method = methods[ranges.method]
+            if "calibration_cache_path" in inspect.signature(quant.quantize_static).parameters:
+                cache = Path(tmp) / "ranges.json"
+                calibrate_mod.save_tensors_data(tensors, cache)
+                kwargs["calibration_cache_path"] = str(cache)
+            else:  # ONNX Runtime < 1.32: the same ranges as per-tensor overrides of a one-feed min/max pass
+                if not feeds:
+                    raise ExportError("INT8 with this ONNX Runtime needs a calibration feed")
+                extra["TensorQuantOverrides"] = {n: [{"rmin": np.float32(-t), "rmax": np.float32(t)}]
+                                                 for n, t in ranges.thresholds.items()}
+                reader, method = FeedReader(feeds[:1]), quant.CalibrationMethod.MinMax
             quant.quantize_static(
                 str(src), str(dst), reader, quant_format=quant.QuantFormat.QDQ,
-                op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=targets, per_channel=True,
-                reduce_range=False,
+                op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=list(quantize) or ["<none>"],
+                per_channel=True, reduce_range=False,
                 activation_type=quant.QuantType.QInt8, weight_type=quant.QuantType.QInt8,
-                nodes_to_exclude=exclude, calibrate_method=methods[method],
-                # DedicatedQDQPair: a tensor shared by a quantized and a float consumer (the decoder
-                # state h feeds decoder_att *and* the LSTMCell) keeps a float path to the float one
-                # QuantizeBias False: biases stay float; ONNX Runtime's INT32 bias DequantizeLinear is refused by
-                # TensorRT's ONNX parser (it dequantizes INT8 only), found by `jetcap check`
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                               "CalibMovingAverage": False, "CalibPercentile": 99.99, "QuantizeBias": False})
+                nodes_to_exclude=list(keep_float), calibrate_method=method,
+                extra_options=extra, **kwargs)
+    except ExportError:
+        raise
     except Exception as exc:  # quantize_static raises assorted errors; all mean no INT8 variant
         raise ExportError("INT8 quantization of {} failed: {}".format(Path(src).name, exc))
     finally:
@@ -75,6 +124,30 @@ def quantize_int8(src: Path, dst: Path, reader: FeedReader, method: CalibrationM
     nonzero = [t.name for t in zero_points if any(onnx.numpy_helper.to_array(t).ravel() != 0)]
     if nonzero:
         raise ExportError("INT8 graph has non-zero zero points (TensorRT needs symmetric): {}".format(nonzero[:3]))
-    q_nodes = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+
+
+def quantize_int8(src: Path, dst: Path, reader: FeedReader, method: CalibrationMethod,
+                  keep_float_patterns: Sequence[str] = (), ranges: Optional[ActivationRanges] = None,
+                  float_nodes: Sequence[str] = ()) -> List[str]:
+    """Write the Q/DQ INT8 version of ``src`` to ``dst`` calibrated on ``reader``; returns notes.
+
+    Args:
+        src, dst: FP32 input and INT8 output ONNX files.
+        reader: calibration feeds (``get_next()`` protocol).
+        method: minmax, entropy or percentile calibration.
+        keep_float_patterns: substrings of node names to leave in float (recurrent parts).
+        ranges: activation ranges already computed for ``src`` (default: calibrate ``reader`` by ``method``).
+        float_nodes: further node names to leave in float (chosen by the accuracy search).
+    """
+    onnx = require("onnx")
+    feeds = reader.feeds if hasattr(reader, "feeds") else list(iter(reader.get_next, None))
+    if not feeds:
+        raise ExportError("no calibration data for {}".format(Path(src).name))
+    if ranges is None:
+        ranges = calibrate(src, feeds, method, op_types=QUANTIZED_OPS)
+    plan = int8_plan(onnx.load(str(src)), keep_float_patterns)
+    keep = list(plan.forced_float) + [n for n in float_nodes if n not in plan.forced_float]
+    write_qdq(src, dst, ranges, [n for n in plan.candidates if n not in keep], keep, feeds=feeds[:1])
+    q_nodes = sum(1 for n in onnx.load(str(dst)).graph.node if n.op_type == "QuantizeLinear")
     return ["int8: Q/DQ symmetric per-channel, {} calibration over {} feeds, {} QuantizeLinear nodes, "
-            "{} nodes kept float".format(method.value, len(reader), q_nodes, len(exclude))]
+            "{} nodes kept float".format(ranges.method.value, ranges.feeds, q_nodes, len(keep))]

@@ -50,6 +50,12 @@ class ExportOptions:
         seq_len: classifier (min, opt, max) T; None entries default to (1, max/2, positional-encoding length).
         calibration_data: folder of images/sequences for INT8 calibration and reference data; None: built-in samples.
         calibration_method, calibration_samples: INT8 calibration settings.
+        int8_search: INT8: keep float the layers whose quantization does the most harm until the family's
+            tolerance is met (:mod:`jetcap.export.int8_search`); runs only when the fully quantized graph misses it.
+        int8_max_float_fraction: the most of a graph's INT8-candidate MACs the search may keep float (0..1).
+        int8_error_budget: the search's target as a share of the family's INT8 tolerance (default 1.0).
+        keep_passing: when a variant fails its check, still write the bundle with the variants that passed
+            (the failed ones listed in the manifest's ``failed_variants``; export still exits 1).
         trust_pickle, code_path, word_map, labels, hints: checkpoint-loading options.
         models: ``{part: "MODULE:NAME"}`` of the user's model class/factory (``model`` for one module,
             ``encoder``/``decoder`` for parts); the checkpoint then only provides weights.
@@ -80,6 +86,10 @@ class ExportOptions:
     calibration_data: Optional[Path] = None
     calibration_method: CalibrationMethod = CalibrationMethod.MINMAX
     calibration_samples: int = 32
+    int8_search: bool = True
+    int8_max_float_fraction: float = 0.25
+    int8_error_budget: float = 1.0
+    keep_passing: bool = False
     trust_pickle: bool = False
     code_path: Optional[Path] = None
     word_map: Optional[Path] = None
@@ -118,6 +128,10 @@ class ExportOptions:
             raise UsageError("the dynamo exporter freezes a dynamic batch of 1; use --max-batch >= 2")
         if not self.dynamic_image_size and any(s is not None for s in self.image_size_range):
             raise UsageError("--min-image-size/--max-image-size need --dynamic-image-size")
+        if not 0.0 <= self.int8_max_float_fraction <= 1.0:
+            raise UsageError("--int8-max-float-fraction must be within 0..1")
+        if not self.int8_error_budget > 0:
+            raise UsageError("--int8-error-budget must be > 0")
         if self.calibration_samples < 1:
             raise UsageError("--calibration-samples must be >= 1")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
