@@ -7,8 +7,8 @@ MobileNetV2 trunk at 224x224 -> 7x7x1280 features, embed/decoder/attention 512, 
 vocabulary) and ``OUT_DIR/images/*.png`` (224x224 images to caption, ``jetcap bench --data``).  Never
 committed: build it on demand.
 
-The trunk keeps its (seeded) random initialisation -- what is measured is the compute and memory of
-the real topology, not caption quality -- and the decoder is trained for a few hundred Adam steps, on
+The trunk keeps its (seeded) random weights -- what is measured is the compute and memory of the real
+topology, not caption quality -- with its BatchNorm statistics estimated on the images, and the decoder is trained for a few hundred Adam steps, on
 features computed once, to say the synthetic-shapes captions (``jetcap.samples.shapes``: 1-2 shapes,
 up to 10 words) with their words placed at scattered ids of the 10 000-word vocabulary.  So it emits
 varied multi-word captions of realistic length and its output layer really is 10 000 wide.
@@ -68,8 +68,19 @@ def main():
     mapping = word_map()
     model = MobileNetCaptioningModel(vocab_size=VOCAB, embed_dim=512, decoder_dim=512, attention_dim=512,
                                      backbone="mobilenet_v2", grid=7, dropout=0.1)
-    model.encoder.eval()
     images, captions = shapes.generate(args.images, SEED)
+    # a random trunk's BatchNorm layers still hold mean 0 / variance 1: estimate their statistics on the
+    # images (one pass, cumulative average) so the 7x7x1280 features vary with the image, as a trained
+    # trunk's do -- otherwise the decoder has nothing to look at and says one caption for everything
+    for module in model.encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.encoder.train()
+    with torch.no_grad():
+        for i in range(0, len(images), 32):
+            model.encoder(upscale(images[i:i + 32]))
+    model.encoder.eval()
     with torch.no_grad():
         features = torch.cat([model.encoder(upscale(images[i:i + 32])) for i in range(0, len(images), 32)])
     tokens = torch.from_numpy(shapes.encode(captions, mapping))

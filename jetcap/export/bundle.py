@@ -118,7 +118,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                     for key, value in feed.items():
                         reference["sweep/{}/{}/in/{}".format(spec.name, name, key)] = value
                     for key, value in torch_outputs(module, spec, feed).items():
-                        reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
+                        if key not in subject.derived_outputs:
+                            reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
         reference.update(task.task_reference(subject, config, opts))
 
         validation: Dict[str, Any] = {}

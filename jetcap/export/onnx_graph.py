@@ -49,7 +49,8 @@ def export_graph(module, spec: GraphSpec, example: Dict[str, np.ndarray], path: 
                 dims = {}
                 for axis, rng in axis_ranges.items():
                     dims[axis] = torch.export.Dim(axis, min=max(rng["min"], 1), max=rng["max"])
-                shapes = {t.name: {i: dims[a] for i, a in t.dynamic_axes.items()} or None for t in spec.inputs}
+                shapes = _dynamic_shapes(module, [{i: dims[a] for i, a in t.dynamic_axes.items()} or None
+                                                  for t in spec.inputs])
                 program = torch.onnx.export(module, args, input_names=spec.input_names,
                                             output_names=spec.output_names, opset_version=opset, dynamo=True,
                                             dynamic_shapes=shapes, external_data=False, verbose=False)
@@ -57,6 +58,23 @@ def export_graph(module, spec: GraphSpec, example: Dict[str, np.ndarray], path: 
     except Exception as exc:  # torch.onnx raises many types; any of them means "this graph did not export"
         raise ExportError("exporting graph {!r} with the {} exporter failed: {}".format(
             spec.name, exporter.value, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+
+
+def _dynamic_shapes(module, per_input):
+    """torch.export's ``dynamic_shapes`` in positional form, following ``module.forward``'s signature: a
+    ``*inputs`` parameter (graph wrappers such as the step's top-k) takes the remaining inputs as a tuple."""
+    import inspect
+
+    shapes, index = [], 0
+    for param in inspect.signature(module.forward).parameters.values():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes.append(tuple(per_input[index:]))
+            index = len(per_input)
+            break
+        if index < len(per_input):
+            shapes.append(per_input[index])
+            index += 1
+    return tuple(shapes)
 
 
 def tidy_graph(path: Path, spec: GraphSpec, simplify: bool = True) -> List[str]:

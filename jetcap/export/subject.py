@@ -45,6 +45,24 @@ MAX_LEN_KEYS = ("max_len", "max_caption_length", "max_length", "max_seq_len", "m
 INPUT_SIZE_KEYS = ("input_size", "input_dim", "num_features", "n_features", "feature_dim", "in_features",
                    "input_features", "num_keypoints_features")
 DEFAULT_SEQ_MAX = 128
+# The decoder step also returns its top-k log-probabilities: k numbers per row cross to the host instead
+# of the vocabulary (beam search needs k >= the beam; the server's largest beam is 16).
+TOPK = 16
+TOPK_VALUES, TOPK_IDS = "topk_log_probs", "topk_ids"
+
+
+class TopKStep(nn.Module):
+    """The step graph module plus ``torch.topk`` of its log-probabilities (its first output)."""
+
+    def __init__(self, step, k: int):
+        super().__init__()
+        self.step = step
+        self.k = int(k)
+
+    def forward(self, *inputs):
+        outputs = tuple(self.step(*inputs))
+        values, ids = torch.topk(outputs[0], self.k, dim=-1, largest=True, sorted=True)
+        return outputs + (values, ids)
 
 
 class TorchRunner:
@@ -86,8 +104,37 @@ class ExportSubject:
         return {g.name: g for g in self.graphs}[graph]
 
     def graph_module(self, graph: str):
-        """The unpatched PyTorch module of ``graph`` (the reference)."""
+        """The unpatched PyTorch module of ``graph`` (the reference); the captioner's step with its
+        top-k outputs (:class:`TopKStep`) when the subject adds them."""
+        module = self._graph_module(graph)
+        if graph == "decoder_step" and getattr(self, "topk", 0):
+            wrapped = getattr(self, "_topk_step", None)
+            if wrapped is None or wrapped.step is not module:
+                wrapped = self._topk_step = TopKStep(module, self.topk).eval()
+            return wrapped
+        return module
+
+    def _graph_module(self, graph: str):
         raise NotImplementedError
+
+    @property
+    def derived_outputs(self) -> Tuple[str, ...]:
+        """Outputs computed from other outputs (the step's top-k): checked through the captions, not
+        stored in the reference."""
+        return (TOPK_VALUES, TOPK_IDS) if getattr(self, "topk", 0) else ()
+
+    def add_topk(self, k: int = TOPK) -> None:
+        """Give the decoder step top-k outputs (``topk_log_probs``, ``topk_ids``) and name them in the
+        manifest's decoder entry, so a device copies k numbers per row instead of the vocabulary."""
+        step = self.spec("decoder_step")
+        vocab = int(step.outputs[0].shape[1])
+        self.topk = min(int(k), vocab)
+        outputs = step.outputs + (TensorSpec(TOPK_VALUES, "float32", ("batch", self.topk)),
+                                  TensorSpec(TOPK_IDS, "int64", ("batch", self.topk)))
+        self.graphs = [g if g.name != "decoder_step" else GraphSpec(g.name, g.inputs, outputs) for g in self.graphs]
+        self.decoder_entry = dict(self.decoder_entry, topk={"log_probs": TOPK_VALUES, "ids": TOPK_IDS, "k": self.topk})
+        self.protocol = DecoderProtocol(self.decoder_entry, self.spec("decoder_step").manifest_entry(),
+                                        self.spec("encoder").manifest_entry())
 
     @contextlib.contextmanager
     def export_context(self, graph: str) -> Iterator[None]:
@@ -131,8 +178,10 @@ class TorchCaptioning:
         return TorchRunner(self.graph_module("encoder"), self.spec("encoder")).infer({"images": images})
 
     def decoder_session(self, encoded: Dict[str, np.ndarray], rows=None):
+        """A session over the PyTorch step that searches the full distribution (not the step's top-k:
+        the runtime's top-k search is checked against it)."""
         runner = TorchRunner(self.graph_module("decoder_step"), self.spec("decoder_step"))
-        return HostDecoderSession(runner, self.protocol.initial(encoded, rows), self.protocol)
+        return HostDecoderSession(runner, self.protocol.initial(encoded, rows), self.protocol, use_topk=False)
 
     def caption(self, images: np.ndarray, max_len: int, beam_size: int = 1) -> List[decoding.Hypothesis]:
         """Greedy (``beam_size`` 1) or beam-search hypotheses of a float32 NCHW batch."""
@@ -266,6 +315,7 @@ class CaptionerSubject(TorchCaptioning, ExportSubject):
         }
         self.protocol = DecoderProtocol(self.decoder_entry, step.manifest_entry(), encoder.manifest_entry())
         self._modules: Dict[str, Any] = {}
+        self.add_topk()
 
     def _maybe_cache_projection(self, encoded: Dict[str, Any]) -> None:
         """Move the attention's feature projection out of the step when the adapter can (proved equal)."""
@@ -297,7 +347,7 @@ class CaptionerSubject(TorchCaptioning, ExportSubject):
                                       "(max abs diff {:.3g})".format(name, worst)})
 
     # -- graphs ---------------------------------------------------------------------------------------
-    def graph_module(self, graph: str):
+    def _graph_module(self, graph: str):
         from jetcap.export.adapters.base import EncoderModule, StepModule
 
         if graph not in self._modules:
@@ -570,7 +620,7 @@ class ClassifierSubject(ExportSubject):
             return
         raise UsageError("the classifier's forward fails for every T from 1 to 16")
 
-    def graph_module(self, graph: str):
+    def _graph_module(self, graph: str):
         if graph != "model":
             raise KeyError(graph)
         return self._module
@@ -666,13 +716,18 @@ class BuiltinSubject(TorchCaptioning, ExportSubject):
         self.warnings.append("model rebuilt from the known layout of jetcap's {} family, not from your code; "
                              "pass --model MODULE:NAME or --trust-pickle to export your own".format(self.family))
         self.vocab = loaded.vocab
+        self._modules: Dict[str, Any] = {}
         if self.family == "captioner":
             self.decoder_entry = dict(LEGACY_DECODER)
             self.protocol = DecoderProtocol(self.decoder_entry, self.spec("decoder_step").manifest_entry(),
                                             self.spec("encoder").manifest_entry())
+            self.add_topk()
 
-    def graph_module(self, graph: str):
-        return self.fam.graph_module(self.loaded.model.eval(), graph)
+    def _graph_module(self, graph: str):
+        cached = self._modules.get(graph)
+        if cached is None:
+            cached = self._modules[graph] = self.fam.graph_module(self.loaded.model.eval(), graph)
+        return cached
 
     def dummy_inputs(self, graph: str, axes: Mapping[str, int], seed: int = 0) -> Dict[str, np.ndarray]:
         return self.fam.dummy_inputs(self.config, graph, axes, seed=seed)

@@ -10,7 +10,9 @@ is the user's model's business, so the manifest says it in its ``decoder`` entry
                 "state":   [{"input": "h", "output": "h_new", "init": "h0"}, ...],
                 "context": [{"input": "features", "init": "features"}, ...]}
 
-``init`` names the encoder output that gives the first value.  The batch axis of every tensor is
+``init`` names the encoder output that gives the first value.  Optionally ``"topk": {"log_probs":
+"topk_log_probs", "ids": "topk_ids", "k": 16}`` names step outputs with the graph's own top-k of the
+log-probabilities, which the search uses instead of the full distribution when k is enough.  The batch axis of every tensor is
 where its shape in the manifest says ``"batch"`` (not always axis 0).  Bundles written before this
 entry existed use :data:`LEGACY_DECODER` (Show-Attend-Tell's ``h``/``c``/``features``/``projected``).
 
@@ -91,6 +93,21 @@ class DecoderProtocol(object):
             if init not in enc_out:
                 raise BundleError("the encoder has no output {!r} named in the decoder entry".format(init))
         self.batch_axes = dict((name, batch_axis(step_in[name]["shape"], name)) for name in carried)
+        self.vocab_size = None
+        shape = step_out[self.log_probs]["shape"]
+        if len(shape) == 2 and isinstance(shape[1], int):
+            self.vocab_size = int(shape[1])
+        self.topk = None
+        topk = entry.get("topk")
+        if topk is not None:
+            if not isinstance(topk, dict) or not isinstance(topk.get("k"), int) or topk["k"] < 1:
+                raise BundleError("manifest decoder.topk needs log_probs, ids and an integer k >= 1")
+            for key in ("log_probs", "ids"):
+                if topk.get(key) not in step_out:
+                    raise BundleError("decoder_step has no output {!r} named in decoder.topk".format(topk.get(key)))
+            if self.vocab_size is None:
+                raise BundleError("decoder.topk needs a fixed vocabulary size in the log_probs shape")
+            self.topk = {"log_probs": topk["log_probs"], "ids": topk["ids"], "k": int(topk["k"])}
 
     @classmethod
     def from_manifest(cls, manifest):
@@ -108,6 +125,13 @@ class DecoderProtocol(object):
         """The step outputs the search needs on the host, in order."""
         return (self.log_probs,) + ((self.attention,) if self.attention else ())
 
+    @property
+    def fetch_topk(self):
+        """The step outputs a top-k search needs on the host (None without ``topk``)."""
+        if self.topk is None:
+            return None
+        return (self.topk["log_probs"], self.topk["ids"]) + ((self.attention,) if self.attention else ())
+
     def initial(self, encoded, rows=None):
         """``{step input: array}`` of the first step from the encoder outputs ``encoded`` (optionally
         only the batch ``rows``, e.g. one image for beam search)."""
@@ -120,6 +144,12 @@ class DecoderProtocol(object):
                 value = np.take(value, rows, axis=self.batch_axes[name])
             out[name] = np.ascontiguousarray(value)
         return out
+
+    def split_topk(self, results):
+        """``(values, ids, alpha)`` from a step's top-k outputs; alpha is ``(n, 0)`` without attention."""
+        values, ids = results[self.topk["log_probs"]], results[self.topk["ids"]]
+        alpha = results[self.attention] if self.attention else np.zeros((values.shape[0], 0), dtype=np.float32)
+        return values, ids, alpha
 
     def split(self, results):
         """``(log_probs, alpha)`` from a step's fetched outputs; alpha is ``(n, 0)`` without attention."""

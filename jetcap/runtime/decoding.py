@@ -8,6 +8,13 @@ A backend provides a *decoder session* for a batch of encoded images:
 * ``session.step(prev_words)`` takes int64 ids of shape ``(n,)``, advances the hidden state that the
   session keeps (on the device, for TensorRT), and returns numpy ``(log_probs (n, V), alpha (n, P))``;
 * ``session.reorder(rows)`` keeps/duplicates state rows by index (beam selection, finished rows).
+
+A session may also offer ``session.step_topk(prev_words) -> (values (n, k), ids (n, k), alpha)`` with
+``session.topk`` = k and ``session.vocab_size``: the step graph's own top-k of the log-probabilities
+(sorted, ties by lower id), so that a GPU backend copies k numbers per row instead of the whole
+vocabulary and the search sorts k candidates per row instead of V.  The search uses it when k covers
+what it needs (1 for greedy, the live beam for beam search): the result is the same caption, since
+the best ``live`` words over all rows are among each row's best ``live``.
 """
 import collections
 
@@ -36,11 +43,17 @@ def greedy_decode(session, batch_size, start_id, end_id, max_len):
     finished = np.zeros(batch_size, dtype=bool)
     active = np.arange(batch_size)
     prev = np.full(batch_size, start_id, dtype=np.int64)
+    use_topk = getattr(session, "topk", 0) >= 1
     for _ in range(max_len):
-        log_probs, alpha = session.step(prev)
-        best = np.argmax(log_probs, axis=1)
+        if use_topk:
+            values, ids, alpha = session.step_topk(prev)
+            best, best_scores = ids[:, 0], values[:, 0]
+        else:
+            log_probs, alpha = session.step(prev)
+            best = np.argmax(log_probs, axis=1)
+            best_scores = log_probs[np.arange(len(best)), best]
         for row, image in enumerate(active):
-            scores[image] += float(log_probs[row, best[row]])
+            scores[image] += float(best_scores[row])
             if best[row] == end_id:
                 finished[image] = True
             else:
@@ -76,17 +89,20 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
     seq_scores = np.zeros(1, dtype=np.float64)
     prev = np.full(1, start_id, dtype=np.int64)
     complete = []
+    use_topk = getattr(session, "topk", 0) >= beam_size
     for _ in range(max_len):
-        log_probs, alpha = session.step(prev)
-        vocab = log_probs.shape[1] if vocab_size is None else vocab_size
-        total = seq_scores[:, None] + log_probs.astype(np.float64)
         live = beam_size - len(complete)
-        order = np.argsort(-total.ravel(), kind="stable")[:live]
-        rows = order // vocab
-        words = order % vocab
+        if use_topk:
+            rows, words, chosen, alpha = _beam_candidates_topk(session, prev, seq_scores, live)
+        else:
+            log_probs, alpha = session.step(prev)
+            vocab = log_probs.shape[1] if vocab_size is None else vocab_size
+            total = seq_scores[:, None] + log_probs.astype(np.float64)
+            order = np.argsort(-total.ravel(), kind="stable")[:live]
+            rows, words, chosen = order // vocab, order % vocab, total.ravel()[order]
         new_seqs, new_alphas, new_scores, keep_rows, keep_words = [], [], [], [], []
-        for row, word, flat in zip(rows, words, order):
-            score = float(total.ravel()[flat])
+        for row, word, score in zip(rows, words, chosen):
+            score = float(score)
             history = seq_alphas[row] + [np.asarray(alpha[row], dtype=np.float32)]
             if word == end_id:
                 complete.append(Hypothesis(list(seqs[row]), score, _stack(seq_alphas[row]), True))
@@ -107,6 +123,17 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
         Hypothesis(seqs[i], float(seq_scores[i]), _stack(seq_alphas[i]), False) for i in range(len(seqs))
     ]
     return max(candidates, key=lambda h: h.score)
+
+
+def _beam_candidates_topk(session, prev, seq_scores, live):
+    """The ``live`` best (row, word) pairs from the step's per-row top-k, ordered as the full search
+    orders them: by total score, ties by the lower flat index ``row * V + word``."""
+    values, ids, alpha = session.step_topk(prev)
+    total = seq_scores[:, None] + values.astype(np.float64)
+    flat = np.arange(ids.shape[0])[:, None] * int(session.vocab_size) + ids.astype(np.int64)
+    order = np.lexsort((flat.ravel(), -total.ravel()))[:live]
+    rows = order // ids.shape[1]
+    return rows, ids.ravel()[order].astype(np.int64), total.ravel()[order], alpha
 
 
 def _stack(rows):

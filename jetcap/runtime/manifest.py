@@ -11,6 +11,10 @@
                   (+ image_size_range [min, max] of a ``--dynamic-image-size`` export, see below)
     vocabulary {itos, specials} | labels [names]
     decoding {max_len, beam_size}, reference {path, sha256}, validation {...}
+    decoder {word_input, log_probs, attention, state [...], context [...], topk {...}}   # captioner, see
+                                                     # jetcap.runtime.decoder_protocol
+    source {kind, model, checkpoint, sha256, layout}, config_sources {key: where it came from},
+    assumptions [...], patches [...], source_checks [...], adapter {...}, preflight {...}
 
 A captioner exported with ``--dynamic-image-size`` has encoder input ``(batch, 3, height, width)`` and
 ``num_pixels`` (feature-map positions: ``ceil(side / 32) ** 2``) in features/projected/alpha, each axis

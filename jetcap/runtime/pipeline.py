@@ -35,18 +35,27 @@ class HostDecoderSession(object):
         protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
     """
 
-    def __init__(self, runner, initial, protocol):
+    def __init__(self, runner, initial, protocol, use_topk=True):
         self.runner = runner
         self.protocol = protocol
         self.state = dict(initial)
+        # the search's top-k path (see jetcap.runtime.decoding); 0 when the step graph has no top-k
+        self.topk = protocol.topk["k"] if protocol.topk and use_topk else 0
+        self.vocab_size = protocol.vocab_size
 
-    def step(self, prev_words):
+    def _run(self, prev_words):
         feed = dict(self.state)
         feed[self.protocol.word_input] = np.ascontiguousarray(prev_words, dtype=np.int64)
         out = self.runner.infer(feed)
         for output, name in self.protocol.state_outputs.items():
             self.state[name] = out[output]
-        return self.protocol.split(out)
+        return out
+
+    def step(self, prev_words):
+        return self.protocol.split(self._run(prev_words))
+
+    def step_topk(self, prev_words):
+        return self.protocol.split_topk(self._run(prev_words))
 
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)
@@ -67,6 +76,8 @@ class OrtBoundDecoderSession(object):
         self.session = runner.session
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self._bind_state(initial)
+        self.topk = protocol.topk["k"] if protocol.topk else 0
+        self.vocab_size = protocol.vocab_size
 
     def _value(self, array):
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -74,26 +85,32 @@ class OrtBoundDecoderSession(object):
     def _bind_state(self, arrays):
         self.values = dict((name, self._value(array)) for name, array in arrays.items())
 
-    def step(self, prev_words):
+    def _run(self, prev_words, fetch):
         protocol = self.protocol
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(protocol.word_input, self._value(np.asarray(prev_words, dtype=np.int64)))
         for name, value in self.values.items():
             binding.bind_ortvalue_input(name, value)
         # get_outputs() returns the outputs in binding order: what the search reads goes to the host,
-        # the carried state stays on the session's device
-        fetch = protocol.fetch
+        # the carried state (and whatever the search does not read) stays on the session's device
         carried = list(protocol.state_outputs)
+        others = [o.name for o in self.session.get_outputs() if o.name not in fetch and o.name not in carried]
         for name in fetch:
             binding.bind_output(name, "cpu")
-        for name in carried:
+        for name in carried + others:
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         results = dict((name, outputs[i].numpy()) for i, name in enumerate(fetch))
         for i, name in enumerate(carried):
             self.values[protocol.state_outputs[name]] = outputs[len(fetch) + i]
-        return protocol.split(results)
+        return results
+
+    def step(self, prev_words):
+        return self.protocol.split(self._run(prev_words, self.protocol.fetch))
+
+    def step_topk(self, prev_words):
+        return self.protocol.split_topk(self._run(prev_words, self.protocol.fetch_topk))
 
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)

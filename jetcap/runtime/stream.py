@@ -547,7 +547,8 @@ class StreamRunner(object):
             summary.latency_p50_ms = percentile(self.latencies, 50)
             summary.latency_p95_ms = percentile(self.latencies, 95)
         summary.rss_end_bytes = current_rss_bytes()
-        peaks = [v for v in (peak_rss_bytes(), summary.rss_end_bytes) if v is not None]
+        # ru_maxrss and /proc's VmRSS are counted slightly differently: the peak is at least what was read
+        peaks = [v for v in (peak_rss_bytes(), summary.rss_start_bytes, summary.rss_end_bytes) if v is not None]
         summary.peak_rss_bytes = max(peaks) if peaks else None
         return summary
 

@@ -109,6 +109,7 @@ def _greedy_margins(bundle, paths):
                 return log_probs, alpha
 
             decoder.step = step
+            decoder.topk = 0  # search the full distribution, through the wrapped step
             decoding.greedy_decode(decoder, 1, pipeline.vocab.start_id, pipeline.vocab.end_id, 20)
             margins.append(min(gaps))
     return margins

@@ -132,3 +132,23 @@ def test_classifier_refuses_bad_sequences(classifier_bundle):
         bad[3, 2] = np.nan
         with pytest.raises(UsageError, match="NaN"):
             pipeline.predict(bad)
+
+
+@pytest.mark.parametrize("beam", [1, 3, 16])
+def test_the_steps_top_k_gives_the_captions_of_the_full_distribution(caption_session, captioner_reference, beam):
+    from jetcap.runtime import decoding
+
+    pipeline = caption_session.caption_pipeline()
+    protocol = pipeline.protocol
+    assert protocol.topk == {"log_probs": "topk_log_probs", "ids": "topk_ids", "k": min(16, protocol.vocab_size)}
+    encoded = pipeline.encode(captioner_reference["task/images"])
+    start, end = pipeline.vocab.start_id, pipeline.vocab.end_id
+    for i in range(len(captioner_reference["task/images"])):
+        sessions = [HostDecoderSession(pipeline.step, protocol.initial(encoded, [i]), protocol, use_topk=use)
+                    for use in (True, False)]
+        if beam == 1:
+            got, want = [decoding.greedy_decode(s, 1, start, end, 20)[0] for s in sessions]
+        else:
+            got, want = [decoding.beam_search(s, beam, start, end, 20) for s in sessions]
+        assert got.tokens == want.tokens
+        assert abs(got.score - want.score) < 1e-9

@@ -177,7 +177,7 @@ def servers(captioner_bundle, classifier_bundle, tmp_path_factory):
         # one ONNX Runtime thread per worker: the default (one per core) oversubscribes a shared CI machine
         "cap": (captioner_bundle, ["--queue", "64", "--max-concurrency", "2", "--threads", "1", "--max-body-mb", "1"]),
         "cls": (classifier_bundle, ["--queue", "8"]),
-        "slow": (captioner_bundle, ["--queue", "0", "--timeout", "0.05"]),
+        "slow": (captioner_bundle, ["--queue", "0", "--timeout", "0.05", "--max-concurrency", "1"]),
         "guard": (classifier_bundle, ["--max-rss-mb", "1"]),
         "shutdown": (classifier_bundle, []),
         "bad": (not_a_bundle, []),

@@ -568,6 +568,8 @@ class TensorRTDecoderSession(object):
         self.fetch = tuple(fetch)
         self.batch_axes = dict(batch_axes or {})
         self.protocol = protocol
+        self.topk = protocol.topk["k"] if protocol is not None and protocol.topk else 0
+        self.vocab_size = protocol.vocab_size if protocol is not None else None
         expected = set(runner.input_names) - {word_input}
         if set(initial) != expected:
             raise UsageError("decoder session needs initial values for {}, got {}".format(
@@ -594,19 +596,27 @@ class TensorRTDecoderSession(object):
             rows = buffer.shape[axis]
         self.rows = rows or 0
 
+    def step_topk(self, prev_words):
+        """Like :meth:`step`, fetching only the step graph's top-k outputs: ``(values, ids, alpha)``."""
+        return self.protocol.split_topk(self._advance(prev_words, self.protocol.fetch_topk))
+
     def step(self, prev_words):
         """Advance one step for ``prev_words`` (int ids, shape ``(rows,)``); returns the fetched outputs."""
+        results = self._advance(prev_words, self.fetch)
+        if self.protocol is not None:
+            return self.protocol.split(results)
+        return tuple(results[name] for name in self.fetch)
+
+    def _advance(self, prev_words, fetch):
         prev_words = np.asarray(prev_words, dtype=np.int64).reshape(-1)
         if prev_words.shape[0] != self.rows:
             raise UsageError("step got {} words for {} rows".format(prev_words.shape[0], self.rows))
         targets = dict((output, self.spare[name]) for output, name in self.state_outputs.items())
         results = self.runner.infer_device(feed={self.word_input: prev_words}, device_inputs=self.current,
-                                           device_outputs=targets, fetch=self.fetch)
+                                           device_outputs=targets, fetch=fetch)
         for name in self.state_outputs.values():
             self.current[name], self.spare[name] = self.spare[name], self.current[name]
-        if self.protocol is not None:
-            return self.protocol.split(results)
-        return tuple(results[name] for name in self.fetch)
+        return results
 
     def reorder(self, rows):
         """Keep/duplicate state rows by index (beam selection, finished captions)."""
