@@ -256,7 +256,8 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
             continue
         io = {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
         records = []
-        with OnnxRuntimeRunner(path, io, name="{}[{}]".format(spec.name, precision)) as runner:
+        with OnnxRuntimeRunner(path, io, name="{}[{}]".format(spec.name, precision),
+                               nchwc=precision != "fp16") as runner:  # as the runtime runs it
             for case in cases[spec.name]:
                 prefix = "sweep/{}/{}/".format(spec.name, case["name"])
                 feed = {k[len(prefix) + 3:]: v for k, v in reference.items() if k.startswith(prefix + "in/")}

@@ -16,7 +16,8 @@ import io
 import sys
 import numpy as np
 from jetcap.runtime.backends.onnxruntime import make_session
-session = make_session(sys.argv[1], threads=1)
+# the NCHWc layout transformer as the runtime sets it (off for FP16 variants, see make_session)
+session = make_session(sys.argv[1], threads=1, nchwc=not sys.argv[1].endswith(".fp16.onnx"))
 if len(sys.argv) > 2:
     with np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False) as data:
         session.run(None, dict((name, data[name]) for name in data.files))
