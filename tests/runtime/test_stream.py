@@ -203,7 +203,9 @@ def test_stop_event_finishes_the_frame_in_flight(bundle, video, tmp_path):
 
     summary, _, _ = stream(bundle, video, jsonl=str(out), loop=True, stop_event=stop, on_caption=on_caption)
     assert summary.exit_code == 0 and summary.stop_reason == "stopped"
-    assert summary.captions == len(records) == 5
+    # the batch in flight (frames that had queued up together) is finished and written, nothing after it
+    assert summary.captions == len(records)
+    assert 5 <= len(records) <= 5 + records[4]["batch"] - 1
     assert read_jsonl(out) == records
 
 
