@@ -128,6 +128,9 @@ def precision_notes(kind, precision):
         notes.append("symmetric s8s8 Q/DQ, the form TensorRT reads{}".format(
             ": ONNX Runtime's fast x86 INT8 path is u8s8, so on this CPU the variant is often slower than FP32; it "
             "is here for fidelity, the speed-up belongs to TensorRT" if x86 else ""))
+    if kind == "onnxruntime" and precision == "int8-cpu":
+        notes.append("CPU variant: dynamic u8s8 weight quantisation of the MatMul/Gemm layers (convolutions FP32), "
+                     "the form ONNX Runtime runs fast on CPUs; not for TensorRT")
     return notes
 
 

@@ -16,7 +16,7 @@ from jetcap.check.tables import load_table
 from jetcap.check.targets import describe, resolve_target
 from jetcap.errors import BundleError, UsageError
 from jetcap.runtime.backends import trt_api
-from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.manifest import CPU_PRECISIONS, Manifest
 from jetcap.runtime.platform import precision_support
 
 MAX_PER_RULE = 3  # findings of one rule in one graph shown node by node; the rest are counted
@@ -24,7 +24,8 @@ MAX_PER_RULE = 3  # findings of one rule in one graph shown node by node; the re
 
 def preflight_bundle(bundle_dir, tensorrt=None, target=None, precisions=None, workspace_mb=None,
                      os_reserve_mb=None, ram_mb=None, tactic_libraries=None):
-    """Check ``bundle_dir`` against a TensorRT release (and device) without TensorRT.
+    """Check ``bundle_dir`` against a TensorRT release (and device) without TensorRT (CPU variants, int8-cpu,
+    are skipped with an info finding: they are not for TensorRT).
 
     Args:
         bundle_dir: the bundle directory (with ``manifest.json``).
@@ -54,6 +55,11 @@ def preflight_bundle(bundle_dir, tensorrt=None, target=None, precisions=None, wo
         if precision not in manifest.precisions:
             raise UsageError("bundle has no {} variant (has: {})".format(precision, ", ".join(manifest.precisions)))
     workspace_mb = workspace_mb if workspace_mb is not None else trt_api.DEFAULT_WORKSPACE_MB
+    # CPU variants (int8-cpu) are for ONNX Runtime on a CPU: nothing for TensorRT to parse or plan
+    cpu_findings = [finding(INFO, "precision.cpu_variant", "CPU variant, not for TensorRT: skipped (ONNX Runtime "
+                            "dynamic INT8; jetcap build refuses it)", precision=p)
+                    for p in wanted if p in CPU_PRECISIONS]
+    wanted = [p for p in wanted if p not in CPU_PRECISIONS]
 
     plans, precision_findings = build_plans(resolved, manifest, wanted, explicit)
     variants = set(wanted) | set(plan.onnx_variant for plan in plans.values())
@@ -72,7 +78,7 @@ def preflight_bundle(bundle_dir, tensorrt=None, target=None, precisions=None, wo
             findings.extend(check_profiles(manifest, graph, facts, where))
             checked.append((precision, graph, os.path.basename(path), len(model.graph.node)))
 
-    findings.extend(precision_findings)
+    findings.extend(precision_findings + cpu_findings)
     memory = None
     if resolved.device is not None and plans:
         memory = _memory(onnx, manifest, resolved, plans, models, workspace_mb, os_reserve_mb, ram_mb,

@@ -15,8 +15,9 @@ from jetcap.commands.options import (
               help="ONNX opset; 13 is what TensorRT 8.2 (JetPack 4.6) parses.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx exporter: torchscript for opset <= 17, dynamo for opset >= 18 (TensorRT >= 10).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Variants to produce (repeatable); fp32 is always produced.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "int8-cpu"]),
+              help="Variants to produce (repeatable); fp32 is always produced.  int8-cpu: dynamic INT8 for "
+                   "ONNX Runtime on CPUs (not for TensorRT).")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch of the dynamic batch axis.")
 @click.option("--image-size", type=int, default=None,
               help="Captioner input size (default: the checkpoint's); the profile's opt with --dynamic-image-size.")

@@ -23,7 +23,7 @@ def _tolerance_option(ctx, param, values):
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["all", "onnxruntime", "tensorrt"]),
               help="Backends to check (repeatable; default: every installed one).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["all", "fp32", "fp16", "int8"]),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["all", "fp32", "fp16", "int8", "int8-cpu"]),
               help="Precisions to check (repeatable; default: every variant in the bundle).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Recompute the PyTorch reference live from this checkpoint (needs torch).")

@@ -15,6 +15,7 @@ import numpy as np
 from jetcap import __version__
 from jetcap.errors import JetcapError, UsageError, ValidationFailed
 from jetcap.export.fp16 import convert_fp16
+from jetcap.export.int8_cpu import int8_cpu_variant
 from jetcap.export.int8_search import int8_variant
 from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
 from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_options
@@ -29,7 +30,7 @@ from jetcap.util.npz import save_npz
 from jetcap.validate.gate import tolerance_gates
 
 REFERENCE_NAME = "reference.npz"
-VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8"}
+VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8", "int8-cpu": ".int8-cpu"}
 
 
 def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda message: None,
@@ -138,6 +139,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                 files["int8"], details = int8_variant(files["fp32"], [g.name for g in graphs], calibration,
                                                       subject.int8_keep_float, family.tolerances["int8"], opts,
                                                       tmp, log)
+            elif precision == "int8-cpu":  # CPU variant: ONNX Runtime dynamic weight quantisation
+                files["int8-cpu"], details = int8_cpu_variant(files["fp32"], [g.name for g in graphs], tmp, log)
             log("checking {} against PyTorch".format(precision))
             validation[precision] = _validate_variant(files[precision], graphs, cases, reference,
                                                       family.tolerances[precision], precision)

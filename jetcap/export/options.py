@@ -26,6 +26,8 @@ class CalibrationMethod(str, enum.Enum):
 
 # Opsets each exporter can produce in torch 2.14 (measured: dynamo turns 13 into 18, 17 is broken).
 EXPORTER_OPSETS = {Exporter.TORCHSCRIPT: (9, 17), Exporter.DYNAMO: (18, 23)}
+# Variants export can write, in the order it writes them (int8-cpu: ONNX Runtime on a CPU, not TensorRT).
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 # TensorRT 8.2 (JetPack 4.6) parses ONNX opsets up to 13.
 JETPACK46_MAX_OPSET = 13
 
@@ -40,7 +42,7 @@ class ExportOptions:
         family: model family name; None detects it from the checkpoint.
         opset: ONNX opset (default 13: what TensorRT 8.2 parses).
         exporter: torch.onnx exporter.
-        precisions: variants to produce; fp32 is always produced.
+        precisions: variants to produce (``EXPORT_PRECISIONS``); fp32 is always produced.
         max_batch: largest batch of every graph's dynamic batch axis.
         image_size: captioner input size override (square); with ``dynamic_image_size`` the profile's opt.
         dynamic_image_size: captioner: export the encoder with symbolic ``height``/``width`` (and the
@@ -118,10 +120,10 @@ class ExportOptions:
             raise UsageError("the {} exporter produces opsets {}..{}, not {}".format(
                 self.exporter.value, low, high, self.opset),
                 hint="use --exporter dynamo for opset >= 18" if self.opset > high else "use --exporter torchscript")
-        unknown = set(self.precisions) - {"fp32", "fp16", "int8"}
+        unknown = set(self.precisions) - set(EXPORT_PRECISIONS)
         if unknown:
             raise UsageError("unknown precision(s): " + ", ".join(sorted(unknown)))
-        self.precisions = tuple(p for p in ("fp32", "fp16", "int8") if p in set(self.precisions) | {"fp32"})
+        self.precisions = tuple(p for p in EXPORT_PRECISIONS if p in set(self.precisions) | {"fp32"})
         if self.max_batch < 1:
             raise UsageError("--max-batch must be >= 1")
         if self.exporter is Exporter.DYNAMO and self.max_batch < 2:

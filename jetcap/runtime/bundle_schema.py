@@ -24,7 +24,7 @@ import re
 from jetcap.errors import BundleError
 
 FAMILIES = ("captioner", "classifier")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # = manifest.PRECISIONS (manifest imports this module)
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 RESIZE = ("bilinear", "bicubic", "nearest")
 # graph, axis and model names become file and directory names (engine cache, Triton repository)

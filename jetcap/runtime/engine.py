@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from jetcap.errors import BundleError, JetcapError, UsageError
 from jetcap.runtime import platform
 from jetcap.runtime.backends import trt_api
-from jetcap.runtime.manifest import PRECISIONS, Manifest
+from jetcap.runtime.manifest import PRECISIONS, Manifest, tensorrt_refusal
 from jetcap.util.fsio import read_json, sha256_bytes, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:  # mypy checks the TensorRT calls against the tensorrt stubs
@@ -167,6 +167,8 @@ def find_engines(manifest, precision, cache_dir=None, graphs=None, trt_version=N
         BundleError: a graph has no matching engine (names the graph and the ``jetcap build`` to run).
         MissingDependencyError: TensorRT is not installed (when ``trt_version`` is not given).
     """
+    if tensorrt_refusal(precision):  # a CPU variant never has an engine (the auto choice says why)
+        raise BundleError(tensorrt_refusal(precision))
     if trt_version is None:
         trt_version = trt_api.tensorrt_version()
     if gpu is None:
@@ -330,13 +332,16 @@ def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WOR
         cached, seconds, bytes, onnx}], warnings}``.
     Raises:
         MissingDependencyError: TensorRT is not installed (exit code 2).
-        UsageError: bad precision/workspace, or INT8 on a GPU without fast INT8 unless allowed.
+        UsageError: bad precision/workspace, a CPU variant (int8-cpu), or INT8 on a GPU without fast INT8
+            unless allowed.
         BundleError, EngineBuildError: bundle or TensorRT problems.
     """
     log = log or _quiet
     manifest = Manifest.load(bundle_dir)
     if precision not in PRECISIONS:
         raise UsageError("unknown precision {!r} (one of {})".format(precision, ", ".join(PRECISIONS)))
+    if tensorrt_refusal(precision):  # int8-cpu: refused before TensorRT is even imported
+        raise UsageError(tensorrt_refusal(precision))
     workspace = trt_api.workspace_bytes(workspace_mb)
     for graph in graphs or []:
         manifest.graph(graph)

@@ -7,6 +7,7 @@
     graphs {name: {inputs: [{name, dtype, shape}], outputs: [...]}}   # shape: ints and axis names
     axes {axis: {min, opt, max}}                                      # ranges of every symbolic axis
     variants {precision: {files: {graph: {path, sha256, bytes}}, ...how it was made...}}
+                                  # int8-cpu also: target "cpu", backend "onnxruntime" (see CPU_PRECISIONS)
     preprocessing {image_size [h, w], resize, mean, std, channel_order, layout, scale}   # captioner
                   (+ image_size_range [min, max] of a ``--dynamic-image-size`` export, see below)
     vocabulary {itos, specials} | labels [names]
@@ -33,7 +34,19 @@ from jetcap.util.fsio import read_json
 FORMAT = "jetcap-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+# Variants for ONNX Runtime on a CPU only (the Jetson's ARM cores, x86 edge boxes, a Pi): int8-cpu is dynamic
+# u8s8 weight quantisation (MatMulInteger / DynamicQuantizeLinear), a form TensorRT does not build.
+CPU_PRECISIONS = ("int8-cpu",)
+TENSORRT_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_PRECISIONS)
+
+
+def tensorrt_refusal(precision):
+    """The one-line reason TensorRT cannot take ``precision`` (a CPU variant), or None when it can."""
+    if precision in CPU_PRECISIONS:
+        return ("{} is a CPU variant (ONNX Runtime dynamic INT8), not a TensorRT form: run it with "
+                "--backend onnxruntime; TensorRT builds {}".format(precision, ", ".join(TENSORRT_PRECISIONS)))
+    return None
 
 
 def resolve_shape(shape, sizes):

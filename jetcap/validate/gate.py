@@ -10,7 +10,7 @@ import numpy as np
 
 from jetcap.errors import BundleError, JetcapError, MissingDependencyError, UsageError
 from jetcap.runtime import bundle_schema
-from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.manifest import Manifest, tensorrt_refusal
 from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
 from jetcap.util.isolate import probe_onnx_session
 from jetcap.util.lazy import available, require
@@ -25,7 +25,8 @@ UNGATED = Tolerance(float("inf"), 0.0, -1.0)
 
 def tolerance_gates(precision, case_kind):
     """Whether the precision's tolerance applies to a sweep case of ``case_kind`` ("random"/"real");
-    where it does not (INT8 on random inputs), only NaN/Inf, shape and dtype can fail."""
+    where it does not (INT8 on random inputs), only NaN/Inf, shape and dtype can fail.  ``int8-cpu`` is gated
+    on random inputs too: its activation ranges are computed per call, not calibrated."""
     return not (precision == "int8" and case_kind == "random")
 
 
@@ -121,6 +122,11 @@ def validate_bundle(opts, log=lambda message: None):
                                     "task_inputs": task["source"]})
     for backend in backends:
         for precision in precisions:
+            if backend == "tensorrt" and tensorrt_refusal(precision):  # int8-cpu: a CPU variant
+                log("skipping {} {}: CPU variant, not for TensorRT".format(backend, precision))
+                report.add(Check(backend, precision, "-", "backend.skipped", 0, 0, "==",
+                                 detail="CPU variant, not for TensorRT (validated on onnxruntime)"))
+                continue
             log("validating {} {}".format(backend, precision))
             _validate_one(manifest, reference, task, backend, precision, opts, report)
     if opts.preflight:

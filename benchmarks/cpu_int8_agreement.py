@@ -1,0 +1,87 @@
+"""Caption agreement of a bundle's CPU INT8 variant (``int8-cpu``) on real-distribution images.
+
+Writes ``--images`` (default 200) images of the realistic captioner's distribution
+(``jetcap.samples.shapes.generate`` at seed 20261203, one past the test images of
+``benchmarks/realistic_captioner.py``, resized to 224 the same way) and runs ``jetcap validate --data DIR
+--checkpoint CKPT`` on ONNX Runtime (live PyTorch FP32 reference) for fp32 and int8-cpu; also counts how
+many greedy captions of int8-cpu equal ONNX Runtime FP32's.  Prints markdown rows.
+
+    .venv/bin/python benchmarks/cpu_int8_agreement.py BUNDLE CKPT [--images 200] [--threads 2]
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jetcap.runtime.manifest import Manifest  # noqa: E402
+from jetcap.runtime.pipeline import CaptionPipeline, open_onnxruntime  # noqa: E402
+from jetcap.runtime.preprocess import load_images  # noqa: E402
+from jetcap.samples import shapes  # noqa: E402
+from jetcap.util.fsio import list_inputs  # noqa: E402
+from jetcap.validate.gate import ValidateOptions, validate_bundle  # noqa: E402
+
+SEED = 20261203
+SIZE = 224
+
+
+def write_images(folder, count):
+    images, _ = shapes.generate(count, SEED)
+    for i, image in enumerate(images):
+        Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR).save(
+            os.path.join(folder, "agree_{:04d}.png".format(i)))
+
+
+def ort_greedy(manifest, precision, images, threads):
+    runners = open_onnxruntime(manifest, precision, threads=threads)
+    for runner in runners.values():
+        runner.activate()
+    try:
+        return [h.tokens for h in CaptionPipeline(manifest, runners).caption(images)]
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        write_images(folder, args.images)
+        report = validate_bundle(ValidateOptions(args.bundle, backends=["onnxruntime"],
+                                                 precisions=["fp32", "int8-cpu"], checkpoint=args.checkpoint,
+                                                 data=folder, preflight=False))
+        print("| precision | check (vs PyTorch FP32, {} images) | value | threshold | result |".format(args.images))
+        print("|---|---|---|---|---|")
+        for check in report.checks:
+            if check.graph == "task":
+                print("| {} | {} | {:.4f} | {} {} | {} |".format(check.precision, check.name, check.value, check.sense,
+                                                              check.threshold, "PASS" if check.passed else "FAIL"))
+        manifest = Manifest.load(args.bundle)
+        paths = list_inputs(folder, (".png",), None)
+        images = load_images(paths, manifest.preprocessing)
+        fp32 = ort_greedy(manifest, "fp32", images, args.threads)
+        int8 = ort_greedy(manifest, "int8-cpu", images, args.threads)
+        same = sum(1 for a, b in zip(fp32, int8) if a == b)
+        print("\nint8-cpu greedy captions equal to ONNX Runtime FP32's: {}/{} ({:.1%})".format(
+            same, len(fp32), same / float(len(fp32))))
+        tensor_failures = [c for c in report.checks if c.graph != "task" and not c.passed]
+        print("tensor-level checks failed: {} (of {})".format(len(tensor_failures),
+                                                            sum(1 for c in report.checks if c.graph != "task")))
+        for check in tensor_failures[:5]:
+            print("  {} {} {}: {}".format(check.precision, check.graph, check.name, check.detail))
+    print("<!-- {:.0f} s -->".format(time.time() - started))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The CPU INT8 variant (int8-cpu): exports, passes its gate, captions/predicts through the CLI, is labelled a
+CPU variant in the manifest, and TensorRT build / pre-flight refuse or skip it (real ONNX Runtime)."""
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from jetcap.cli import cli
+
+
+@pytest.fixture(scope="module")
+def cpu8_bundles(tmp_path_factory):
+    from jetcap import samples
+    from jetcap.export import ExportOptions, export_bundle
+
+    out = {}
+    for name, ckpt in (("captioner", samples.captioner_checkpoint()), ("classifier", samples.classifier_checkpoint())):
+        out[name] = tmp_path_factory.mktemp("cpu8") / name
+        export_bundle(ExportOptions(checkpoint=Path(ckpt), out_dir=out[name], precisions=("int8-cpu",)))
+    return out
+
+
+def test_manifest_labels_cpu_variant_and_gate_passed(cpu8_bundles):
+    for name, bundle in cpu8_bundles.items():
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        variant = manifest["variants"]["int8-cpu"]
+        assert variant["target"] == "cpu" and variant["backend"] == "onnxruntime"
+        assert manifest["validation"]["int8-cpu"]["passed"]
+        assert "int8-cpu" in manifest["tolerances"] and "int8-cpu" in manifest["task_thresholds"]
+        for graph in variant["quantization"]["graphs"].values():
+            assert graph["weight_bytes"]["int8-cpu"] <= graph["weight_bytes"]["fp32"]
+    step = json.loads((cpu8_bundles["captioner"] / "manifest.json").read_text())["variants"]["int8-cpu"]
+    assert step["quantization"]["graphs"]["decoder_step"]["quantized"]  # LSTMCell GEMMs and fc included
+
+
+def test_validate_caption_predict_cli(cpu8_bundles):
+    from jetcap import samples
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["validate", str(cpu8_bundles["captioner"]), "--precision", "int8-cpu",
+                                 "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    image = sorted(Path(samples.__file__).parent.joinpath("data", "images").glob("*.png"))[0]
+    result = runner.invoke(cli, ["caption", str(cpu8_bundles["captioner"]), str(image), "--precision", "int8-cpu"])
+    assert result.exit_code == 0, result.output
+    seq = sorted(Path(samples.__file__).parent.joinpath("data", "sequences").glob("*.npy"))[0]
+    result = runner.invoke(cli, ["predict", str(cpu8_bundles["classifier"]), str(seq), "--precision", "int8-cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_tensorrt_build_refuses_and_check_skips(cpu8_bundles):
+    from jetcap.check import preflight_bundle
+    from jetcap.errors import UsageError
+    from jetcap.runtime.engine import build_engines
+
+    with pytest.raises(UsageError) as info:
+        build_engines(str(cpu8_bundles["captioner"]), precision="int8-cpu")
+    assert "CPU variant" in info.value.message and "not a TensorRT form" in info.value.message
+    assert "\n" not in info.value.message
+    report = preflight_bundle(cpu8_bundles["captioner"], target="nano")
+    assert any(f.rule == "precision.cpu_variant" for f in report.findings)
