@@ -26,6 +26,31 @@ Hypothesis.__doc__ = """One decoded caption: token ids (without <start>/<end>), 
 <end> was produced within the length limit."""
 
 
+STEP = "step"
+REORDER = "reorder"
+
+
+def run_search(search, session):
+    """Drive a search generator (:func:`greedy_search`, :func:`beam_steps`) over one decoder session.
+
+    The generator yields ``(STEP, prev_words, use_topk)`` -- answered with ``session.step_topk(prev)``
+    or ``session.step(prev)`` -- and ``(REORDER, rows)`` -- answered by ``session.reorder(rows)`` -- and
+    returns its result.  :class:`jetcap.runtime.scheduler.DecodeScheduler` drives many of them at once,
+    sharing each step call between them; this drives one.
+    """
+    answer = None
+    try:
+        while True:
+            op = search.send(answer)
+            if op[0] == STEP:
+                answer = session.step_topk(op[1]) if op[2] else session.step(op[1])
+            else:
+                session.reorder(op[1])
+                answer = None
+    except StopIteration as stop:
+        return stop.value
+
+
 def greedy_decode(session, batch_size, start_id, end_id, max_len):
     """Greedy decoding of ``batch_size`` images that share one decoder session.
 
@@ -37,19 +62,25 @@ def greedy_decode(session, batch_size, start_id, end_id, max_len):
     Returns:
         a list of :class:`Hypothesis`, one per image.
     """
+    return run_search(greedy_search(batch_size, start_id, end_id, max_len, getattr(session, "topk", 0)), session)
+
+
+def greedy_search(batch_size, start_id, end_id, max_len, topk=0):
+    """The generator of :func:`greedy_decode` (see :func:`run_search`); ``topk``: the k the session's
+    ``step_topk`` offers (0: none)."""
     tokens = [[] for _ in range(batch_size)]
     alphas = [[] for _ in range(batch_size)]
     scores = np.zeros(batch_size, dtype=np.float64)
     finished = np.zeros(batch_size, dtype=bool)
     active = np.arange(batch_size)
     prev = np.full(batch_size, start_id, dtype=np.int64)
-    use_topk = getattr(session, "topk", 0) >= 1
+    use_topk = topk >= 1
     for _ in range(max_len):
         if use_topk:
-            values, ids, alpha = session.step_topk(prev)
+            values, ids, alpha = yield (STEP, prev, True)
             best, best_scores = ids[:, 0], values[:, 0]
         else:
-            log_probs, alpha = session.step(prev)
+            log_probs, alpha = yield (STEP, prev, False)
             best = np.argmax(log_probs, axis=1)
             best_scores = log_probs[np.arange(len(best)), best]
         for row, image in enumerate(active):
@@ -63,7 +94,7 @@ def greedy_decode(session, batch_size, start_id, end_id, max_len):
         if keep.size == 0:
             break
         if keep.size < active.size:
-            session.reorder(keep)
+            yield (REORDER, keep)
             active = active[keep]
         prev = best[keep].astype(np.int64)
     return [
@@ -82,6 +113,14 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
     Returns:
         the best :class:`Hypothesis` (best complete one; the best incomplete one if none completed).
     """
+    search = beam_steps(beam_size, start_id, end_id, max_len, vocab_size,
+                        getattr(session, "topk", 0), getattr(session, "vocab_size", None))
+    return run_search(search, session)
+
+
+def beam_steps(beam_size, start_id, end_id, max_len, vocab_size=None, topk=0, topk_vocab=None):
+    """The generator of :func:`beam_search` (see :func:`run_search`); ``topk``/``topk_vocab``: the k
+    and the vocabulary size of the session's ``step_topk`` (0: none)."""
     if beam_size < 1:
         raise ValueError("beam_size must be >= 1")
     seqs = [[]]
@@ -89,13 +128,14 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
     seq_scores = np.zeros(1, dtype=np.float64)
     prev = np.full(1, start_id, dtype=np.int64)
     complete = []
-    use_topk = getattr(session, "topk", 0) >= beam_size
+    use_topk = topk >= beam_size
     for _ in range(max_len):
         live = beam_size - len(complete)
         if use_topk:
-            rows, words, chosen, alpha = _beam_candidates_topk(session, prev, seq_scores, live)
+            values, ids, alpha = yield (STEP, prev, True)
+            rows, words, chosen = _beam_candidates_topk(values, ids, int(topk_vocab), seq_scores, live)
         else:
-            log_probs, alpha = session.step(prev)
+            log_probs, alpha = yield (STEP, prev, False)
             vocab = log_probs.shape[1] if vocab_size is None else vocab_size
             total = seq_scores[:, None] + log_probs.astype(np.float64)
             order = np.argsort(-total.ravel(), kind="stable")[:live]
@@ -115,7 +155,7 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
         if len(complete) >= beam_size or not new_seqs:
             seqs = []
             break
-        session.reorder(np.asarray(keep_rows, dtype=np.int64))
+        yield (REORDER, np.asarray(keep_rows, dtype=np.int64))
         seqs, seq_alphas = new_seqs, new_alphas
         seq_scores = np.asarray(new_scores, dtype=np.float64)
         prev = np.asarray(keep_words, dtype=np.int64)
@@ -125,15 +165,14 @@ def beam_search(session, beam_size, start_id, end_id, max_len, vocab_size=None):
     return max(candidates, key=lambda h: h.score)
 
 
-def _beam_candidates_topk(session, prev, seq_scores, live):
+def _beam_candidates_topk(values, ids, vocab_size, seq_scores, live):
     """The ``live`` best (row, word) pairs from the step's per-row top-k, ordered as the full search
     orders them: by total score, ties by the lower flat index ``row * V + word``."""
-    values, ids, alpha = session.step_topk(prev)
     total = seq_scores[:, None] + values.astype(np.float64)
-    flat = np.arange(ids.shape[0])[:, None] * int(session.vocab_size) + ids.astype(np.int64)
+    flat = np.arange(ids.shape[0])[:, None] * vocab_size + ids.astype(np.int64)
     order = np.lexsort((flat.ravel(), -total.ravel()))[:live]
     rows = order // ids.shape[1]
-    return rows, ids.ravel()[order].astype(np.int64), total.ravel()[order], alpha
+    return rows, ids.ravel()[order].astype(np.int64), total.ravel()[order]
 
 
 def _stack(rows):

@@ -135,20 +135,6 @@ def make_decoder_session(runner, initial, protocol):
     return HostDecoderSession(runner, initial, protocol)
 
 
-def _participating(runner):
-    """A shared (batching) step runner's ``participant()`` block, else a block that does nothing."""
-    participant = getattr(runner, "participant", None)
-    return participant() if participant is not None else _Nothing()
-
-
-class _Nothing(object):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class CaptionPipeline(object):
     """Caption preprocessed images with an encoder runner and a decoder-step runner.
 
@@ -183,14 +169,13 @@ class CaptionPipeline(object):
         for start in range(0, len(images), self.max_batch):
             chunk = images[start:start + self.max_batch]
             encoded = self.encode(chunk)
-            with _participating(self.step):
-                if beam_size == 1:
-                    results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk),
-                                                          self.vocab.start_id, self.vocab.end_id, max_len))
-                else:
-                    for i in range(len(chunk)):
-                        results.append(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size,
-                                                            self.vocab.start_id, self.vocab.end_id, max_len))
+            if beam_size == 1:
+                results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk),
+                                                      self.vocab.start_id, self.vocab.end_id, max_len))
+            else:
+                for i in range(len(chunk)):
+                    results.append(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size,
+                                                        self.vocab.start_id, self.vocab.end_id, max_len))
         return results
 
     def text(self, hypothesis):

@@ -287,7 +287,8 @@ class ModelState(object):
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
         self._thread = None
-        self.batchers = {}  # {graph: BatchingRunner} when requests share the model's calls
+        self.scheduler = None  # the DecodeScheduler when caption requests share the model's calls
+        self.batch_stats = {}  # {graph: BatchStats} of the scheduler
 
     @property
     def family(self):
@@ -340,12 +341,13 @@ class ModelState(object):
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
             if self.family == "captioner" and self.options.batching:
-                from jetcap.runtime.batching import batching_runners
                 from jetcap.runtime.pipeline import CaptionPipeline
+                from jetcap.runtime.scheduler import DecodeScheduler
 
-                # only the batching threads call the runners: no lock, the requests' steps run together
-                self.batchers = batching_runners(self.manifest, session.runners)
-                self.pipeline = CaptionPipeline(self.manifest, self.batchers)
+                # one decode loop calls the runners for every request: no lock, the steps run together
+                self.scheduler = DecodeScheduler(self.manifest, session.runners)
+                self.batch_stats = self.scheduler.stats
+                self.pipeline = CaptionPipeline(self.manifest, session.runners)
                 self._infer_lock = _NoLock()
             elif self.family == "captioner":
                 self.pipeline = session.caption_pipeline()
@@ -373,6 +375,9 @@ class ModelState(object):
             self.reason = prefix + str(exc)
             self.error_type = type(exc).__name__
             session, self.session, self.pipeline = self.session, None, None
+            scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            scheduler.close()
         if session is not None:  # loaded but the warm-up failed: give the memory back
             session.close()
         self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
@@ -399,8 +404,11 @@ class ModelState(object):
         """Decode, preprocess and caption one encoded image -> ``{caption, tokens, score, backend, precision}``."""
         image = decode_image(image_bytes, self.options.max_pixels)
         array = preprocess.preprocess_image(image, self.manifest.preprocessing)[None]
-        with self._infer_lock:
-            hypothesis = self.pipeline.caption(array, beam_size=beam_size, max_len=max_len)[0]
+        if self.scheduler is not None:
+            hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
+        else:
+            with self._infer_lock:
+                hypothesis = self.pipeline.caption(array, beam_size=beam_size, max_len=max_len)[0]
         return collections.OrderedDict([
             ("caption", self.pipeline.text(hypothesis)),
             ("tokens", [int(t) for t in hypothesis.tokens]),
@@ -460,8 +468,8 @@ class ModelState(object):
             session, self.session = self.session, None
             self.state = "closed"
             self.reason = "the server is shutting down"
-        for batcher in self.batchers.values():
-            batcher.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
         if session is not None:
             session.close()
             self.log("runners_released", backend=session.backend)

@@ -115,8 +115,8 @@ class EngineServer(Endpoints):
 
     def _batch_stat(self, graph, key):
         def value():
-            batcher = self.model.batchers.get(graph)
-            return round(batcher.stats.snapshot()[key], 4) if batcher is not None else None
+            stats = self.model.batch_stats.get(graph)
+            return round(stats.snapshot()[key], 4) if stats is not None else None
         return value
 
     # -- life cycle ---------------------------------------------------------------------------------

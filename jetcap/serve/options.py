@@ -21,7 +21,7 @@ class ServeOptions(object):
             context).  With batching the engine runs only on the batching threads, so more requests in
             flight only make the shared steps fuller.
         batching: captioners: requests in flight share every encoder and decoder-step call
-            (:mod:`jetcap.runtime.batching`; default on).
+            (:mod:`jetcap.runtime.scheduler`; default on).
         queue: requests that may wait for a free worker; more get 503 (default 8).
         max_body_mb: largest request body in MiB; larger gets 413 (default 8).
         timeout: seconds a request may wait for its result, queueing included; then 504 (default 30).

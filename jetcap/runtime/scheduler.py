@@ -1,0 +1,312 @@
+"""One decoding loop for every caption request in flight: iteration-level scheduling (Python 3.6).
+
+A batch-1 decoder step is memory-bound (a COCO-sized step reads ~43 MB of weights for ~22 MFLOP), so
+eight captions in flight cost little more per step than one -- if their steps run *together*.  LLM
+servers get there by owning the token loop: one thread runs every step of every sequence in flight.
+:class:`DecodeScheduler` does that for captions.  Request threads hand it preprocessed images and wait;
+its one thread repeats:
+
+1. **admit**: waiting images join, first come first served, while the rows they may need (1 for
+   greedy, the beam for beam search) fit in the bundle's max batch beside the rows already decoding;
+   their images run through the encoder together, in one call;
+2. **step**: every search in flight contributes its rows to one decoder-step call (more calls only when
+   a single search holds more rows than the max batch), and each search -- jetcap's ordinary greedy or
+   beam search (:mod:`jetcap.runtime.decoding`), resumed where it yielded -- reads its rows back;
+   finished searches leave, and their requests are answered.
+
+So a new request joins the running batch at the next step, finished rows leave at once, and a request
+that fits waits for at most the step in progress (plus one encoder call).  Captions are those of a
+single request: the same search code over the same graphs, row by row.  Only this thread calls the
+runners, so a TensorRT execution context is never shared.  ``stats`` holds what ``/metrics`` shows:
+calls, rows per call and queue time, per graph.
+"""
+import collections
+import itertools
+import threading
+import time
+
+import numpy as np
+
+from jetcap.errors import UsageError
+from jetcap.runtime import decoding
+from jetcap.runtime.decoder_protocol import DecoderProtocol
+
+
+def batch_axes(tensors):
+    """``{name: index of "batch"}`` of a manifest tensor list; None when a tensor has no batch axis."""
+    out = {}
+    for tensor in tensors:
+        shape = list(tensor["shape"])
+        if "batch" not in shape:
+            return None
+        out[tensor["name"]] = shape.index("batch")
+    return out
+
+
+class BatchStats(object):
+    """What ``/metrics`` shows of one batching runner: calls, rows and requests per call, queue time."""
+
+    def __init__(self, max_batch):
+        self.max_batch = int(max_batch)
+        self.calls = 0
+        self.rows = 0
+        self.requests = 0
+        self.queue_seconds = 0.0
+        self.max_queue_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, requests, rows, queue_seconds):
+        with self._lock:
+            self.calls += 1
+            self.rows += rows
+            self.requests += requests
+            self.queue_seconds += sum(queue_seconds)
+            self.max_queue_seconds = max([self.max_queue_seconds] + list(queue_seconds))
+
+    def snapshot(self):
+        with self._lock:
+            calls = max(1, self.calls)
+            return {"calls": self.calls, "rows": self.rows, "requests": self.requests,
+                    "mean_rows": self.rows / float(calls), "occupancy": self.rows / float(calls * self.max_batch),
+                    "mean_queue_ms": 1000.0 * self.queue_seconds / max(1, self.requests),
+                    "max_queue_ms": 1000.0 * self.max_queue_seconds}
+
+
+class _Request(object):
+    """What one ``caption`` call waits for: one job per image."""
+
+    def __init__(self, count):
+        self.results = [None] * count
+        self.remaining = count
+        self.error = None
+        self.done = threading.Event()
+
+    def finish(self, index, result=None, error=None):
+        if error is not None and self.error is None:
+            self.error = error
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
+
+
+class _Job(object):
+    """One image's search: its generator, its state rows and the operation it waits on."""
+
+    __slots__ = ("request", "index", "image", "beam_size", "max_len", "reserve", "submitted", "search", "state",
+                 "op", "ready", "number")
+
+    def __init__(self, request, index, image, beam_size, max_len, reserve, number):
+        self.request = request
+        self.index = index
+        self.image = image
+        self.beam_size = beam_size
+        self.max_len = max_len
+        self.reserve = reserve
+        self.submitted = time.time()
+        self.search = None
+        self.state = None
+        self.op = None
+        self.ready = None
+        self.number = number
+
+    @property
+    def rows(self):
+        return len(self.op[1])
+
+
+class DecodeScheduler(object):
+    """Caption requests from many threads through one encoder/decoder loop (see module docstring).
+
+    Args:
+        manifest: the captioner bundle's :class:`jetcap.runtime.manifest.Manifest`.
+        runners: ``{"encoder": runner, "decoder_step": runner}``, activated; only the scheduler's thread
+            calls them from now on.
+        max_batch: rows per call (default: the bundle's ``axes.batch.max``).
+    """
+
+    def __init__(self, manifest, runners, max_batch=None):
+        self.manifest = manifest
+        self.encoder = runners["encoder"]
+        self.step = runners["decoder_step"]
+        self.protocol = DecoderProtocol.from_manifest(manifest)
+        self.vocab = manifest.vocabulary()
+        self.max_batch = max(1, int(max_batch or manifest.axes["batch"]["max"]))
+        self.encoder_axes = batch_axes(manifest.graph("encoder")["outputs"])
+        self.step_axes = batch_axes(manifest.graph("decoder_step")["outputs"])
+        if self.encoder_axes is None or self.step_axes is None:
+            raise UsageError("the bundle's encoder/decoder_step outputs have no batch axis: their calls cannot "
+                             "be shared between requests (serve it with --no-batching)")
+        self.topk = self.protocol.topk["k"] if self.protocol.topk else 0
+        self.stats = {"encoder": BatchStats(self.max_batch), "decoder_step": BatchStats(self.max_batch)}
+        self._waiting = collections.deque()
+        self._active = []
+        self._numbers = itertools.count()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="jetcap-decode-loop")
+        self._thread.daemon = True
+        self._thread.start()
+
+    # -- the requests' side -------------------------------------------------------------------------
+    def caption(self, images, beam_size=1, max_len=None):
+        """Hypotheses for ``images`` (float32 NCHW), as :meth:`CaptionPipeline.caption` gives them."""
+        beam_size = int(beam_size)
+        if beam_size < 1:
+            raise UsageError("beam_size must be >= 1")
+        max_len = int(max_len or self.manifest.decoding.get("max_len", 20))
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        request = _Request(len(images))
+        if not len(images):
+            return []
+        reserve = min(beam_size, self.max_batch)
+        with self._cond:
+            if self._closed:
+                raise UsageError("the decode loop is closed")
+            for i in range(len(images)):
+                self._waiting.append(_Job(request, i, images[i:i + 1], beam_size, max_len, reserve,
+                                          next(self._numbers)))
+            self._cond.notify()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def close(self, wait_seconds=5.0):
+        """Stop the loop after the searches in flight; requests still waiting get an error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(wait_seconds)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _loop(self):
+        while True:
+            with self._cond:
+                while not self._waiting and not self._active and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._active:
+                    left, self._waiting = list(self._waiting), collections.deque()
+                    break
+                admitted = self._admit()
+            if admitted:
+                self._encode(admitted)
+            if self._active:
+                self._step_all()
+        for job in left:
+            job.request.finish(job.index, error=UsageError("the decode loop is closed"))
+
+    def _admit(self):
+        """Waiting jobs that fit beside the rows in flight (first come first served); under the lock."""
+        used = sum(job.reserve for job in self._active)
+        admitted = []
+        while self._waiting and not self._closed:
+            job = self._waiting[0]
+            if used + job.reserve > self.max_batch and (self._active or admitted):
+                break
+            admitted.append(self._waiting.popleft())
+            used += job.reserve
+        return admitted
+
+    def _encode(self, jobs):
+        started = time.time()
+        try:
+            encoded = self.encoder.infer({"images": np.concatenate([job.image for job in jobs])})
+        except Exception:  # noqa: BLE001 -- one bad image must not fail its neighbours: encode each alone
+            encoded = None
+        self.stats["encoder"].record(len(jobs), len(jobs), [started - job.submitted for job in jobs])
+        for i, job in enumerate(jobs):
+            try:
+                outputs = (self.encoder.infer({"images": job.image}) if encoded is None
+                           else self._rows_of(encoded, i))
+                job.image = None
+                self._start(job, outputs)
+            except Exception as exc:  # handed to the request's thread, which raises it as its own
+                job.request.finish(job.index, error=exc)
+
+    def _rows_of(self, encoded, i):
+        return dict((name, np.take(value, [i], axis=self.encoder_axes[name])) for name, value in encoded.items())
+
+    def _start(self, job, encoded):
+        job.state = self.protocol.initial(encoded)
+        if job.beam_size == 1:
+            job.search = decoding.greedy_search(1, self.vocab.start_id, self.vocab.end_id, job.max_len, self.topk)
+        else:
+            job.search = decoding.beam_steps(job.beam_size, self.vocab.start_id, self.vocab.end_id, job.max_len,
+                                             topk=self.topk, topk_vocab=self.protocol.vocab_size)
+        self._advance(job, None)
+        if job.op is not None:
+            self._active.append(job)
+
+    def _advance(self, job, answer):
+        """Resume ``job``'s search with ``answer`` up to its next step (reorders applied on the way); a
+        finished search answers its request and leaves ``job.op`` None."""
+        try:
+            while True:
+                op = job.search.send(answer)
+                if op[0] == decoding.STEP:
+                    job.op, job.ready = op, time.time()
+                    return
+                self._reorder(job, op[1])
+                answer = None
+        except StopIteration as stop:
+            job.op = None
+            result = stop.value
+            job.request.finish(job.index, result[0] if isinstance(result, list) else result)
+        except Exception as exc:  # noqa: BLE001 -- a failed search fails its own request only
+            job.op = None
+            job.request.finish(job.index, error=exc)
+
+    def _reorder(self, job, rows):
+        axes = self.protocol.batch_axes
+        for name in job.state:
+            job.state[name] = np.ascontiguousarray(np.take(job.state[name], rows, axis=axes[name]))
+
+    def _feed(self, jobs):
+        protocol = self.protocol
+        axes = protocol.batch_axes
+        feed = {protocol.word_input: np.concatenate([job.op[1] for job in jobs]).astype(np.int64)}
+        for name in jobs[0].state:
+            parts = [job.state[name] for job in jobs]
+            feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axes[name])
+        return feed
+
+    def _step_all(self):
+        groups, group, rows = [], [], 0
+        for job in self._active:
+            if group and rows + job.rows > self.max_batch:
+                groups.append(group)
+                group, rows = [], 0
+            group.append(job)
+            rows += job.rows
+        groups.append(group)
+        for group in groups:
+            self._step(group)
+        self._active = [job for job in self._active if job.op is not None]
+
+    def _step(self, jobs):
+        started = time.time()
+        try:
+            out = self.step.infer(self._feed(jobs))
+        except Exception as exc:  # noqa: BLE001 -- handed to the request's thread, which raises it
+            if len(jobs) > 1:  # one bad search must not fail its neighbours: run each alone
+                for job in jobs:
+                    self._step([job])
+            else:
+                jobs[0].op = None
+                jobs[0].request.finish(jobs[0].index, error=exc)
+            return
+        self.stats["decoder_step"].record(len(jobs), sum(job.rows for job in jobs),
+                                          [started - job.ready for job in jobs])
+        protocol = self.protocol
+        carried = protocol.state_outputs
+        start = 0
+        for job in jobs:
+            rows = np.arange(start, start + job.rows)
+            start += job.rows
+            wanted = list(carried) + list(protocol.fetch_topk if job.op[2] else protocol.fetch)
+            mine = dict((name, np.ascontiguousarray(np.take(out[name], rows, axis=self.step_axes[name])))
+                        for name in wanted)
+            for output, name in carried.items():
+                job.state[name] = mine.pop(output)
+            self._advance(job, protocol.split_topk(mine) if job.op[2] else protocol.split(mine))

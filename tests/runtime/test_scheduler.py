@@ -1,0 +1,118 @@
+"""The decode loop: caption requests in flight share each encoder / decoder-step call, and each gets the
+captions it would get alone (the sample captioner on real ONNX Runtime, real threads)."""
+import threading
+
+import numpy as np
+import pytest
+
+from jetcap.errors import UsageError
+from jetcap.export.tasks import unpad
+from jetcap.runtime import decoding
+from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.pipeline import CaptionPipeline
+from jetcap.runtime.scheduler import DecodeScheduler
+from jetcap.runtime.session import open_bundle
+from jetcap.util.npz import load_npz
+
+
+@pytest.fixture(scope="module")
+def session(captioner_bundle):
+    with open_bundle(captioner_bundle, backend="onnxruntime") as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def reference(captioner_bundle):
+    return load_npz(Manifest.load(captioner_bundle).reference_path())
+
+
+@pytest.fixture()
+def scheduler(session):
+    loop = DecodeScheduler(session.manifest, session.runners)
+    yield loop
+    loop.close()
+
+
+def _concurrently(count, work):
+    results, errors = [None] * count, []
+    barrier = threading.Barrier(count)
+
+    def run(i):
+        try:
+            barrier.wait(10)
+            results[i] = work(i)
+        except Exception as exc:  # noqa: BLE001 -- collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_concurrent_requests_share_steps_and_get_their_own_captions(session, reference, scheduler, beam):
+    images = reference["task/images"]
+    got = _concurrently(len(images), lambda i: scheduler.caption(images[i:i + 1], beam_size=beam)[0].tokens)
+    key = "task/greedy_tokens" if beam == 1 else "task/beam_tokens"
+    assert got == [unpad(row) for row in reference[key]]
+    step = scheduler.stats["decoder_step"].snapshot()
+    assert step["mean_rows"] > 1.5, step  # the steps really were shared
+    assert step["rows"] <= step["calls"] * session.manifest.axes["batch"]["max"]
+    assert step["requests"] >= step["calls"]
+
+
+def test_mixed_greedy_and_beam_requests_match_the_single_request_search(session, reference, scheduler):
+    images = reference["task/images"]
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    alone = [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0] for i in range(len(images))]
+    together = _concurrently(len(images), lambda i: scheduler.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0])
+    assert [h.tokens for h in together] == [h.tokens for h in alone]
+    assert np.allclose([h.score for h in together], [h.score for h in alone], atol=1e-5)
+    assert all(a.alphas.shape == b.alphas.shape for a, b in zip(together, alone))
+
+
+def test_one_request_of_many_images_and_a_beam_wider_than_the_batch(session, reference, scheduler):
+    images = reference["task/images"]
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    assert ([h.tokens for h in scheduler.caption(images)]
+            == [h.tokens for h in pipeline.caption(images)])
+    wide = session.manifest.axes["batch"]["max"] + 2  # more rows than one call may hold: it runs alone
+    assert (scheduler.caption(images[:1], beam_size=wide)[0].tokens
+            == pipeline.caption(images[:1], beam_size=wide)[0].tokens)
+
+
+def test_a_bad_image_fails_its_own_request_only(session, reference, scheduler):
+    images = reference["task/images"]
+
+    def work(i):
+        batch = images[i:i + 1] if i else np.zeros((1, 3, 5, 5), dtype=np.float32)
+        try:
+            return scheduler.caption(batch)[0].tokens
+        except Exception as exc:  # noqa: BLE001 -- the odd one out must get its own error
+            return type(exc).__name__
+
+    results = _concurrently(6, work)
+    assert isinstance(results[0], str)
+    assert results[1:] == [unpad(row) for row in reference["task/greedy_tokens"][1:6]]
+
+
+def test_closed_loop_refuses_new_requests(session, reference):
+    loop = DecodeScheduler(session.manifest, session.runners)
+    loop.close()
+    with pytest.raises(UsageError, match="closed"):
+        loop.caption(reference["task/images"][:1])
+
+
+def test_the_search_generators_are_the_searches(session, reference):
+    """greedy_decode / beam_search are run_search over the generators the loop drives."""
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    encoded = pipeline.encode(reference["task/images"][:2])
+    vocab = pipeline.vocab
+    session_a = pipeline.decoder_session(encoded)
+    driven = decoding.run_search(decoding.greedy_search(2, vocab.start_id, vocab.end_id, 20, session_a.topk),
+                                 session_a)
+    assert [h.tokens for h in driven] == [unpad(row) for row in reference["task/greedy_tokens"][:2]]
