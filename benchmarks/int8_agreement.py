@@ -1,12 +1,14 @@
-"""Caption agreement of a bundle's CPU INT8 variant (``int8-cpu``) on real-distribution images.
+"""Caption agreement of a bundle's INT8 variants (``int8`` Q/DQ, ``int8-cpu``) on real-distribution images.
 
-Writes ``--images`` (default 200) images of the realistic captioner's distribution
+Writes ``--images`` (default 200) images of the realistic captioners' distribution
 (``jetcap.samples.shapes.generate`` at seed 20261203, one past the test images of
-``benchmarks/realistic_captioner.py``, resized to 224 the same way) and runs ``jetcap validate --data DIR
---checkpoint CKPT`` on ONNX Runtime (live PyTorch FP32 reference) for fp32 and int8-cpu; also counts how
-many greedy captions of int8-cpu equal ONNX Runtime FP32's.  Prints markdown rows.
+``benchmarks/realistic_captioner.py`` / ``realistic_sat.py``, resized to ``--size`` the same way) and runs
+``jetcap validate --data DIR --checkpoint CKPT`` on ONNX Runtime (live PyTorch FP32 reference: the
+task-level checks are caption agreement with PyTorch) for fp32 and each ``--precision``; also counts how
+many greedy captions of each equal ONNX Runtime FP32's.  Prints markdown rows.
 
-    .venv/bin/python benchmarks/cpu_int8_agreement.py BUNDLE CKPT [--images 200] [--threads 2]
+    .venv/bin/python benchmarks/int8_agreement.py BUNDLE CKPT [--precision int8-cpu] [--images 200]
+        [--size 224] [--trust-pickle --code-path DIR --word-map FILE] [--threads 2]
 """
 import argparse
 import os
@@ -27,13 +29,12 @@ from jetcap.util.fsio import list_inputs  # noqa: E402
 from jetcap.validate.gate import ValidateOptions, validate_bundle  # noqa: E402
 
 SEED = 20261203
-SIZE = 224
 
 
-def write_images(folder, count):
+def write_images(folder, count, size):
     images, _ = shapes.generate(count, SEED)
     for i, image in enumerate(images):
-        Image.fromarray(image).resize((SIZE, SIZE), Image.BILINEAR).save(
+        Image.fromarray(image).resize((size, size), Image.BILINEAR).save(
             os.path.join(folder, "agree_{:04d}.png".format(i)))
 
 
@@ -53,13 +54,22 @@ def main():
     parser.add_argument("bundle")
     parser.add_argument("checkpoint")
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--precision", action="append", choices=["int8", "int8-cpu", "fp16"],
+                        help="variants to measure besides fp32 (repeat; default int8-cpu)")
+    parser.add_argument("--size", type=int, default=224, help="image side written (the bundle resizes anyway)")
+    parser.add_argument("--trust-pickle", action="store_true", help="the checkpoint pickles whole modules")
+    parser.add_argument("--code-path", default=None, help="the training code the pickles need")
+    parser.add_argument("--word-map", default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    variants = args.precision or ["int8-cpu"]
+    source = {"trust_pickle": args.trust_pickle, "code_path": args.code_path, "word_map": args.word_map}
     started = time.time()
     with tempfile.TemporaryDirectory() as folder:
-        write_images(folder, args.images)
+        write_images(folder, args.images, args.size)
         report = validate_bundle(ValidateOptions(args.bundle, backends=["onnxruntime"],
-                                                 precisions=["fp32", "int8-cpu"], checkpoint=args.checkpoint,
+                                                 precisions=["fp32"] + variants, checkpoint=args.checkpoint,
+                                                 checkpoint_options={k: v for k, v in source.items() if v},
                                                  data=folder, preflight=False))
         print("| precision | check (vs PyTorch FP32, {} images) | value | threshold | result |".format(args.images))
         print("|---|---|---|---|---|")
@@ -71,10 +81,12 @@ def main():
         paths = list_inputs(folder, (".png",), None)
         images = load_images(paths, manifest.preprocessing)
         fp32 = ort_greedy(manifest, "fp32", images, args.threads)
-        int8 = ort_greedy(manifest, "int8-cpu", images, args.threads)
-        same = sum(1 for a, b in zip(fp32, int8) if a == b)
-        print("\nint8-cpu greedy captions equal to ONNX Runtime FP32's: {}/{} ({:.1%})".format(
-            same, len(fp32), same / float(len(fp32))))
+        print()
+        for variant in variants:
+            other = ort_greedy(manifest, variant, images, args.threads)
+            same = sum(1 for a, b in zip(fp32, other) if a == b)
+            print("{} greedy captions equal to ONNX Runtime FP32's: {}/{} ({:.1%})".format(
+                variant, same, len(fp32), same / float(len(fp32))))
         tensor_failures = [c for c in report.checks if c.graph != "task" and not c.passed]
         print("tensor-level checks failed: {} (of {})".format(len(tensor_failures),
                                                             sum(1 for c in report.checks if c.graph != "task")))
