@@ -164,7 +164,7 @@ def main():
     pad = mapping["<pad>"]
     decoder.train()
     for step in range(args.steps):
-        pick = torch.from_numpy(rng.choice(len(cached), 32, replace=False))
+        pick = torch.from_numpy(rng.choice(len(cached), min(32, len(cached)), replace=False))
         feats, caps = features_of(pick), tokens[pick]
         projected, h, c = decoder.prepare(feats)
         losses = []

@@ -112,7 +112,7 @@ def main():
     pad = mapping["<pad>"]
     decoder.train()
     for step in range(args.steps):
-        pick = torch.from_numpy(rng.choice(len(cached), 32, replace=False))
+        pick = torch.from_numpy(rng.choice(len(cached), min(32, len(cached)), replace=False))
         caps = tokens[pick]
         scores = decoder_scores(decoder, features_of(pick), caps)
         loss = torch.nn.functional.cross_entropy(scores.reshape(-1, VOCAB), caps[:, 1:].reshape(-1), ignore_index=pad)
