@@ -30,6 +30,7 @@ import numpy as np
 from jetcap.errors import UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.decoder_protocol import DecoderProtocol
+from jetcap.runtime.pipeline import HostDecoderSession
 
 
 def batch_axes(tensors):
@@ -93,8 +94,8 @@ class _Request(object):
 class _Job(object):
     """One image's search: its generator, its state rows and the operation it waits on."""
 
-    __slots__ = ("request", "index", "image", "beam_size", "max_len", "reserve", "submitted", "search", "state",
-                 "op", "ready", "number")
+    __slots__ = ("request", "index", "image", "beam_size", "max_len", "reserve", "submitted", "search", "session",
+                 "op", "ready", "context_version", "number")
 
     def __init__(self, request, index, image, beam_size, max_len, reserve, number):
         self.request = request
@@ -105,10 +106,11 @@ class _Job(object):
         self.reserve = reserve
         self.submitted = time.time()
         self.search = None
-        self.state = None
+        self.session = None  # a HostDecoderSession: this search's state and context rows
         self.op = None
         self.ready = None
-        self.number = number
+        self.context_version = 0  # bumped when its rows are reordered (the shared context feed is stale)
+        self.number = number  # unique per scheduler (ids of finished jobs are reused)
 
     @property
     def rows(self):
@@ -141,7 +143,12 @@ class DecodeScheduler(object):
         self.stats = {"encoder": BatchStats(self.max_batch), "decoder_step": BatchStats(self.max_batch)}
         self._waiting = collections.deque()
         self._active = []
+        self._carried = self.protocol.state_outputs  # {step output: step input}
+        self._fetch = {True: list(self.protocol.fetch_topk or ()), False: list(self.protocol.fetch)}
+        self._context = [name for name, _ in self.protocol.context]
         self._numbers = itertools.count()
+        self._context_key = None  # the jobs (and their versions) the cached context feed was built for
+        self._context_feed = {}
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="jetcap-decode-loop")
@@ -228,7 +235,7 @@ class DecodeScheduler(object):
         return dict((name, np.take(value, [i], axis=self.encoder_axes[name])) for name, value in encoded.items())
 
     def _start(self, job, encoded):
-        job.state = self.protocol.initial(encoded)
+        job.session = HostDecoderSession(self.step, self.protocol.initial(encoded), self.protocol)
         if job.beam_size == 1:
             job.search = decoding.greedy_search(1, self.vocab.start_id, self.vocab.end_id, job.max_len, self.topk)
         else:
@@ -247,7 +254,8 @@ class DecodeScheduler(object):
                 if op[0] == decoding.STEP:
                     job.op, job.ready = op, time.time()
                     return
-                self._reorder(job, op[1])
+                job.session.reorder(op[1])
+                job.context_version += 1
                 answer = None
         except StopIteration as stop:
             job.op = None
@@ -257,18 +265,25 @@ class DecodeScheduler(object):
             job.op = None
             job.request.finish(job.index, error=exc)
 
-    def _reorder(self, job, rows):
-        axes = self.protocol.batch_axes
-        for name in job.state:
-            job.state[name] = np.ascontiguousarray(np.take(job.state[name], rows, axis=axes[name]))
-
     def _feed(self, jobs):
+        """The step feed of ``jobs``' rows; the context part (features and the like, fixed per image) is
+        concatenated again only when the jobs or their rows changed since the last call."""
         protocol = self.protocol
         axes = protocol.batch_axes
-        feed = {protocol.word_input: np.concatenate([job.op[1] for job in jobs]).astype(np.int64)}
-        for name in jobs[0].state:
-            parts = [job.state[name] for job in jobs]
-            feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axes[name])
+        states = [job.session.state for job in jobs]
+
+        def joined(name):
+            parts = [state[name] for state in states]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axes[name])
+
+        key = tuple((job.number, job.context_version) for job in jobs)
+        if key != self._context_key:
+            self._context_feed = dict((name, joined(name)) for name in self._context)
+            self._context_key = key
+        feed = dict(self._context_feed)
+        feed[protocol.word_input] = np.concatenate([job.op[1] for job in jobs]).astype(np.int64)
+        for name in self._carried.values():
+            feed[name] = joined(name)
         return feed
 
     def _step_all(self):
@@ -299,14 +314,12 @@ class DecodeScheduler(object):
         self.stats["decoder_step"].record(len(jobs), sum(job.rows for job in jobs),
                                           [started - job.ready for job in jobs])
         protocol = self.protocol
-        carried = protocol.state_outputs
         start = 0
         for job in jobs:
             rows = np.arange(start, start + job.rows)
             start += job.rows
-            wanted = list(carried) + list(protocol.fetch_topk if job.op[2] else protocol.fetch)
             mine = dict((name, np.ascontiguousarray(np.take(out[name], rows, axis=self.step_axes[name])))
-                        for name in wanted)
-            for output, name in carried.items():
-                job.state[name] = mine.pop(output)
+                        for name in list(self._carried) + self._fetch[job.op[2]])
+            for output, name in self._carried.items():
+                job.session.state[name] = mine.pop(output)
             self._advance(job, protocol.split_topk(mine) if job.op[2] else protocol.split(mine))
