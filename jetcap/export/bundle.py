@@ -20,8 +20,11 @@ from jetcap.export.int8_search import int8_variant
 from jetcap.export.onnx_graph import ExportError, export_graph, graph_io, tidy_graph
 from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_options
 from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
+from jetcap.export.task_gate import TaskGate
 from jetcap.export.tasks import family_export
-from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+TASK_OUTPUT = {"captioner": "caption", "classifier": "label"}
+from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, fuses_qdq
 from jetcap.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
 from jetcap.util.isolate import probe_onnx_session
@@ -122,6 +125,20 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                         if key not in subject.derived_outputs:
                             reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
         reference.update(task.task_reference(subject, config, opts))
+        manifest = dict(extras, **{
+            "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
+            "created_by": _library_versions(),
+            "source": source.manifest_entry(),
+            "export": {"opset": opts.opset, "exporter": opts.exporter.value, "simplified": opts.simplify,
+                       "notes": notes},
+            "config": _jsonable(config),
+            "graphs": {spec.name: spec.manifest_entry() for spec in graphs},
+            "graph_order": [spec.name for spec in graphs],  # JSON objects are written key-sorted
+            "axes": axes,
+            "tolerances": {p: vars(t) for p, t in family.tolerances.items()},
+            "task_thresholds": {p: vars(t) for p, t in family.task_thresholds.items()},
+        })
+        task_gate = TaskGate(manifest, tmp, reference, files["fp32"])
 
         validation: Dict[str, Any] = {}
         variants: Dict[str, Any] = {}
@@ -138,12 +155,15 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             elif precision == "int8":
                 files["int8"], details = int8_variant(files["fp32"], [g.name for g in graphs], calibration,
                                                       subject.int8_keep_float, family.tolerances["int8"], opts,
-                                                      tmp, log)
+                                                      tmp, log, task_check=lambda fs: task_gate.run("int8", fs))
             elif precision == "int8-cpu":  # CPU variant: ONNX Runtime dynamic weight quantisation
                 files["int8-cpu"], details = int8_cpu_variant(files["fp32"], [g.name for g in graphs], tmp, log)
             log("checking {} against PyTorch".format(precision))
             validation[precision] = _validate_variant(files[precision], graphs, cases, reference,
                                                       family.tolerances[precision], precision)
+            if validation[precision]["passed"]:  # what it says, as `jetcap validate` checks it
+                log("checking {} {}s against PyTorch's".format(precision, TASK_OUTPUT[family.name]))
+                _task_check(task_gate, precision, files[precision], validation[precision])
             timings["variant_" + precision] = time.monotonic() - t0
             variants[precision] = dict(details, files={
                 name: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -153,20 +173,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
 
         save_npz(tmp / REFERENCE_NAME, reference)
         timings["total"] = time.monotonic() - started
-        manifest = dict(extras, **{
-            "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
-            "created_by": _library_versions(),
-            "source": source.manifest_entry(),
-            "export": {"opset": opts.opset, "exporter": opts.exporter.value, "simplified": opts.simplify,
-                       "notes": notes},
-            "config": _jsonable(config),
-            "graphs": {spec.name: spec.manifest_entry() for spec in graphs},
-            "graph_order": [spec.name for spec in graphs],  # JSON objects are written key-sorted
-            "axes": axes,
+        manifest.update({
             "variants": variants,
             "reference": {"path": REFERENCE_NAME, "sha256": sha256_file(tmp / REFERENCE_NAME), "cases": cases},
-            "tolerances": {p: vars(t) for p, t in family.tolerances.items()},
-            "task_thresholds": {p: vars(t) for p, t in family.task_thresholds.items()},
             "validation": validation,
         })
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
@@ -260,7 +269,7 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
         io = {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
         records = []
         with OnnxRuntimeRunner(path, io, name="{}[{}]".format(spec.name, precision),
-                               nchwc=precision != "fp16") as runner:  # as the runtime runs it
+                               nchwc=precision != "fp16", fuse_qdq=fuses_qdq(precision)) as runner:  # as the runtime runs it
             for case in cases[spec.name]:
                 prefix = "sweep/{}/{}/".format(spec.name, case["name"])
                 feed = {k[len(prefix) + 3:]: v for k, v in reference.items() if k.startswith(prefix + "in/")}
@@ -280,6 +289,15 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
             "checks": len(records),
         }
     return results
+
+
+def _task_check(gate: TaskGate, precision: str, files: Dict[str, Path], result: Dict[str, Any]) -> None:
+    """The task-level checks of a variant (see :mod:`jetcap.export.task_gate`), into its ``result``."""
+    outcome = gate.run(precision, files)
+    result["task"] = {"passed": outcome.passed, "summary": outcome.summary, "failures": outcome.failures}
+    if not outcome.passed:
+        result["passed"] = False
+        result["failures"].extend("task {}".format(f) for f in outcome.failures)
 
 
 def _graph_cases(sweep: List[Dict[str, int]], spec) -> List[Tuple[int, Dict[str, int]]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from jetcap.export.calibration import ActivationProbe, ActivationRanges
 from jetcap.export.int8 import Int8Plan, int8_plan, write_qdq
+from jetcap.runtime.backends.onnxruntime import make_session
 from jetcap.util.lazy import require
 
 MAX_EVAL_FEEDS = 16
@@ -69,7 +70,8 @@ class GraphErrorMeter:
         self.reference = [dict(zip(self.outputs, session.run(None, feed))) for feed in self.feeds]
 
     def _session(self, path: Path):
-        return self.ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        # unfused Q/DQ, as the int8 variant is validated and run (see onnxruntime.fuses_qdq)
+        return make_session(path, providers=["CPUExecutionProvider"], nchwc=True, fuse_qdq=False)
 
     def measure(self, path: Path) -> Dict[str, Any]:
         """``{"error": share of the tolerance, "worst": output, "cosine": {output: lowest}}`` of ``path``."""
@@ -126,9 +128,75 @@ def layer_macs(fp32_path: Path, nodes: Sequence[str], feed: Dict[str, np.ndarray
     return macs
 
 
+class GraphQuantizer:
+    """One FP32 graph's INT8 trial graphs: writes them with chosen layers float, measures their error,
+    ranks the candidate layers by the harm each does quantized alone (computed once, on first use)."""
+
+    def __init__(self, fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]], ranges: ActivationRanges,
+                 plan: Int8Plan, tolerance, options: SearchOptions, workdir: Path):
+        self.fp32_path = Path(fp32_path)
+        self.name = self.fp32_path.stem
+        self.feeds = list(feeds)[:max(1, options.max_feeds)]
+        self.ranges = ranges
+        self.plan = plan
+        self.options = options
+        self.meter = GraphErrorMeter(fp32_path, self.feeds, tolerance)
+        self.forced = sorted(plan.forced_float)
+        self.trial = Path(workdir) / "{}.trial.onnx".format(self.name)
+        self.evaluations = 0
+        self.alone: Optional[Dict[str, Dict[str, Any]]] = None
+        self.macs: Dict[str, float] = {}
+
+    def write(self, float_nodes: Sequence[str], dst: Path) -> Path:
+        """The Q/DQ graph with ``float_nodes`` (and the plan's float-by-rule nodes) left float, at ``dst``."""
+        keep = set(float_nodes)
+        write_qdq(self.fp32_path, dst, self.ranges, [n for n in self.plan.candidates if n not in keep],
+                  self.forced + sorted(keep), feeds=self.feeds[:1])
+        return dst
+
+    def error(self, float_nodes: Sequence[str]) -> Dict[str, Any]:
+        """:meth:`GraphErrorMeter.measure` of the graph with ``float_nodes`` float."""
+        self.evaluations += 1
+        return self.meter.measure(self.write(float_nodes, self.trial))
+
+    def ranking(self) -> List[str]:
+        """The candidates, most harmful quantized alone first (fills ``alone`` and ``macs``)."""
+        candidates = self.plan.candidates
+        if self.alone is None:
+            self.macs = layer_macs(self.fp32_path, candidates, self.feeds[0])
+            self.alone = {node: self.error([n for n in candidates if n != node]) for node in candidates}
+        return sorted(candidates, key=lambda n: -self.alone[n]["error"])
+
+    def mac_fraction(self, nodes: Sequence[str]) -> float:
+        total = sum(self.macs.values()) or 1.0
+        return sum(self.macs[n] for n in nodes) / total
+
+    def limit(self) -> int:
+        """The longest prefix of :meth:`ranking` within the bound on the MACs kept float."""
+        limit, share = 0, 0.0
+        for node in self.ranking():
+            share_node = self.mac_fraction([node])
+            if share + share_node > self.options.max_float_fraction + 1e-12:
+                break
+            share += share_node
+            limit += 1
+        return limit
+
+    def kept_entry(self, node: str, why: str = "") -> Dict[str, Any]:
+        """The manifest's record of a layer kept float (after :meth:`ranking`)."""
+        ranking = self.ranking()
+        rank = ranking.index(node) + 1
+        alone = self.alone[node]
+        reason = "quantized alone it used {:.3g} of the tolerance ({}), rank {} of {}".format(
+            alone["error"], alone["worst"], rank, len(ranking))
+        return {"node": node, "mac_fraction": _r(self.mac_fraction([node])), "error_quantized_alone": _r(alone["error"]),
+                "worst_output_alone": alone["worst"], "rank": rank, "reason": why + reason}
+
+
 def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]], ranges: ActivationRanges,
                         plan: Int8Plan, tolerance, options: SearchOptions,
-                        log: Callable[[str], None] = lambda message: None) -> SearchResult:
+                        log: Callable[[str], None] = lambda message: None,
+                        quantizer: Optional[GraphQuantizer] = None) -> SearchResult:
     """Which of ``plan.candidates`` to keep float so that the INT8 graph of ``fp32_path`` meets
     ``options.error_budget`` of ``tolerance`` on ``feeds`` (see the module docstring).
 
@@ -140,105 +208,80 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
         tolerance: the family's INT8 tolerance (``atol``, ``rtol``, ``min_cosine``).
         options: the search's bound and target.
         log: progress lines.
+        quantizer: the :class:`GraphQuantizer` to use (and keep, with its ranking, for a later search
+            step); default a new one in a temporary folder.
     Returns:
-        the float nodes chosen, whether the target was met, and the manifest entry (target, error with
-        every candidate quantized, the ranking's top entries, what stayed float and why, MAC shares).
+        the float nodes chosen (a prefix of the ranking), whether the target was met, and the manifest
+        entry (target, error with every candidate quantized, the ranking's top entries, what stayed float
+        and why, MAC shares).
     """
+    if quantizer is None:
+        with tempfile.TemporaryDirectory(prefix="jetcap-int8-search-") as tmp:
+            return search_float_layers(fp32_path, feeds, ranges, plan, tolerance, options, log,
+                                       GraphQuantizer(fp32_path, feeds, ranges, plan, tolerance, options, Path(tmp)))
     started = time.monotonic()
-    feeds = list(feeds)[:max(1, options.max_feeds)]
-    meter = GraphErrorMeter(fp32_path, feeds, tolerance)
-    forced = sorted(plan.forced_float)
+    q = quantizer
     target = float(options.error_budget)
-    evaluations = 0
-    name = Path(fp32_path).stem
+    full = q.error([])
+    entry: Dict[str, Any] = {
+        "target_error": target, "error_all_int8": _r(full["error"]), "worst_output_all_int8": full["worst"],
+        "candidates": len(plan.candidates), "eval_feeds": len(q.feeds),
+        "max_float_fraction": options.max_float_fraction,
+        "forced_float": [{"node": n, "reason": plan.forced_float[n]} for n in q.forced],
+    }
+    if full["error"] <= target or not options.enabled or not plan.candidates:
+        entry.update(searched=False, kept_float=[], float_mac_fraction=0.0, error=_r(full["error"]),
+                     evaluations=q.evaluations, seconds=round(time.monotonic() - started, 2))
+        return SearchResult(float_nodes=[], entry=entry, passed=full["error"] <= target)
 
-    with tempfile.TemporaryDirectory(prefix="jetcap-int8-search-") as tmp:
-        trial = Path(tmp) / "trial.onnx"
+    log("int8 search {}: every candidate quantized uses {:.2f} of the tolerance ({}); ranking {} layers".format(
+        q.name, full["error"], full["worst"], len(plan.candidates)))
+    ranking = q.ranking()
+    limit = q.limit()
+    tried: Dict[int, Dict[str, Any]] = {0: full}
 
-        def error_with(float_nodes: Sequence[str]) -> Dict[str, Any]:
-            nonlocal evaluations
-            keep = set(float_nodes)
-            write_qdq(fp32_path, trial, ranges, [n for n in plan.candidates if n not in keep],
-                      forced + sorted(keep), feeds=feeds[:1])
-            evaluations += 1
-            return meter.measure(trial)
+    def at(k: int) -> Dict[str, Any]:
+        if k not in tried:
+            tried[k] = q.error(ranking[:k])
+        return tried[k]
 
-        full = error_with([])
-        entry: Dict[str, Any] = {
-            "target_error": target, "error_all_int8": _r(full["error"]), "worst_output_all_int8": full["worst"],
-            "candidates": len(plan.candidates), "eval_feeds": len(feeds),
-            "max_float_fraction": options.max_float_fraction,
-            "forced_float": [{"node": n, "reason": plan.forced_float[n]} for n in forced],
-        }
-        if full["error"] <= target or not options.enabled or not plan.candidates:
-            entry.update(searched=False, kept_float=[], float_mac_fraction=0.0, error=_r(full["error"]),
-                         evaluations=evaluations, seconds=round(time.monotonic() - started, 2))
-            return SearchResult(float_nodes=[], entry=entry, passed=full["error"] <= target)
-
-        log("int8 search {}: every candidate quantized uses {:.2f} of the tolerance ({}); ranking {} layers".format(
-            name, full["error"], full["worst"], len(plan.candidates)))
-        macs = layer_macs(fp32_path, plan.candidates, feeds[0])
-        total = sum(macs.values()) or 1.0
-        alone = {}
-        for node in plan.candidates:
-            alone[node] = error_with([n for n in plan.candidates if n != node])
-        ranking = sorted(plan.candidates, key=lambda n: -alone[n]["error"])
-        # the longest prefix of the ranking within the MAC bound
-        limit, share = 0, 0.0
-        for node in ranking:
-            if share + macs[node] / total > options.max_float_fraction + 1e-12:
-                break
-            share += macs[node] / total
-            limit += 1
-        tried: Dict[int, Dict[str, Any]] = {0: full}
-
-        def at(k: int) -> Dict[str, Any]:
-            if k not in tried:
-                tried[k] = error_with(ranking[:k])
-            return tried[k]
-
-        best_k = None
-        k, low = 1, 0
-        while k <= limit:  # doubling: the first prefix length that meets the target
-            if at(k)["error"] <= target:
-                best_k = k
-                break
-            low = k
-            k *= 2
-        if best_k is None and limit and low < limit and at(limit)["error"] <= target:
-            best_k = limit
-        if best_k is not None:  # bisection between the last miss and the first hit
-            high = best_k
-            while high - low > 1:
-                mid = (low + high) // 2
-                if at(mid)["error"] <= target:
-                    high = mid
-                else:
-                    low = mid
-            best_k = high
-        chosen_k = best_k if best_k is not None else limit
-        final = at(chosen_k) if chosen_k else full
-        chosen = ranking[:chosen_k]
-        rank = {n: i + 1 for i, n in enumerate(ranking)}
-        entry.update(
-            searched=True, passed=best_k is not None, error=_r(final["error"]), worst_output=final["worst"],
-            cosine=final["cosine"],
-            kept_float=[{"node": n, "mac_fraction": _r(macs[n] / total), "error_quantized_alone": _r(alone[n]["error"]),
-                         "worst_output_alone": alone[n]["worst"], "rank": rank[n],
-                         "reason": "quantized alone it used {:.3g} of the tolerance ({}), rank {} of {}".format(
-                             alone[n]["error"], alone[n]["worst"], rank[n], len(ranking))} for n in chosen],
-            float_mac_fraction=_r(sum(macs[n] for n in chosen) / total),
-            ranking=[{"node": n, "error_quantized_alone": _r(alone[n]["error"])} for n in ranking[:10]],
-            evaluations=evaluations, seconds=round(time.monotonic() - started, 2))
-        if best_k is None:
-            entry["note"] = ("no prefix of the ranking within {:.0%} of the MACs meets the target; the most it "
-                             "allows ({} layers) gives {:.3g}".format(options.max_float_fraction, limit,
-                                                                      final["error"]))
-        log("int8 search {}: {} layer(s) kept float ({:.1%} of the MACs), error {:.2f} of the tolerance{} "
-            "({} graphs, {:.1f} s)".format(name, len(chosen), entry["float_mac_fraction"], final["error"],
-                                           "" if best_k is not None else " - target NOT met", evaluations,
-                                           entry["seconds"]))
-        return SearchResult(float_nodes=chosen, entry=entry, passed=best_k is not None)
+    best_k = None
+    k, low = 1, 0
+    while k <= limit:  # doubling: the first prefix length that meets the target
+        if at(k)["error"] <= target:
+            best_k = k
+            break
+        low = k
+        k *= 2
+    if best_k is None and limit and low < limit and at(limit)["error"] <= target:
+        best_k = limit
+    if best_k is not None:  # bisection between the last miss and the first hit
+        high = best_k
+        while high - low > 1:
+            mid = (low + high) // 2
+            if at(mid)["error"] <= target:
+                high = mid
+            else:
+                low = mid
+        best_k = high
+    chosen_k = best_k if best_k is not None else limit
+    final = at(chosen_k) if chosen_k else full
+    chosen = ranking[:chosen_k]
+    entry.update(
+        searched=True, passed=best_k is not None, error=_r(final["error"]), worst_output=final["worst"],
+        cosine=final["cosine"], kept_float=[q.kept_entry(n) for n in chosen],
+        float_mac_fraction=_r(q.mac_fraction(chosen)),
+        ranking=[{"node": n, "error_quantized_alone": _r(q.alone[n]["error"])} for n in ranking[:10]],
+        evaluations=q.evaluations, seconds=round(time.monotonic() - started, 2))
+    if best_k is None:
+        entry["note"] = ("no prefix of the ranking within {:.0%} of the MACs meets the target; the most it "
+                         "allows ({} layers) gives {:.3g}".format(options.max_float_fraction, limit,
+                                                                  final["error"]))
+    log("int8 search {}: {} layer(s) kept float ({:.1%} of the MACs), error {:.2f} of the tolerance{} "
+        "({} graphs, {:.1f} s)".format(q.name, len(chosen), entry["float_mac_fraction"], final["error"],
+                                       "" if best_k is not None else " - target NOT met", q.evaluations,
+                                       entry["seconds"]))
+    return SearchResult(float_nodes=chosen, entry=entry, passed=best_k is not None)
 
 
 def _r(value: float) -> Optional[float]:
@@ -255,46 +298,63 @@ def plan_for(fp32_path: Path, keep_float_patterns: Sequence[str]) -> Int8Plan:
 
 def int8_variant(fp32_files: Dict[str, Path], graph_names: Sequence[str], calibration: Dict[str, List[Dict]],
                  keep_float_patterns: Sequence[str], tolerance, opts, out_dir: Path,
-                 log: Callable[[str], None] = lambda message: None):
+                 log: Callable[[str], None] = lambda message: None,
+                 task_check: Optional[Callable[[Dict[str, Path]], Any]] = None):
     """The INT8 (Q/DQ) files of every graph and the manifest's record of how they were made.
 
     Per graph: calibrate by ``opts.calibration_method`` on its calibration feeds, run the accuracy
     search (``opts.int8_search``, bounded by ``opts.int8_max_float_fraction``, target
-    ``opts.int8_error_budget`` of ``tolerance``), write ``<graph>.int8.onnx`` into ``out_dir``.
+    ``opts.int8_error_budget`` of ``tolerance``), write ``<graph>.int8.onnx`` into ``out_dir``.  Then,
+    given ``task_check`` (``{graph: file} -> TaskOutcome``, see :mod:`jetcap.export.task_gate`), the
+    search goes on until the variant also passes the family's task checks (same captions / labels as
+    PyTorch): see :func:`jetcap.export.int8_task.extend_for_task`.
 
     Returns:
         ``(files, details)``: ``{graph: path}`` and the variant's ``notes``/``calibration``/``quantization``.
     """
     from jetcap.export.calibration import calibrate
-    from jetcap.export.int8 import QUANTIZED_OPS, write_qdq
+    from jetcap.export.int8 import QUANTIZED_OPS
+    from jetcap.export.int8_task import extend_for_task
 
     search = SearchOptions(enabled=opts.int8_search, max_float_fraction=opts.int8_max_float_fraction,
                            error_budget=opts.int8_error_budget)
     files: Dict[str, Path] = {}
-    notes: List[str] = []
     calibrated: Dict[str, Any] = {}
     searched: Dict[str, Any] = {}
-    for name in graph_names:
-        src = fp32_files[name]
-        feeds = list(calibration[name])
-        if not feeds:
-            from jetcap.export.onnx_graph import ExportError
+    quantizers: Dict[str, GraphQuantizer] = {}
+    float_nodes: Dict[str, List[str]] = {}
+    task_entry = None
+    with tempfile.TemporaryDirectory(prefix="jetcap-int8-search-") as workdir:
+        for name in graph_names:
+            src = fp32_files[name]
+            feeds = list(calibration[name])
+            if not feeds:
+                from jetcap.export.onnx_graph import ExportError
 
-            raise ExportError("no calibration data for {}".format(src.name))
-        t0 = time.monotonic()
-        ranges = calibrate(src, feeds, opts.calibration_method, op_types=QUANTIZED_OPS)
-        calibrated[name] = dict(ranges.summary(), seconds=round(time.monotonic() - t0, 2))
-        plan = plan_for(src, keep_float_patterns)
-        result = search_float_layers(src, feeds, ranges, plan, tolerance, search, log=log)
-        searched[name] = result.entry
-        dst = Path(out_dir) / "{}.int8.onnx".format(name)
-        keep = sorted(plan.forced_float) + list(result.float_nodes)
-        write_qdq(src, dst, ranges, [n for n in plan.candidates if n not in keep], keep, feeds=feeds[:1])
-        files[name] = dst
-        notes.append("int8 {}: Q/DQ symmetric per-channel, {} calibration over {} feeds, {} of {} candidate "
-                     "layers quantized, {} float by rule, {} kept float by the accuracy search".format(
-                         name, ranges.method.value, ranges.feeds, len(plan.candidates) - len(result.float_nodes),
-                         len(plan.candidates), len(plan.forced_float), len(result.float_nodes)))
+                raise ExportError("no calibration data for {}".format(src.name))
+            t0 = time.monotonic()
+            ranges = calibrate(src, feeds, opts.calibration_method, op_types=QUANTIZED_OPS)
+            calibrated[name] = dict(ranges.summary(), seconds=round(time.monotonic() - t0, 2))
+            plan = plan_for(src, keep_float_patterns)
+            quantizers[name] = GraphQuantizer(src, feeds, ranges, plan, tolerance, search, Path(workdir))
+            result = search_float_layers(src, feeds, ranges, plan, tolerance, search, log=log,
+                                         quantizer=quantizers[name])
+            searched[name] = result.entry
+            float_nodes[name] = list(result.float_nodes)
+            files[name] = quantizers[name].write(float_nodes[name], Path(out_dir) / "{}.int8.onnx".format(name))
+        if task_check is not None:
+            task_entry = extend_for_task(quantizers, float_nodes, files, fp32_files, task_check, search, log)
+            for name, q in quantizers.items():  # the task step's additions, with their reasons
+                added = [n for n in float_nodes[name] if n not in {k["node"] for k in searched[name].get("kept_float", [])}]
+                if added:
+                    searched[name]["kept_float"] = list(searched[name].get("kept_float", [])) + [
+                        q.kept_entry(n, why="kept float for the task checks; ") for n in added]
+                    searched[name]["float_mac_fraction"] = _r(q.mac_fraction(float_nodes[name]))
+    notes = ["int8 {}: Q/DQ symmetric per-channel, {} calibration over {} feeds, {} of {} candidate layers quantized, "
+             "{} float by rule, {} kept float by the accuracy search".format(
+                 name, quantizers[name].ranges.method.value, quantizers[name].ranges.feeds,
+                 len(quantizers[name].plan.candidates) - len(float_nodes[name]), len(quantizers[name].plan.candidates),
+                 len(quantizers[name].plan.forced_float), len(float_nodes[name])) for name in graph_names]
     data = str(opts.calibration_data) if opts.calibration_data else "built-in samples"
     details = {
         "notes": notes,
@@ -303,8 +363,7 @@ def int8_variant(fp32_files: Dict[str, Path], graph_names: Sequence[str], calibr
         "quantization": {"format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
                          "biases": "float", "ops": list(QUANTIZED_OPS), "kept_float": list(keep_float_patterns),
                          "search": {"enabled": search.enabled, "max_float_fraction": search.max_float_fraction,
-                                    "error_budget": search.error_budget, "graphs": searched},
-                         "float_layers": {n: [k["node"] for k in searched[n].get("kept_float", [])]
-                                          for n in graph_names}},
+                                    "error_budget": search.error_budget, "graphs": searched, "task": task_entry},
+                         "float_layers": {n: list(float_nodes[n]) for n in graph_names}},
     }
     return files, details

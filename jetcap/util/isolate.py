@@ -16,8 +16,10 @@ import io
 import sys
 import numpy as np
 from jetcap.runtime.backends.onnxruntime import make_session
-# the NCHWc layout transformer as the runtime sets it (off for FP16 variants, see make_session)
-session = make_session(sys.argv[1], threads=1, nchwc=not sys.argv[1].endswith(".fp16.onnx"))
+# the NCHWc layout transformer and Q/DQ fusion as the runtime sets them (off for FP16 variants, and for
+# the TensorRT Q/DQ variant, see make_session and fuses_qdq)
+session = make_session(sys.argv[1], threads=1, nchwc=not sys.argv[1].endswith(".fp16.onnx"),
+                       fuse_qdq=not sys.argv[1].endswith(".int8.onnx"))
 if len(sys.argv) > 2:
     with np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False) as data:
         session.run(None, dict((name, data[name]) for name in data.files))

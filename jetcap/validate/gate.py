@@ -116,7 +116,7 @@ def validate_bundle(opts, log=lambda message: None):
 
         log("recomputing the PyTorch reference from {}".format(opts.checkpoint))
         reference = live_reference(manifest, reference, opts.checkpoint, opts.checkpoint_options, seed=opts.seed)
-    task = _task_inputs(manifest, reference, opts)
+    task = task_inputs(manifest, reference, opts)
     report = ValidationReport(meta={"bundle": os.path.abspath(str(opts.bundle)), "family": manifest.family,
                                     "reference": "live PyTorch" if opts.checkpoint else "stored PyTorch outputs",
                                     "task_inputs": task["source"]})
@@ -169,8 +169,9 @@ def _load_reference(manifest):
     return load_npz(path)
 
 
-def _task_inputs(manifest, reference, opts):
-    """The task-level inputs and their PyTorch results (stored, live, or from --data)."""
+def task_inputs(manifest, reference, opts):
+    """The task-level inputs and their PyTorch results (stored, live, or from ``opts.data``); ``opts``
+    needs ``data`` and ``samples`` (see :class:`ValidateOptions`)."""
     if opts.data:
         from jetcap.validate.data import task_from_folder
 
@@ -223,7 +224,7 @@ def _validate_one(manifest, reference, task, backend, precision, opts, report):
         for graph, runner in runners.items():
             _check_io(manifest, graph, runner, backend, precision, report)
             _tensor_level(manifest, reference, graph, runner, backend, precision, tolerance, opts, report)
-        _task_level(manifest, task, runners, backend, precision, report)
+        task_level(manifest, task, runners, backend, precision, report)
     finally:
         for runner in runners.values():
             runner.deactivate()
@@ -278,27 +279,33 @@ def _tensor_level(manifest, reference, graph, runner, backend, precision, tolera
         report.extend(tensor_checks(backend, precision, graph, name, pairs))
 
 
-def _task_level(manifest, task, runners, backend, precision, report):
+def task_level(manifest, task, runners, backend, precision, report):
+    """Add the task-level checks of ``runners`` (activated) on ``task`` (see :func:`task_inputs`) to
+    ``report``; returns the agreements measured (:class:`CaptionAgreement` greedy then beam, or one
+    :class:`LabelAgreement`; empty when decoding failed, which is a failed ``task.run`` check)."""
     thresholds = manifest.data["task_thresholds"][precision]
+    agreements = []
     try:
         if manifest.family == "captioner":
             pipeline = CaptionPipeline(manifest, runners)
             greedy = [h.tokens for h in pipeline.caption(task["images"])]
-            report.extend(caption_checks(backend, precision, caption_agreement(greedy, task["greedy"]), thresholds,
-                                         labels=task["names"]))
+            agreements.append(caption_agreement(greedy, task["greedy"]))
+            report.extend(caption_checks(backend, precision, agreements[-1], thresholds, labels=task["names"]))
             beam = [h.tokens for h in pipeline.caption(task["images"], beam_size=task["beam_size"])]
-            for check in caption_checks(backend, precision, caption_agreement(beam, task["beam"]), thresholds,
-                                        labels=task["names"]):
+            agreements.append(caption_agreement(beam, task["beam"]))
+            for check in caption_checks(backend, precision, agreements[-1], thresholds, labels=task["names"]):
                 check.name = check.name.replace("caption.", "caption_beam{}.".format(task["beam_size"]))
                 report.add(check)
         else:
             pipeline = ClassifierPipeline(manifest, runners)
             probs = [softmax(pipeline.runner.infer({"sequence": np.asarray(s, dtype=np.float32)[None]})["logits"])[0]
                      for s in task["sequences"]]
-            report.extend(label_checks(backend, precision, label_agreement(np.stack(probs), np.stack(task["probs"])),
-                                       thresholds, labels=task["names"]))
+            agreements.append(label_agreement(np.stack(probs), np.stack(task["probs"])))
+            report.extend(label_checks(backend, precision, agreements[-1], thresholds, labels=task["names"]))
     except Exception as exc:  # a crash in decoding is a task failure to report, not to hide
         report.add(Check(backend, precision, TASK, "task.run", None, None, "==", passed=False, detail=_first_line(exc)))
+        return []
+    return agreements
 
 
 def _first_line(exc):

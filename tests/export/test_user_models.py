@@ -42,6 +42,12 @@ def _export(out, *args):
         args += ["--calibration-data", str(Path(args[0]).parents[1] / "calibration")]
     for precision in PRECISIONS:
         args += ["--precision", precision]
+    # These models have 4-8 layers per graph, several of them over a quarter of a graph's MACs: the default
+    # bound on what the INT8 search may keep float (25 % of the MACs) would let it keep none.  Measured with
+    # Q/DQ run as TensorRT computes it: the lightning encoder at 1.04x the tolerance fully quantized, and a
+    # near-tie in one sat_tanh beam caption that only the decoder step's worst layer, with the whole encoder
+    # float, resolves.  The search and the task checks run as for any model; only the bound is lifted.
+    args += ["--int8-max-float-fraction", "1.0"]
     result = _jetcap("export", *args)
     assert result.exit_code == 0, result.output
     return Manifest.load(out)
@@ -217,6 +223,13 @@ def test_user_classes_with_a_weights_only_checkpoint(sat_tanh, checkpoints, tmp_
     assert manifest.data["source"]["kind"] == "user code"
     assert "weights read with torch.load(weights_only=True)" in manifest.data["export"]["notes"]
     assert _opsets(manifest) == {13}
+    # the INT8 search's task step: fully quantized, one beam caption (a near-tie, toy_10.png) differed from
+    # PyTorch's; the search kept layers float until every caption agreed, and says why (measured)
+    search = manifest.data["variants"]["int8"]["quantization"]["search"]
+    assert not search["task"]["passed_initially"] and search["task"]["passed"], search["task"]
+    kept = [k for g in search["graphs"].values() for k in g["kept_float"]]
+    assert any(k["reason"].startswith("kept float for the task checks") for k in kept)
+    assert all(v["task"]["passed"] for v in manifest.data["validation"].values())
     checks = {c["check"]: c for c in manifest.data["source_checks"]}
     # the decoder's eval-mode forward feeds back its own argmax: the adapter matched it free-running
     assert checks["adapter reproduces the model's own forward"]["detail"].startswith("free-running")

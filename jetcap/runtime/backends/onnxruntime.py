@@ -8,6 +8,18 @@ from jetcap.util.lazy import require
 # off for those; on FP32/INT8 convolutions it is the largest single speed-up there is (measured on a
 # MobileNetV2 encoder at 224x224, 2 threads: 6.1-7.0 ms without it, 2.6-3.6 ms with it).
 DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+# The ``int8`` variant is explicit Q/DQ for TensorRT, whose int8 layers accumulate in int32 exactly. ONNX
+# Runtime on a CPU fuses DQ -> op -> Q into its own int8 kernels, whose results depend on the instruction
+# set: without AVX-512 VNNI the AVX2 u8s8 kernel sums pairs of products in saturating int16 (measured on an
+# AMD EPYC without VNNI: the sample captioners' INT8 encoder features at 1.7x and 4.0x jetcap's tolerance,
+# within it on a VNNI CPU).  Run unfused, each DQ, float op and Q computes what the Q/DQ graph specifies,
+# the same on every CPU: that is how jetcap validates and runs the TensorRT Q/DQ variant in ONNX Runtime.
+UNFUSED_QDQ_PRECISIONS = ("int8",)
+
+
+def fuses_qdq(precision):
+    """Whether ONNX Runtime may fuse the Q/DQ nodes of a ``precision`` variant into its CPU int8 kernels."""
+    return precision not in UNFUSED_QDQ_PRECISIONS
 
 
 def available_providers():
@@ -27,7 +39,7 @@ def default_providers(use_gpu=None):
     return ["CPUExecutionProvider"]
 
 
-def make_session(path, providers=None, threads=None, spinning=True, nchwc=False):
+def make_session(path, providers=None, threads=None, spinning=True, nchwc=False, fuse_qdq=True):
     """An ``onnxruntime.InferenceSession`` for ``path`` with jetcap's session options.
 
     Args:
@@ -39,6 +51,8 @@ def make_session(path, providers=None, threads=None, spinning=True, nchwc=False)
             other needs (measured: a caption 9.8-11.1 ms with spinning, 4.9-6.9 ms without, 2 cores).
         nchwc: allow the NCHWc layout transformer (default False: it crashes on some FP16 graphs;
             :func:`bundle_runners` allows it for FP32 and INT8 variants).
+        fuse_qdq: let ONNX Runtime fuse Q/DQ nodes into its int8 kernels (default True; see
+            :func:`fuses_qdq`).
     """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
@@ -46,6 +60,8 @@ def make_session(path, providers=None, threads=None, spinning=True, nchwc=False)
         options.intra_op_num_threads = int(threads)
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not fuse_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.log_severity_level = 3
     if nchwc:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
@@ -64,22 +80,25 @@ class OnnxRuntimeRunner(Runner):
         path: the ONNX file.
         io_spec: the manifest's I/O description of the graph.
         name: readable name; default the file name.
-        providers, threads, spinning, nchwc: see :func:`make_session`.
+        providers, threads, spinning, nchwc, fuse_qdq: see :func:`make_session`.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path, io_spec, name=None, providers=None, threads=None, spinning=True, nchwc=False):
+    def __init__(self, path, io_spec, name=None, providers=None, threads=None, spinning=True, nchwc=False,
+                 fuse_qdq=True):
         super(OnnxRuntimeRunner, self).__init__(name or "onnxruntime:" + str(path), io_spec)
         self.path = str(path)
         self.providers = providers
         self.threads = threads
         self.spinning = spinning
         self.nchwc = nchwc
+        self.fuse_qdq = fuse_qdq
         self.session = None
 
     def activate_impl(self):
-        self.session = make_session(self.path, self.providers, self.threads, self.spinning, self.nchwc)
+        self.session = make_session(self.path, self.providers, self.threads, self.spinning, self.nchwc,
+                                    self.fuse_qdq)
 
     def infer_impl(self, feed):
         values = self.session.run(self.output_names, feed)
@@ -97,12 +116,12 @@ def bundle_runners(manifest, precision="fp32", graphs=None, providers=None, thre
     follow it).  Measured on a COCO-sized captioner, 2 threads, batch 1: a caption 15.0 ms with no
     spinning, 13.5 ms with the step spinning, 16.1 / 24.0 ms with the encoder spinning (see
     ``make_session``'s ``spinning``).  The NCHWc layout transformer runs except on FP16 variants
-    (``make_session``'s ``nchwc``).
+    (``make_session``'s ``nchwc``); the ``int8`` (TensorRT Q/DQ) variant runs unfused (:func:`fuses_qdq`).
     """
     graphs = list(graphs or manifest.graph_names)
     return collections.OrderedDict(
         (graph, OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph),
                                   name="onnxruntime:{}[{}]".format(graph, precision), providers=providers,
                                   threads=threads, spinning=len(graphs) == 1 or graph == "decoder_step",
-                                  nchwc=precision != "fp16"))
+                                  nchwc=precision != "fp16", fuse_qdq=fuses_qdq(precision)))
         for graph in graphs)

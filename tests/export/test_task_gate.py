@@ -1,0 +1,55 @@
+"""The export's task-level gate (captions / labels as PyTorch's), on real bundles and real ONNX Runtime."""
+import json
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from jetcap.export.task_gate import TaskGate
+from jetcap.runtime.manifest import Manifest
+from jetcap.util.npz import load_npz
+
+
+def _gate(bundle):
+    manifest = Manifest.load(bundle)
+    fp32 = {g: bundle / manifest.data["variants"]["fp32"]["files"][g]["path"] for g in manifest.graph_names}
+    return TaskGate(manifest.data, bundle, load_npz(bundle / "reference.npz"), fp32), fp32
+
+
+def _damaged(src, dst):
+    """``src`` with its last weight-bearing Gemm/MatMul (the output layer) negated: argmax becomes argmin."""
+    model = onnx.load(str(src))
+    weights = {t.name: t for t in model.graph.initializer}
+    last = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and any(i in weights for i in n.input)][-1]
+    for name in last.input:
+        if name in weights:
+            weights[name].CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weights[name]), name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_fp32_graphs_pass_and_a_damaged_step_fails(captioner_bundle, tmp_path):
+    gate, fp32 = _gate(captioner_bundle)
+    clean = gate.run("fp32", fp32)
+    assert clean.passed and clean.score == 0 and "16/16" in clean.summary
+    damaged = dict(fp32, decoder_step=_damaged(fp32["decoder_step"], tmp_path / "step.onnx"))
+    outcome = gate.run("fp32", damaged)
+    assert not outcome.passed and outcome.score > 0
+    assert any(f.startswith("caption") for f in outcome.failures)
+
+
+def test_classifier_labels_are_gated(classifier_bundle, tmp_path):
+    gate, fp32 = _gate(classifier_bundle)
+    assert gate.run("fp32", fp32).passed
+    damaged = {"model": _damaged(fp32["model"], tmp_path / "model.onnx")}
+    outcome = gate.run("fp32", damaged)
+    assert not outcome.passed and "top-1" in outcome.summary
+
+
+def test_export_records_the_task_check_of_every_variant(captioner_bundle):
+    manifest = json.loads((captioner_bundle / "manifest.json").read_text())
+    for precision, result in manifest["validation"].items():
+        assert result["task"]["passed"], precision
+        assert "captions identical to PyTorch" in result["task"]["summary"]
+    search = manifest["variants"]["int8"]["quantization"]["search"]
+    assert search["task"]["passed"]
