@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from jetcap.export.onnx_graph import ExportError, _check
+from jetcap.util.cpu import int8_isa
 from jetcap.util.lazy import require
 
 PRECISION = "int8-cpu"
@@ -123,6 +124,8 @@ def int8_cpu_variant(fp32_files: Dict[str, Path], graph_names: Sequence[str], ou
         log(notes[-1])
     details = {
         "target": "cpu", "backend": "onnxruntime",
+        # ONNX Runtime's int8 CPU kernels, and so this variant's results, depend on the instruction set
+        "checked_on": int8_isa(),
         "notes": notes + ["CPU variant: ONNX Runtime dynamic quantisation, not a TensorRT form"],
         "calibration": {"method": "none", "data": None,
                         "note": "dynamic: activation ranges are computed on every call"},

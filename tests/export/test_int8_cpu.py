@@ -26,6 +26,7 @@ def test_manifest_labels_cpu_variant_and_gate_passed(cpu8_bundles):
         manifest = json.loads((bundle / "manifest.json").read_text())
         variant = manifest["variants"]["int8-cpu"]
         assert variant["target"] == "cpu" and variant["backend"] == "onnxruntime"
+        assert variant["checked_on"]["machine"] and isinstance(variant["checked_on"]["int8_instructions"], list)
         assert manifest["validation"]["int8-cpu"]["passed"]
         assert "int8-cpu" in manifest["tolerances"] and "int8-cpu" in manifest["task_thresholds"]
         for graph in variant["quantization"]["graphs"].values():
