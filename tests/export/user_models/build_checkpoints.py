@@ -175,7 +175,7 @@ def signlang(out):
 
 
 if __name__ == "__main__":
-    root = sys.argv[1]
+    root = os.path.abspath(sys.argv[1])  # the signlang script runs in its own folder
     for name, build in (("sat_relu", sat_relu), ("sat_tanh", sat_tanh), ("lightning", lightning),
                         ("signlang", signlang)):
         folder = os.path.join(root, name)
