@@ -22,9 +22,7 @@ from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_opt
 from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
 from jetcap.export.task_gate import TaskGate
 from jetcap.export.tasks import family_export
-
-TASK_OUTPUT = {"captioner": "caption", "classifier": "label"}
-from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, fuses_qdq
+from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, variant_options
 from jetcap.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
 from jetcap.util.isolate import probe_onnx_session
@@ -35,6 +33,8 @@ from jetcap.validate.gate import tolerance_gates
 REFERENCE_NAME = "reference.npz"
 VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8", "int8-cpu": ".int8-cpu"}
 
+
+TASK_OUTPUT = {"captioner": "caption", "classifier": "label"}  # what the task checks compare
 
 def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda message: None,
                   source: Optional[Any] = None) -> Dict[str, Any]:
@@ -269,7 +269,7 @@ def _validate_variant(files: Dict[str, Path], graphs, cases, reference, toleranc
         io = {"inputs": [_tensor_entry(t) for t in spec.inputs], "outputs": [_tensor_entry(t) for t in spec.outputs]}
         records = []
         with OnnxRuntimeRunner(path, io, name="{}[{}]".format(spec.name, precision),
-                               nchwc=precision != "fp16", fuse_qdq=fuses_qdq(precision)) as runner:  # as the runtime runs it
+                               **variant_options(precision)) as runner:  # as the runtime runs it
             for case in cases[spec.name]:
                 prefix = "sweep/{}/{}/".format(spec.name, case["name"])
                 feed = {k[len(prefix) + 3:]: v for k, v in reference.items() if k.startswith(prefix + "in/")}

@@ -24,7 +24,7 @@ import numpy as np
 
 from jetcap.export.calibration import ActivationProbe, ActivationRanges
 from jetcap.export.int8 import Int8Plan, int8_plan, write_qdq
-from jetcap.runtime.backends.onnxruntime import make_session
+from jetcap.runtime.backends.onnxruntime import make_session, variant_options
 from jetcap.util.lazy import require
 
 MAX_EVAL_FEEDS = 16
@@ -70,8 +70,8 @@ class GraphErrorMeter:
         self.reference = [dict(zip(self.outputs, session.run(None, feed))) for feed in self.feeds]
 
     def _session(self, path: Path):
-        # unfused Q/DQ, as the int8 variant is validated and run (see onnxruntime.fuses_qdq)
-        return make_session(path, providers=["CPUExecutionProvider"], nchwc=True, fuse_qdq=False)
+        # as the int8 variant is validated and run (Q/DQ unfused, see onnxruntime.fuses_qdq)
+        return make_session(path, providers=["CPUExecutionProvider"], **variant_options("int8"))
 
     def measure(self, path: Path) -> Dict[str, Any]:
         """``{"error": share of the tolerance, "worst": output, "cosine": {output: lowest}}`` of ``path``."""

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, fuses_qdq
+from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, variant_options
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.fsio import sha256_file
 from jetcap.validate.gate import task_inputs, task_level
@@ -26,8 +26,8 @@ class TaskOutcome:
 
     Attributes:
         passed: every task check passed.
-        score: task inputs whose result differs from PyTorch's (greedy and beam counted apart; the
-            input count plus one when decoding failed): lower is better.
+        score: task inputs whose result differs from PyTorch's (greedy and beam counted apart; twice
+            the input count plus one when decoding failed): lower is better.
         summary: one line, e.g. "greedy 16/16, beam3 15/16 identical".
         failures: the failed checks' lines.
     """
@@ -69,7 +69,7 @@ class TaskGate:
         for graph in self.manifest.graph_names:
             runners[graph] = OnnxRuntimeRunner(str(files[graph]), self.manifest.graph(graph),
                                                name="{}[{}]".format(graph, precision), spinning=False,
-                                               nchwc=precision != "fp16", fuse_qdq=fuses_qdq(precision))
+                                               **variant_options(precision))
         report = ValidationReport()
         try:
             for runner in runners.values():
@@ -85,10 +85,10 @@ class TaskGate:
         else:
             score = sum(len(a.mismatches) for a in agreements)
         return TaskOutcome(passed=not failed and bool(agreements), score=score,
-                           summary=self._summary(agreements, count, failed),
+                           summary=self._summary(agreements, failed),
                            failures=["{}: {}".format(c.name, c.detail) for c in failed])
 
-    def _summary(self, agreements, count, failed) -> str:
+    def _summary(self, agreements, failed) -> str:
         if not agreements:
             return "task run failed: " + (failed[0].detail if failed else "no result")
         if self.manifest.family == "captioner":

@@ -232,7 +232,7 @@ class GraphModel(object):
 
     def initialize(self, args):
         """Open the graph's ONNX file from ``bundle/`` beside model.py."""
-        from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+        from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, variant_options
 
         params = model_parameters(args)
         manifest = Manifest.load(os.path.join(self.model_dir, params.get("bundle_dir", BUNDLE_SUBDIR)))
@@ -245,7 +245,8 @@ class GraphModel(object):
         self.output_names = [t["name"] for t in spec["outputs"]]
         self.runner = OnnxRuntimeRunner(manifest.graph_path(precision, self.graph), spec,
                                         name="triton-python:{}".format(self.graph),
-                                        threads=int(params.get("threads", "0")) or None)
+                                        threads=int(params.get("threads", "0")) or None,
+                                        **variant_options(precision))
         self.runner.activate()
 
     def execute(self, requests):

@@ -11,7 +11,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from jetcap.runtime.backends.onnxruntime import bundle_runners, fuses_qdq, make_session  # noqa: E402
+from jetcap.runtime.backends.onnxruntime import bundle_runners, fuses_qdq, make_session, variant_options  # noqa: E402
 from jetcap.runtime.manifest import Manifest  # noqa: E402
 
 X_SCALE = np.float32(0.05)
@@ -60,6 +60,8 @@ def test_unfused_qdq_computes_the_graphs_arithmetic(tmp_path):
 def test_only_the_tensorrt_qdq_variant_runs_unfused(captioner_bundle):
     assert not fuses_qdq("int8")
     assert all(fuses_qdq(p) for p in ("fp32", "fp16", "int8-cpu"))
+    assert variant_options("int8") == {"nchwc": True, "fuse_qdq": False}
+    assert variant_options("fp16") == {"nchwc": False, "fuse_qdq": True}
     manifest = Manifest.load(captioner_bundle)
     assert all(not r.fuse_qdq for r in bundle_runners(manifest, "int8").values())
     assert all(r.fuse_qdq for r in bundle_runners(manifest, "fp32").values())

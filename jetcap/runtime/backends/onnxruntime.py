@@ -22,6 +22,13 @@ def fuses_qdq(precision):
     return precision not in UNFUSED_QDQ_PRECISIONS
 
 
+def variant_options(precision):
+    """The :func:`make_session` options of a ``precision`` variant, wherever jetcap runs one (runtime,
+    export gate, validate, Triton): the NCHWc layout transformer except on FP16 (it crashes on some FP16
+    graphs), Q/DQ unfused for the TensorRT int8 variant (:func:`fuses_qdq`)."""
+    return {"nchwc": precision != "fp16", "fuse_qdq": fuses_qdq(precision)}
+
+
 def available_providers():
     """Execution providers of the installed onnxruntime (empty list when it is not installed)."""
     try:
@@ -123,5 +130,5 @@ def bundle_runners(manifest, precision="fp32", graphs=None, providers=None, thre
         (graph, OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph),
                                   name="onnxruntime:{}[{}]".format(graph, precision), providers=providers,
                                   threads=threads, spinning=len(graphs) == 1 or graph == "decoder_step",
-                                  nchwc=precision != "fp16", fuse_qdq=fuses_qdq(precision)))
+                                  **variant_options(precision)))
         for graph in graphs)
