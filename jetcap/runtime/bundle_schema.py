@@ -318,14 +318,15 @@ def _check_decoder(decoder):
 REQUIRED = {
     ("captioner", "caption"): ("vocabulary", "preprocessing"),
     ("classifier", "predict"): ("labels",),
-    ("captioner", "validate"): ("vocabulary", "preprocessing", "tolerances", "reference"),
-    ("classifier", "validate"): ("labels", "tolerances", "reference"),
+    ("captioner", "validate"): ("vocabulary", "preprocessing", "tolerances", "task_thresholds", "reference"),
+    ("classifier", "validate"): ("labels", "tolerances", "task_thresholds", "reference"),
 }
 
 
 def require_entries(manifest, purpose):
     """BundleError naming the first manifest entry that ``purpose`` ("caption", "predict", "validate")
-    needs and ``manifest`` (a :class:`Manifest`) lacks; for validate also a tolerance per variant."""
+    needs and ``manifest`` (a :class:`Manifest`) lacks; for validate also a tolerance and task thresholds
+    per variant."""
     data = manifest.data
     for key in REQUIRED.get((manifest.family, purpose), ()):
         if data.get(key) in (None, [], {}):
@@ -333,9 +334,10 @@ def require_entries(manifest, purpose):
                 manifest.family, key, purpose), hint="re-export the bundle")
     if purpose == "validate":
         for precision in data["variants"]:
-            if not isinstance(data["tolerances"].get(precision), dict):
-                raise BundleError("malformed manifest: no tolerances for the {} variant".format(precision),
-                                  hint="re-export the bundle")
+            for key in ("tolerances", "task_thresholds"):
+                if not isinstance(data[key], dict) or not isinstance(data[key].get(precision), dict):
+                    raise BundleError("malformed manifest: {} bundle lacks {!r} for the {} variant, needed to "
+                                      "validate".format(manifest.family, key, precision), hint="re-export the bundle")
 
 
 # -- checksums ------------------------------------------------------------------------------------

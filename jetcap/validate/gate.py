@@ -98,12 +98,6 @@ def validate_bundle(opts, log=lambda message: None):
     """Validate ``opts.bundle``; returns the :class:`ValidationReport` (never raises for numeric failures)."""
     manifest = Manifest.load(opts.bundle)
     bundle_schema.require_entries(manifest, "validate")  # one-line BundleError, not a KeyError mid-run
-    # task_thresholds is not (yet) in bundle_schema.REQUIRED; checked here the same way
-    thresholds = manifest.data.get("task_thresholds")
-    for precision in manifest.precisions:
-        if not isinstance(thresholds, dict) or not isinstance(thresholds.get(precision), dict):
-            raise BundleError("malformed manifest: {} bundle lacks 'task_thresholds' for the {} variant, needed to "
-                              "validate".format(manifest.family, precision), hint="re-export the bundle")
     backends = resolve_backends(opts.backends)
     precisions = manifest.precisions if opts.precisions in ("all", ["all"]) else list(opts.precisions)
     for precision in precisions:

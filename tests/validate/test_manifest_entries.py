@@ -29,9 +29,9 @@ def _without(bundle, tmp_path, *keys):
 CASES = [
     ("classifier_bundle", ("tolerances",), "classifier bundle lacks 'tolerances', needed to validate"),
     ("captioner_bundle", ("tolerances",), "captioner bundle lacks 'tolerances', needed to validate"),
-    ("classifier_bundle", ("tolerances", "fp16"), "no tolerances for the fp16 variant"),
-    ("classifier_bundle", ("task_thresholds",), "classifier bundle lacks 'task_thresholds' for the fp32 variant"),
-    ("captioner_bundle", ("task_thresholds",), "captioner bundle lacks 'task_thresholds' for the fp32 variant"),
+    ("classifier_bundle", ("tolerances", "fp16"), "lacks 'tolerances' for the fp16 variant"),
+    ("classifier_bundle", ("task_thresholds",), "classifier bundle lacks 'task_thresholds', needed to validate"),
+    ("captioner_bundle", ("task_thresholds",), "captioner bundle lacks 'task_thresholds', needed to validate"),
     ("classifier_bundle", ("task_thresholds", "int8"), "lacks 'task_thresholds' for the int8 variant"),
     ("classifier_bundle", ("reference",), "classifier bundle lacks 'reference', needed to validate"),
 ]
