@@ -11,7 +11,8 @@ clients, but a thread only protects the server when nothing can hold it for long
   up to ``probe_slots`` more are taken on a probe lane that answers only GET/HEAD of the probe
   endpoints (with a short deadline), so a load balancer's health checks keep working while slow
   clients saturate the server; when the lane is full too, the lane connection that has waited longest
-  for its headers is closed to make room (a real probe sends its request at once).  Beyond that, 503.
+  for its headers is closed to make room (a real probe sends its request at once).  Beyond that, 503,
+  written and drained off the accept loop (``REFUSERS`` at once).
 * :func:`drain_and_close`: after an early answer (413, 503 before the body was read) the unread body is
   read and dropped (bounded in bytes and time) and the write side shut first, so a client that sends
   its whole body before reading (Python's ``urllib`` / ``http.client``) sees the answer instead of a
@@ -37,6 +38,8 @@ RETRY_AFTER_CONNECTIONS = 1
 DRAIN_LIMIT_BYTES = 64 << 20
 DRAIN_SECONDS = 5.0
 LINGER_SECONDS = 1.0
+# refusals (503 "too many connections") written, drained and lingered at once; more are closed at once
+REFUSERS = 8
 
 
 class RequestDeadline(Exception):
@@ -178,6 +181,13 @@ class EngineHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         self._readers = set()
         self.evictions = 0
         self._active_cond = threading.Condition(threading.Lock())
+        self._refusers = threading.BoundedSemaphore(REFUSERS)
+        body = json.dumps({"error": "too many connections",
+                           "detail": "{} connections are being served (--max-connections)".format(
+                               app.options.max_connections)}).encode("utf-8")
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+                "Retry-After: {}\r\nConnection: close\r\n\r\n").format(len(body), RETRY_AFTER_CONNECTIONS)
+        self._refusal = head.encode("latin-1") + body
         HTTPServer.__init__(self, address, handler)
 
     def server_bind(self):
@@ -267,19 +277,35 @@ class EngineHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
                 self._active_cond.notify_all()
 
     def refuse(self, request):
-        """Answer 503 "too many connections" on a connection that is not served."""
-        body = json.dumps({"error": "too many connections",
-                           "detail": "{} connections are being served (--max-connections)".format(
-                               self.app.options.max_connections)}).encode("utf-8")
-        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-                "Retry-After: {}\r\nConnection: close\r\n\r\n").format(len(body), RETRY_AFTER_CONNECTIONS)
+        """Answer 503 "too many connections" on a connection that is not served.
+
+        Called on the accept loop, so the answer is written by a short-lived thread (at most
+        ``REFUSERS`` at once) that then drains what the client sends and lingers, as after any early
+        answer: a client that sends its whole request before reading sees the 503, not a reset.  Beyond
+        ``REFUSERS`` refusals in progress the answer is written without waiting and the connection closed.
+        """
         self.app.metrics_requests.inc(endpoint="other", method="-", status="503")
+        if not self._refusers.acquire(False):
+            try:
+                request.send(self._refusal, getattr(socket, "MSG_DONTWAIT", 0))
+            except (OSError, socket.error) as exc:
+                self.app.log("client_gone", detail="refusing a connection: {}".format(type(exc).__name__))
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(target=self._refuse_and_drain, args=(request,))
+        thread.daemon = True
+        thread.start()
+
+    def _refuse_and_drain(self, request):
         try:
             request.settimeout(1.0)
-            request.sendall(head.encode("latin-1") + body)
-        except (socket.error, socket.timeout) as exc:
+            request.sendall(self._refusal)
+            drain_and_close(request, None, 0)
+        except (OSError, socket.error, socket.timeout) as exc:
             self.app.log("client_gone", detail="refusing a connection: {}".format(type(exc).__name__))
-        self.shutdown_request(request)
+        finally:
+            self.shutdown_request(request)
+            self._refusers.release()
 
     def wait_idle(self, seconds):
         """Wait until no connection is being served (up to ``seconds``); returns how many remain."""

@@ -108,6 +108,30 @@ def test_probes_and_requests_answer_while_slow_clients_hold_every_slot(server):
             sock.close()
 
 
+def test_refused_connection_reads_its_503_after_sending_a_whole_body(server):
+    # every slot and probe slot is taken by connections too fresh to be evicted; a client that sends
+    # its whole request before reading (http.client) must see the 503, not a reset
+    time.sleep(0.5)  # connections of earlier tests are released
+    body = _sequence_body(server) + b" " * (4 << 20)  # more than the socket buffers hold
+    for attempt in range(3):
+        held = [_slow(server) for _ in range(6)]  # 4 slots + 2 probe slots
+        try:
+            time.sleep(0.05)
+            connection = http.client.HTTPConnection(HOST, server.port, timeout=10)
+            connection.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            status, payload = response.status, json.loads(response.read().decode())
+            connection.close()
+        finally:
+            for sock in held:
+                sock.close()
+        if status == 503:
+            break
+        time.sleep(1.0)  # the machine was slow enough for a held connection to count as stalled
+    assert status == 503 and payload["error"] == "too many connections", payload
+    assert "--max-connections" in payload["detail"]
+
+
 def test_body_over_the_limit_is_a_readable_413_for_urllib(server):
     request = urllib.request.Request(_url(server, "/predict"), data=b"[" * (3 << 20))
     with pytest.raises(urllib.error.HTTPError) as info:
