@@ -124,8 +124,10 @@ def feature_stability(encoder, x, noise=0.01, seed=SEED):
     return float(cosine.mean()), float(clean.std(0).mean() / clean.mean().abs())
 
 
-def save_test_images(out, size, count=32):
-    """``count`` images of the training distribution, not seen in training, as ``OUT/images/*.png``."""
+def save_test_images(out, size, count=48):
+    """``count`` images of the training distribution, not seen in training, as ``OUT/images/*.png``: with
+    ``--calibration-data OUT/images`` the export calibrates on the first 32 and runs its task checks on
+    the other 16 (held out from calibration)."""
     from PIL import Image
 
     os.makedirs(os.path.join(out, "images"), exist_ok=True)

@@ -125,6 +125,11 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                         if key not in subject.derived_outputs:
                             reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
         reference.update(task.task_reference(subject, config, opts))
+        if opts.calibration_data is not None:
+            log("task checks on {} inputs of {} ({})".format(
+                int(reference["task/count"]), opts.calibration_data,
+                "held out from calibration" if bool(reference["task/held_out"]) else
+                "shared with calibration: the folder has too few files to hold {} out".format(int(reference["task/count"]))))
         manifest = dict(extras, **{
             "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
             "created_by": _library_versions(),
@@ -137,6 +142,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             "axes": axes,
             "tolerances": {p: vars(t) for p, t in family.tolerances.items()},
             "task_thresholds": {p: vars(t) for p, t in family.task_thresholds.items()},
+            "task_data": {"source": str(reference["task/source"]), "count": int(reference["task/count"]),
+                          "held_out_from_calibration": bool(reference["task/held_out"])},
         })
         task_gate = TaskGate(manifest, tmp, reference, files["fp32"])
 

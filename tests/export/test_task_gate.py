@@ -6,6 +6,7 @@ import onnx
 from onnx import numpy_helper
 
 from jetcap.export.task_gate import TaskGate
+from jetcap.export.tasks import task_paths
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.npz import load_npz
 
@@ -53,3 +54,13 @@ def test_export_records_the_task_check_of_every_variant(captioner_bundle):
         assert "captions identical to PyTorch" in result["task"]["summary"]
     search = manifest["variants"]["int8"]["quantization"]["search"]
     assert search["task"]["passed"]
+
+
+def test_task_inputs_are_held_out_from_calibration_when_the_folder_allows(tmp_path):
+    for i in range(40):
+        (tmp_path / "img_{:02d}.png".format(i)).write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    paths, held_out = task_paths(str(tmp_path), (".png",), 16, 16)
+    assert held_out and [p.rsplit("_", 1)[1] for p in paths] == ["{:02d}.png".format(i) for i in range(16, 32)]
+    paths, held_out = task_paths(str(tmp_path), (".png",), 16, 32)  # 8 left after calibration: shared
+    assert not held_out and len(paths) == 16 and paths[0].endswith("img_00.png")
