@@ -108,6 +108,17 @@ def test_probes_and_requests_answer_while_slow_clients_hold_every_slot(server):
             sock.close()
 
 
+def _wait_slots_free(server, seconds=10.0):
+    """Until the server has seen the held connections close (later tests need its slots)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        values = server.metrics()  # this probe's own connection is counted on the main lane
+        if values[("jetcap_connections_active", ())] <= 1 and values[("jetcap_probe_connections_active", ())] == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the server still holds connections after {} s".format(seconds))
+
+
 def test_refused_connection_reads_its_503_after_sending_a_whole_body(server):
     # every slot and probe slot is taken by connections too fresh to be evicted; a client that sends
     # its whole request before reading (http.client) must see the 503, not a reset
@@ -125,9 +136,9 @@ def test_refused_connection_reads_its_503_after_sending_a_whole_body(server):
         finally:
             for sock in held:
                 sock.close()
+        _wait_slots_free(server)
         if status == 503:
             break
-        time.sleep(1.0)  # the machine was slow enough for a held connection to count as stalled
     assert status == 503 and payload["error"] == "too many connections", payload
     assert "--max-connections" in payload["detail"]
 
