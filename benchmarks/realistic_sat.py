@@ -21,7 +21,8 @@ estimated on the images and its residual branches damped (stable to input noise,
 is), and the decoder is trained with the trunk's last bottleneck (the tutorial fine-tunes the top of its
 trunk; its input computed once; the
 attention's ``encoder_att`` projection computed once per batch instead of once per word, which is the
-same function).  Never committed: build it on demand (about 5 minutes on 2 cores).
+same function), on each image clean and under input noise (``--noise-copies``, ``--max-noise``: see
+``realistic_captioner.py``).  Never committed: build it on demand (about 5 minutes on 2 cores).
 """
 import argparse
 import json
@@ -40,7 +41,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import models  # noqa: E402  (the SAT repository's module: pickles reference it as ``models``)
-from realistic_captioner import (SEED, VOCAB, damp_residual_branches, estimate_batchnorm, feature_stability,  # noqa: E402
+from realistic_captioner import (SEED, VOCAB, add_noise_options, cache_trunk, caption_stability,  # noqa: E402
+                                 damp_residual_branches, estimate_batchnorm, feature_stability, print_stability,
                                  save_test_images, upscale, word_map)
 
 from jetcap.samples import shapes  # noqa: E402
@@ -90,6 +92,7 @@ def main():
     parser.add_argument("--decoder-lr", type=float, default=4e-4)
     parser.add_argument("--encoder-lr", type=float, default=1e-4, help="of the fine-tuned trunk block")
     parser.add_argument("--images", type=int, default=256, help="training images (features computed once)")
+    add_noise_options(parser)
     args = parser.parse_args()
     torch.manual_seed(SEED)
     began = time.time()
@@ -106,8 +109,8 @@ def main():
     # blocks); its input is computed once
     lower = torch.nn.Sequential(*list(encoder.resnet.children())[:7], encoder.resnet[7][:2])
     head = encoder.resnet[7][2]
-    with torch.no_grad():
-        cached = torch.cat([lower(upscale(images[i:i + 16], SIZE)) for i in range(0, len(images), 16)])
+    cached = cache_trunk(lower, images, SIZE, args.noise_copies, args.max_noise, batch=16)
+    per_image = args.noise_copies + 1
     print("trunk input of the fine-tuned block {} ({:.0f} s)".format(tuple(cached.shape), time.time() - began),
           flush=True)
 
@@ -122,7 +125,7 @@ def main():
     decoder.train()
     for step in range(args.steps):
         pick = torch.from_numpy(rng.choice(len(cached), min(32, len(cached)), replace=False))
-        caps = tokens[pick]
+        caps = tokens[pick // per_image]
         scores = decoder_scores(decoder, features_of(pick), caps)
         loss = torch.nn.functional.cross_entropy(scores.reshape(-1, VOCAB), caps[:, 1:].reshape(-1), ignore_index=pad)
         optimizer.zero_grad()
@@ -146,6 +149,11 @@ def main():
         x = upscale(image[None], SIZE)[0]
         words = models.caption_image_beam_search(encoder, decoder, x, mapping, beam_size=1)
         print("  {!r:55} <- {!r}".format(" ".join(itos[t] for t in words), truth))
+
+    def greedy(x):
+        return [models.caption_image_beam_search(encoder, decoder, image, mapping, beam_size=1) for image in x]
+
+    print_stability(caption_stability(greedy, upscale(test, SIZE)), len(test))
     print("wrote {} ({:.1f} MB) in {:.0f} s".format(path, os.path.getsize(path) / 1e6, time.time() - began))
 
 
