@@ -125,11 +125,14 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                         if key not in subject.derived_outputs:
                             reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
         reference.update(task.task_reference(subject, config, opts))
+        search_reference = task.search_reference(subject, config, opts) if "int8" in opts.precisions else None
         if opts.calibration_data is not None:
             log("task checks on {} inputs of {} ({})".format(
                 int(reference["task/count"]), opts.calibration_data,
                 "held out from calibration" if bool(reference["task/held_out"]) else
                 "shared with calibration: the folder has too few files to hold {} out".format(int(reference["task/count"]))))
+        if search_reference is not None:
+            log("int8 search aims at {}; the verdict is on the held-out inputs".format(search_reference["task/source"]))
         manifest = dict(extras, **{
             "format": FORMAT, "format_version": FORMAT_VERSION, "family": family.name,
             "created_by": _library_versions(),
@@ -146,6 +149,14 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                           "held_out_from_calibration": bool(reference["task/held_out"])},
         })
         task_gate = TaskGate(manifest, tmp, reference, files["fp32"])
+        search_gate = task_gate
+        if "int8" in opts.precisions:  # the search's own inputs: what it is fitted to is not what judges it
+            searched = search_reference if search_reference is not None else reference
+            manifest["task_data"]["int8_search"] = {"source": str(searched["task/source"]),
+                                                    "count": int(searched["task/count"]),
+                                                    "held_out_from_verdict": search_reference is not None}
+            if search_reference is not None:
+                search_gate = TaskGate(manifest, tmp, search_reference, files["fp32"])
 
         validation: Dict[str, Any] = {}
         variants: Dict[str, Any] = {}
@@ -162,7 +173,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             elif precision == "int8":
                 files["int8"], details = int8_variant(files["fp32"], [g.name for g in graphs], calibration,
                                                       subject.int8_keep_float, family.tolerances["int8"], opts,
-                                                      tmp, log, task_check=lambda fs: task_gate.run("int8", fs))
+                                                      tmp, log, task_check=lambda fs: search_gate.run("int8", fs))
             elif precision == "int8-cpu":  # CPU variant: ONNX Runtime dynamic weight quantisation
                 files["int8-cpu"], details = int8_cpu_variant(files["fp32"], [g.name for g in graphs], tmp, log)
             log("checking {} against PyTorch".format(precision))

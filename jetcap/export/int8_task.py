@@ -5,7 +5,10 @@ captioner the tensor-level search passed a variant whose greedy captions differe
 of 200 images (docs/VALIDATION.md), because a small error in the encoder's features moves the argmax of
 every later step.  So after the tensor-level search (:func:`jetcap.export.int8_search.search_float_layers`)
 the variant is run through the family's task checks (``task_check``: the same checks and thresholds
-``jetcap validate`` applies, on the bundle's task inputs).  While they fail, the graph that does the most
+``jetcap validate`` applies).  It aims at the *search's* task inputs: the first calibration inputs when
+the bundle's own task inputs (the verdict's) are held out from calibration, since a search that keeps
+layers float until given inputs pass is fitted to them (:func:`jetcap.export.tasks.search_paths`); the
+export's verdict is then the task check on the held-out inputs.  While they fail, the graph that does the most
 harm to the task (each graph's INT8 version measured alone, the others FP32) keeps a longer prefix of its
 harm ranking float: the prefix length doubles until the checks pass, then is bisected back down, within
 the same bound on the MACs kept float.  When that graph is at its bound, the next one is extended.

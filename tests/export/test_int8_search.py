@@ -66,7 +66,9 @@ def test_export_search_records_float_layers_and_passes_check(tmp_path):
     assert calibration["graphs"]["encoder"]["params"]["percentile"] == 99.99
     # 8 images cannot spare 16 task images apart from the 32 calibration ones: shared, and recorded so
     assert manifest["task_data"] == {"source": str(samples.sample_dir() / "images"), "count": 8,
-                                     "held_out_from_calibration": False}
+                                     "held_out_from_calibration": False,
+                                     "int8_search": {"source": str(samples.sample_dir() / "images"), "count": 8,
+                                                     "held_out_from_verdict": False}}
     search = int8["quantization"]["search"]["graphs"]["decoder_step"]
     assert search["searched"] and search["passed"]
     assert int8["quantization"]["float_layers"]["decoder_step"] == [k["node"] for k in search["kept_float"]]

@@ -6,7 +6,7 @@ import onnx
 from onnx import numpy_helper
 
 from jetcap.export.task_gate import TaskGate
-from jetcap.export.tasks import task_paths
+from jetcap.export.tasks import search_paths, task_paths
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.npz import load_npz
 
@@ -64,3 +64,37 @@ def test_task_inputs_are_held_out_from_calibration_when_the_folder_allows(tmp_pa
     assert held_out and [p.rsplit("_", 1)[1] for p in paths] == ["{:02d}.png".format(i) for i in range(16, 32)]
     paths, held_out = task_paths(str(tmp_path), (".png",), 16, 32)  # 8 left after calibration: shared
     assert not held_out and len(paths) == 16 and paths[0].endswith("img_00.png")
+
+
+def test_int8_search_aims_at_calibration_inputs_when_the_verdict_is_held_out(tmp_path):
+    for i in range(40):
+        (tmp_path / "img_{:02d}.png".format(i)).write_bytes(b"")
+    paths = search_paths(str(tmp_path), (".png",), 16, 16)  # verdict on 16..31: the search on 0..15
+    assert [p.rsplit("_", 1)[1] for p in paths] == ["{:02d}.png".format(i) for i in range(16)]
+    assert len(search_paths(str(tmp_path), (".png",), 16, 8)) == 8  # never past the calibration inputs
+    assert search_paths(str(tmp_path), (".png",), 16, 32) is None  # verdict shared: the search uses it too
+
+
+def test_export_int8_search_and_verdict_use_different_inputs(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from jetcap import samples
+    from jetcap.cli import cli
+    from jetcap.samples import shapes
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(shapes.generate(24, 5)[0]):
+        Image.fromarray(image).save(str(folder / "shape_{:02d}.png".format(i)))
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["export", str(samples.captioner_checkpoint()), "-o", str(out), "--precision",
+                                      "int8", "--calibration-data", str(folder), "--calibration-samples", "8"])
+    assert result.exit_code == 0, result.output
+    assert "int8 search aims at the first 8 calibration inputs" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task_data"]["held_out_from_calibration"] and manifest["task_data"]["count"] == 16
+    assert manifest["task_data"]["int8_search"] == {
+        "source": "the first 8 calibration inputs of {}".format(folder), "count": 8, "held_out_from_verdict": True}
+    assert "/8 captions" in manifest["variants"]["int8"]["quantization"]["search"]["task"]["result"]
+    assert "16/16" in manifest["validation"]["int8"]["task"]["summary"]
