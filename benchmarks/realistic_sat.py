@@ -1,7 +1,7 @@
 """Build a Show-Attend-Tell ResNet-101 captioner checkpoint, saved the way the SAT tutorial saves it.
 
     .venv/bin/python benchmarks/realistic_sat.py OUT_DIR [--steps 300] [--images 256]
-        [--decoder-lr 4e-4] [--encoder-lr 1e-4]
+        [--decoder-lr 4e-4] [--encoder-lr 1e-4] [--pretrain-steps 0] [--pretrain-size 96]
 
 Writes ``OUT_DIR/BEST_checkpoint.pth.tar`` (the whole encoder and decoder modules pickled, with the
 epoch/BLEU/optimizer entries the tutorial's ``save_checkpoint`` writes), ``OUT_DIR/WORDMAP.json`` and
@@ -16,9 +16,13 @@ embedding 512, the 10 000-word vocabulary of ``realistic_captioner.py``.  Export
         --code-path tests/export/user_models/sat_relu_repo --word-map OUT_DIR/WORDMAP.json \\
         --image-size 256 -o BUNDLE ...
 
-As in ``realistic_captioner.py`` the trunk keeps seeded random weights with BatchNorm statistics
-estimated on the images and its residual branches damped (stable to input noise, as a trained trunk
-is), and the decoder is trained with the trunk's last bottleneck (the tutorial fine-tunes the top of its
+With ``--pretrain-steps N`` the whole ResNet-101 is first trained from scratch to recognise the shapes
+(``realistic_captioner.pretrain_trunk``, batches of 16 at ``--pretrain-size``, 96 by default: the
+images' own resolution, since ResNet-101 at 160 would cost about 5 s a step on 2 cores), then its
+BatchNorm statistics are estimated at 256: the stand-in for the ImageNet weights the tutorial starts
+from, and the model to measure INT8 on.  Without it, as in ``realistic_captioner.py``, the trunk keeps
+seeded random weights with BatchNorm statistics estimated on the images and its residual branches
+damped (stable to input noise, as a trained trunk is).  The decoder is trained with the trunk's last bottleneck (the tutorial fine-tunes the top of its
 trunk; its input computed once; the
 attention's ``encoder_att`` projection computed once per batch instead of once per word, which is the
 same function), on each image clean and under input noise (``--noise-copies``, ``--max-noise``: see
@@ -42,8 +46,8 @@ sys.path.insert(0, HERE)
 
 import models  # noqa: E402  (the SAT repository's module: pickles reference it as ``models``)
 from realistic_captioner import (SEED, VOCAB, add_noise_options, cache_trunk, caption_stability,  # noqa: E402
-                                 damp_residual_branches, estimate_batchnorm, feature_stability, print_stability,
-                                 save_test_images, upscale, word_map)
+                                 damp_residual_branches, estimate_batchnorm, feature_stability, pretrain_trunk,
+                                 print_stability, save_test_images, upscale, word_map)
 
 from jetcap.samples import shapes  # noqa: E402
 
@@ -93,6 +97,10 @@ def main():
     parser.add_argument("--encoder-lr", type=float, default=1e-4, help="of the fine-tuned trunk block")
     parser.add_argument("--images", type=int, default=256, help="training images (features computed once)")
     add_noise_options(parser)
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="train the whole trunk first (batches of 16) to recognise the shapes; 0: a random "
+                             "trunk, its BatchNorm estimated and its residual branches damped")
+    parser.add_argument("--pretrain-size", type=int, default=96, help="image size of the pretraining")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     began = time.time()
@@ -101,8 +109,13 @@ def main():
     decoder = models.DecoderWithAttention(attention_dim=DIM, embed_dim=DIM, decoder_dim=DIM, vocab_size=VOCAB,
                                           encoder_dim=2048, dropout=0.5)
     images, captions = shapes.generate(args.images, SEED)
-    estimate_batchnorm(encoder, images[:BATCHNORM_IMAGES], SIZE)
-    damp_residual_branches(encoder, DAMPING)
+    if args.pretrain_steps:
+        pretrain_trunk(encoder.resnet, images, captions, args.pretrain_steps, size=args.pretrain_size,
+                       began=began, channels=2048, batch=16)
+        estimate_batchnorm(encoder, images[:BATCHNORM_IMAGES], SIZE)  # the statistics at the size it runs at
+    else:
+        estimate_batchnorm(encoder, images[:BATCHNORM_IMAGES], SIZE)
+        damp_residual_branches(encoder, DAMPING)
     print("features under 1 % input noise: cosine {:.4f}; spread across images {:.2f} ({:.0f} s)".format(
         *feature_stability(encoder, upscale(images[:8], SIZE)), time.time() - began), flush=True)
     # the trunk's last bottleneck is fine-tuned with the decoder (the tutorial fine-tunes its top
