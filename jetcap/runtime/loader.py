@@ -275,7 +275,7 @@ def estimate_onnxruntime_bundle(manifest, precision, graphs=None):
 
 
 def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, providers=None, threads=None,
-                     log=None, memory_info=None):
+                     log=None, memory_info=None, spinning=None):
     """Load ONNX Runtime runners for a bundle after checking memory.
 
     Args:
@@ -284,6 +284,8 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
         max_memory_mb: budget in MiB (None: only what the system has available).
         graphs: graphs to load (default all).
         providers, threads: passed to :class:`OnnxRuntimeRunner`.
+        spinning: which intra-op pools spin (None: the single-caller policy; False for a server), see
+            :func:`jetcap.runtime.backends.onnxruntime.spinning_policy`.
         log: callable for progress lines.
         memory_info: a :class:`jetcap.runtime.memory.MemoryInfo` (default: read now).
     Returns:
@@ -302,7 +304,8 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
                             what="the {} graph(s) {} of {}".format(precision, ", ".join(graphs), manifest.bundle_dir),
                             available_text=info.describe())
     rss_before = current_rss_bytes()
-    runners = bundle_runners(manifest, precision, graphs=graphs, providers=providers, threads=threads)
+    runners = bundle_runners(manifest, precision, graphs=graphs, providers=providers, threads=threads,
+                             spinning=spinning)
     _activate_all(runners)
     loaded = LoadedBundle(manifest, "onnxruntime", precision, runners, estimate, decision, rss_before,
                           current_rss_bytes())

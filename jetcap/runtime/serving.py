@@ -332,7 +332,8 @@ class ModelState(object):
             bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
             session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
                                   engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
-                                  log=self.log.message, threads=self.options.threads)
+                                  log=self.log.message, threads=self.options.threads,
+                                  spinning=False)  # request threads need the cores: spinning_policy
             with self._lock:
                 if self._closing:
                     session.close()

@@ -161,7 +161,7 @@ def _verify_files(manifest, precision):
 
 
 def open_bundle(bundle_dir, backend="auto", precision="fp32", engine_cache=None, max_memory_mb=None, log=None,
-                family=None, verify=True, threads=None, providers=None):
+                family=None, verify=True, threads=None, providers=None, spinning=None):
     """Load a bundle's graphs for inference, after checking memory.
 
     Args:
@@ -177,6 +177,8 @@ def open_bundle(bundle_dir, backend="auto", precision="fp32", engine_cache=None,
         verify: check the ONNX files' sha256 against the manifest before loading (ONNX Runtime; default True).
         threads: ONNX Runtime intra-op threads (default: its own choice).
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        spinning: ONNX Runtime thread pools spinning (default None: the single-caller policy; a server
+            passes False), see :func:`jetcap.runtime.backends.onnxruntime.spinning_policy`.
     Returns:
         a :class:`BundleSession` (a context manager).
     Raises:
@@ -215,6 +217,6 @@ def open_bundle(bundle_dir, backend="auto", precision="fp32", engine_cache=None,
         if verify:
             _verify_files(manifest, precision)
         loaded = loader.load_onnxruntime(manifest, precision=precision, max_memory_mb=max_memory_mb,
-                                         threads=threads, providers=providers, log=log)
+                                         threads=threads, providers=providers, log=log, spinning=spinning)
     return BundleSession(manifest, chosen, precision, reason, loaded, time.time() - started)
 

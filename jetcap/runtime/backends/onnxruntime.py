@@ -115,20 +115,33 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-def bundle_runners(manifest, precision="fp32", graphs=None, providers=None, threads=None):
+def spinning_policy(graphs, graph, spinning=None):
+    """Whether ``graph``'s intra-op pool spins, of a bundle loaded with the graphs ``graphs``.
+
+    ``spinning`` None (the default, for one caller running one request at a time: ``jetcap caption``,
+    bench): the pool spins when the bundle has a single graph, and for a captioner's decoder step, whose
+    runs follow each other back to back; the encoder's does not (it would spin through the steps that
+    follow it).  Measured on a COCO-sized captioner, 2 threads, batch 1: a caption 15.0 ms with no
+    spinning, 13.5 ms with the step spinning, 16.1 / 24.0 ms with the encoder spinning.  A bool decides
+    for every graph: a server passes False, since its request threads (HTTP, image decoding, the search
+    between steps) need the cores a spinning pool holds (measured: ``serve-engine`` 8 clients 40-47 ->
+    54-62 captions/s, 1 client no slower, docs/BENCHMARKS.md).
+    """
+    if spinning is not None:
+        return bool(spinning)
+    return len(list(graphs)) == 1 or graph == "decoder_step"
+
+
+def bundle_runners(manifest, precision="fp32", graphs=None, providers=None, threads=None, spinning=None):
     """``{graph: OnnxRuntimeRunner}`` (in pipeline order, not yet activated) for a bundle's variant.
 
-    Thread pools spin when the bundle has a single graph, and for a captioner's decoder step, whose runs
-    follow each other back to back; the encoder's pool does not (it would spin through the steps that
-    follow it).  Measured on a COCO-sized captioner, 2 threads, batch 1: a caption 15.0 ms with no
-    spinning, 13.5 ms with the step spinning, 16.1 / 24.0 ms with the encoder spinning (see
-    ``make_session``'s ``spinning``).  The NCHWc layout transformer runs except on FP16 variants
+    Which thread pools spin: :func:`spinning_policy` (``spinning`` None: the single-caller policy).  The NCHWc layout transformer runs except on FP16 variants
     (``make_session``'s ``nchwc``); the ``int8`` (TensorRT Q/DQ) variant runs unfused (:func:`fuses_qdq`).
     """
     graphs = list(graphs or manifest.graph_names)
     return collections.OrderedDict(
         (graph, OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph),
                                   name="onnxruntime:{}[{}]".format(graph, precision), providers=providers,
-                                  threads=threads, spinning=len(graphs) == 1 or graph == "decoder_step",
+                                  threads=threads, spinning=spinning_policy(graphs, graph, spinning),
                                   **variant_options(precision)))
         for graph in graphs)
