@@ -223,12 +223,15 @@ def test_user_classes_with_a_weights_only_checkpoint(sat_tanh, checkpoints, tmp_
     assert manifest.data["source"]["kind"] == "user code"
     assert "weights read with torch.load(weights_only=True)" in manifest.data["export"]["notes"]
     assert _opsets(manifest) == {13}
-    # the INT8 search's task step: fully quantized, one beam caption (a near-tie, toy_10.png) differed from
-    # PyTorch's; the search kept layers float until every caption agreed, and says why (measured)
+    # the INT8 search's task step ends with every caption agreeing, and a layer it kept float says so.
+    # Whether it has to act depends on the CPU's float kernels: fully quantized, one beam caption (a near-tie,
+    # toy_10.png) differed from PyTorch's on a 2-core AMD EPYC (AVX2) and agreed on an AVX-512 Xeon.  The
+    # procedure itself is tested deterministically in test_int8_task.py.
     search = manifest.data["variants"]["int8"]["quantization"]["search"]
-    assert not search["task"]["passed_initially"] and search["task"]["passed"], search["task"]
+    assert search["task"]["passed"], search["task"]
     kept = [k for g in search["graphs"].values() for k in g["kept_float"]]
-    assert any(k["reason"].startswith("kept float for the task checks") for k in kept)
+    for_task = [k for k in kept if k["reason"].startswith("kept float for the task checks")]
+    assert bool(for_task) == (not search["task"]["passed_initially"]), search["task"]
     assert all(v["task"]["passed"] for v in manifest.data["validation"].values())
     checks = {c["check"]: c for c in manifest.data["source_checks"]}
     # the decoder's eval-mode forward feeds back its own argmax: the adapter matched it free-running
