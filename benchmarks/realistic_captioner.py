@@ -9,7 +9,7 @@ vocabulary) and ``OUT_DIR/images/*.png`` (224x224 images to caption, ``jetcap be
 committed: build it on demand.
 
 With ``--pretrain-steps N`` the whole trunk is first trained from scratch to recognise the shapes
-(``pretrain_trunk``: N batches of 32 at 160x160, about 0.9 s each on 2 cores), standing in for the
+(``pretrain_trunk``: N batches of 32 at 160x160, 0.6-0.9 s each on 2 cores), standing in for the
 ImageNet pretraining of a real captioner's trunk; that is the model to measure INT8 on.  Without it
 the trunk keeps its (seeded) random weights -- what is measured is the compute and memory of the real
 topology, not caption quality -- with its BatchNorm statistics estimated on the images and its residual

@@ -22,10 +22,9 @@ images' own resolution, since ResNet-101 at 160 would cost about 5 s a step on 2
 BatchNorm statistics are estimated at 256: the stand-in for the ImageNet weights the tutorial starts
 from, and the model to measure INT8 on.  Without it, as in ``realistic_captioner.py``, the trunk keeps
 seeded random weights with BatchNorm statistics estimated on the images and its residual branches
-damped (stable to input noise, as a trained trunk is).  The decoder is trained with the trunk's last bottleneck (the tutorial fine-tunes the top of its
-trunk; its input computed once; the
-attention's ``encoder_att`` projection computed once per batch instead of once per word, which is the
-same function), on each image clean and under input noise (``--noise-copies``, ``--max-noise``: see
+damped (stable to input noise, as a trained trunk is).  The decoder is trained with the trunk's last
+bottleneck (the tutorial fine-tunes the top of its trunk; its input computed once; the attention's
+``encoder_att`` projection computed once per batch instead of once per word, which is the same function), on each image clean and under input noise (``--noise-copies``, ``--max-noise``: see
 ``realistic_captioner.py``).  Never committed: build it on demand (about 5 minutes on 2 cores at the
 defaults; the model INT8 is measured on, ``--images 2048 --steps 1200 --pretrain-steps 1000``, took
 3624 s on a 2-core Xeon: pretraining 1014 s, trunk features of 6144 images 900 s, decoder 1200 steps).

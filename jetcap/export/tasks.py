@@ -58,10 +58,10 @@ def search_paths(folder, suffixes, count: int, calibration_samples: int):
     when the verdict's inputs are held out (:func:`task_paths`), the search checks the first calibration
     inputs instead -- fitting and calibrating on the same data, judging on other data -- and the verdict
     on the held-out ones decides."""
-    paths = list_inputs(folder, suffixes)
-    if len(paths[calibration_samples:]) < count:
+    _, held_out = task_paths(folder, suffixes, count, calibration_samples)
+    if not held_out:
         return None
-    return paths[:min(count, calibration_samples)] or None
+    return list_inputs(folder, suffixes)[:min(count, calibration_samples)] or None
 
 
 def task_source_entries(folder, held_out: bool, count: int) -> Dict[str, np.ndarray]:
@@ -131,7 +131,6 @@ class FamilyExport:
         arrays["task/source"] = np.asarray("the first {} calibration inputs of {}".format(
             len(paths), opts.calibration_data))
         return arrays
-
 
     def task_arrays(self, subject, config, opts, paths, held_out: bool) -> Dict[str, np.ndarray]:
         """The ``task/...`` arrays of ``paths`` (``None``: the built-in samples)."""

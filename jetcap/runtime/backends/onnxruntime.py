@@ -135,8 +135,9 @@ def spinning_policy(graphs, graph, spinning=None):
 def bundle_runners(manifest, precision="fp32", graphs=None, providers=None, threads=None, spinning=None):
     """``{graph: OnnxRuntimeRunner}`` (in pipeline order, not yet activated) for a bundle's variant.
 
-    Which thread pools spin: :func:`spinning_policy` (``spinning`` None: the single-caller policy).  The NCHWc layout transformer runs except on FP16 variants
-    (``make_session``'s ``nchwc``); the ``int8`` (TensorRT Q/DQ) variant runs unfused (:func:`fuses_qdq`).
+    Which thread pools spin: :func:`spinning_policy` (``spinning`` None: the single-caller policy).  The
+    NCHWc layout transformer runs except on FP16 variants (``make_session``'s ``nchwc``); the ``int8``
+    (TensorRT Q/DQ) variant runs unfused (:func:`fuses_qdq`).
     """
     graphs = list(graphs or manifest.graph_names)
     return collections.OrderedDict(
