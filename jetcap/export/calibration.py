@@ -87,8 +87,9 @@ class ActivationRanges:
 
 
 def calibration_tensors(model, op_types: Sequence[str]) -> List[str]:
-    """Float activations that are inputs or outputs of ``op_types`` nodes of a shape-inferred
-    ``model`` (what the Q/DQ quantizer asks ranges for, initializers excluded), in graph order."""
+    """Float activations that are inputs of ``op_types`` nodes of a shape-inferred ``model`` (what the
+    Q/DQ quantizer asks ranges for: it quantizes those ops' inputs, not their outputs; initializers
+    excluded), in graph order."""
     onnx = require("onnx")
     infos = {vi.name: vi for vi in itertools.chain(model.graph.value_info, model.graph.output, model.graph.input)}
     initializers = {t.name for t in model.graph.initializer}
@@ -97,7 +98,7 @@ def calibration_tensors(model, op_types: Sequence[str]) -> List[str]:
     for node in model.graph.node:
         if node.op_type not in op_types:
             continue
-        for name in itertools.chain(node.input, node.output):
+        for name in node.input:
             info = infos.get(name)
             if (name and name not in initializers and name not in out and info is not None
                     and info.type.tensor_type.elem_type in floats):

@@ -2,14 +2,15 @@
 
 ``onnxruntime.quantization.quantize_static`` in QDQ format with **symmetric** int8 activations and
 per-channel symmetric int8 weights (zero point 0, what TensorRT requires), opset 13 Q/DQ (per-channel
-``axis``), only compute-heavy ops quantized, biases float, and the nodes a family marks as recurrent
-kept in float (TensorRT 8.2 has no INT8 LSTM).  The activation ranges are jetcap's own
+``axis``), only compute-heavy ops quantized (their inputs, not their outputs), biases float, and the
+nodes a family marks as recurrent kept in float (TensorRT 8.2 has no INT8 LSTM).  The activation ranges are jetcap's own
 (:func:`jetcap.export.calibration.calibrate`), handed to ``quantize_static`` as its calibration
 cache, so the graph is the one the chosen calibration method computes, and one calibration serves
 every graph the accuracy search (:mod:`jetcap.export.int8_search`) writes.
 
-ONNX Runtime on x86 runs this symmetric s8s8 form slower than FP32 for small, memory-bound graphs;
-it is meant for TensorRT on Xavier/Orin, and its CPU run here is a fidelity check.
+It is meant for TensorRT on Xavier/Orin.  jetcap runs it in ONNX Runtime with the Q/DQ pairs unfused
+(each DequantizeLinear, then the float op: the rounding TensorRT's kernels reproduce), as a fidelity
+check, not for speed; the CPU variant for speed is ``int8-cpu`` (:mod:`jetcap.export.int8_cpu`).
 """
 from __future__ import annotations
 
@@ -30,12 +31,16 @@ from jetcap.export.options import CalibrationMethod
 from jetcap.util.lazy import require
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-# DedicatedQDQPair: a tensor shared by a quantized and a float consumer (the decoder state h feeds
-# decoder_att *and* the LSTMCell) keeps a float path to the float one.
+# DedicatedQDQPair: a tensor read by several quantized ops gets one Q/DQ pair per reader; the float
+# readers of a rounded tensor get the float value back from keep_float_paths.
 # QuantizeBias False: biases stay float; ONNX Runtime's INT32 bias DequantizeLinear is refused by
 # TensorRT's ONNX parser (it dequantizes INT8 only), found by `jetcap check`.
+# OpTypesToExcludeOutputQuantization: only the *inputs* of weighted ops are quantized (TensorRT's Q/DQ
+# placement advice), not their outputs: an output Q/DQ rounds a pre-activation tensor whose negative
+# half the ReLU then drops, and, before a residual Add, puts int8 rounding into the residual stream of
+# every block; the next weighted op quantizes that value at its own input anyway.
 QDQ_EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                     "QuantizeBias": False}
+                     "QuantizeBias": False, "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}
 
 
 @dataclass
@@ -64,6 +69,76 @@ def int8_plan(model, keep_float_patterns: Sequence[str] = ()) -> Int8Plan:
     candidates = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in forced
                   and (n.op_type != "MatMul" or any(i in weights for i in n.input))]
     return Int8Plan(candidates=candidates, forced_float=forced)
+
+
+def keep_float_paths(model, weighted_ops: Sequence[str] = QUANTIZED_OPS) -> int:
+    """Give the float value back to every reader of a fake-quantized activation that is not a quantized
+    weighted op, and to the graph's outputs; returns how many inputs/outputs were changed.
+
+    ONNX Runtime's quantizer reroutes *every* reader of a tensor with one quantized reader through its
+    Q/DQ pair (and gives a graph output's name to the DequantizeLinear): a residual Add then sums
+    int8-rounded values, a float-by-rule LSTM reads rounded state, and an encoder's ``features`` or
+    ``h0`` output is itself rounded to 256 levels.  Only the weighted ops the plan quantizes should
+    see the rounding (TensorRT fuses exactly that pair into its int8 kernel).
+    """
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+
+    def maps():
+        producers = {o: n for n in graph.node for o in n.output}
+        consumers: Dict[str, List] = {}
+        for n in graph.node:
+            for i, name in enumerate(n.input):
+                consumers.setdefault(name, []).append((n, i))
+        return producers, consumers
+
+    def activation_qdq(producers, consumers):
+        """``[(source tensor, DequantizeLinear)]`` of every fake-quantized activation."""
+        pairs = []
+        for q in graph.node:
+            if q.op_type == "QuantizeLinear" and q.input[0] not in weights:
+                pairs.extend((q.input[0], dq) for dq, _ in consumers.get(q.output[0], [])
+                             if dq.op_type == "DequantizeLinear")
+        return pairs
+
+    changed = 0
+    outputs = {o.name for o in graph.output}
+    producers, consumers = maps()
+    for source, dq in activation_qdq(producers, consumers):
+        value = dq.output[0]
+        if value in outputs:  # the float tensor takes its output name back; the DQ gets a new one
+            fresh = value + "_dequantized"
+            for reader, i in consumers.get(value, []):
+                reader.input[i] = fresh
+            dq.output[0] = fresh
+            for node in graph.node:
+                node.output[:] = [value if o == source else o for o in node.output]
+                node.input[:] = [value if i == source else i for i in node.input]
+            changed += 1
+            producers, consumers = maps()
+
+    def quantized(node) -> bool:
+        if node.op_type not in weighted_ops:
+            return False
+        return any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                   and producers[i].input[0] in weights for i in node.input)
+
+    for source, dq in activation_qdq(producers, consumers):
+        for reader, i in consumers.get(dq.output[0], []):
+            if not quantized(reader):
+                reader.input[i] = source
+                changed += 1
+    producers, consumers = maps()
+    live = {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(consumers.get(o) or o in live for o in n.output)]
+    while dead:  # Q/DQ pairs left without a reader
+        for node in dead:
+            graph.node.remove(node)
+        producers, consumers = maps()
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(consumers.get(o) or o in live for o in n.output)]
+    return changed
 
 
 def write_qdq(src: Path, dst: Path, ranges: ActivationRanges, quantize: Sequence[str],
@@ -119,6 +194,8 @@ def write_qdq(src: Path, dst: Path, ranges: ActivationRanges, quantize: Sequence
     finally:
         root.setLevel(level)
     quantized = onnx.load(str(dst))
+    if keep_float_paths(quantized):
+        onnx.save(quantized, str(dst))
     _check(onnx, quantized, Path(dst).name)
     zero_points = [t for t in quantized.graph.initializer if t.name.endswith("zero_point")]
     nonzero = [t.name for t in zero_points if any(onnx.numpy_helper.to_array(t).ravel() != 0)]

@@ -44,6 +44,30 @@ def test_per_channel_weights_and_recurrence_left_float(captioner_bundle, classif
     assert lstm_inputs and not any(producer.get(i) == "DequantizeLinear" for i in lstm_inputs)
 
 
+def test_activations_are_quantized_only_at_weighted_op_inputs(captioner_bundle, classifier_bundle):
+    """TensorRT's Q/DQ placement: activations are rounded where a Conv/Gemm/MatMul reads them, not at
+    their outputs (a pre-ReLU tensor, a residual branch before its Add stay float), and no other reader
+    nor a graph output (``features``, ``h0``) sees the rounding."""
+    for bundle, graphs in ((captioner_bundle, ("encoder", "decoder_step")), (classifier_bundle, ("model",))):
+        for graph in graphs:
+            model = _int8_model(bundle, graph)
+            weights = {t.name for t in model.graph.initializer}
+            consumers = {}
+            for node in model.graph.node:
+                for name in node.input:
+                    consumers.setdefault(name, []).append(node)
+            activation_qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+            assert activation_qs, graph
+            for q in activation_qs:
+                dqs = consumers[q.output[0]]
+                assert dqs and all(d.op_type == "DequantizeLinear" for d in dqs), q.name
+                readers = [c for d in dqs for c in consumers.get(d.output[0], [])]
+                assert readers and all(r.op_type in ("Conv", "Gemm", "MatMul") for r in readers), (
+                    q.name, [r.op_type for r in readers])
+            producer = {o: n for n in model.graph.node for o in n.output}
+            assert not any(producer[o.name].op_type == "DequantizeLinear" for o in model.graph.output), graph
+
+
 def test_manifest_records_calibration(captioner_bundle):
     manifest = json.loads((captioner_bundle / "manifest.json").read_text())
     int8 = manifest["variants"]["int8"]
