@@ -4,7 +4,9 @@ When the graph with every candidate layer quantized misses its error target on t
 each candidate is quantized **alone** (the rest float) and its error measured against the FP32 graph
 on the same feeds; the layers are ranked by that error, and the smallest prefix of the ranking kept in
 float that brings the whole graph within the target is found (doubling, then bisection), within a
-bound on the share of the candidates' multiply-accumulates left in float.
+bound on the share of the candidates' multiply-accumulates left in float.  When no prefix within the
+bound does, the layers are ranked again by error per multiply-accumulate (the cheap harmful layers
+first: more of them fit in the bound) and the prefix search is repeated; the ranking used is recorded.
 
 The error of a graph is one number, the share of the family's INT8 tolerance it uses: the largest over
 outputs and feeds of ``(1 - cosine) / (1 - min_cosine)`` and ``max |a - r| / (atol + rtol |r|)``;
@@ -28,6 +30,8 @@ from jetcap.runtime.backends.onnxruntime import make_session, variant_options
 from jetcap.util.lazy import require
 
 MAX_EVAL_FEEDS = 16
+HARM = "harm"                  # ranking orders (GraphQuantizer.ranking)
+HARM_PER_MAC = "harm per MAC"
 
 
 @dataclass
@@ -146,6 +150,7 @@ class GraphQuantizer:
         self.evaluations = 0
         self.alone: Optional[Dict[str, Dict[str, Any]]] = None
         self.macs: Dict[str, float] = {}
+        self.order = HARM  # how :meth:`ranking` orders the candidates (the search may switch it)
 
     def write(self, float_nodes: Sequence[str], dst: Path) -> Path:
         """The Q/DQ graph with ``float_nodes`` (and the plan's float-by-rule nodes) left float, at ``dst``."""
@@ -159,12 +164,16 @@ class GraphQuantizer:
         self.evaluations += 1
         return self.meter.measure(self.write(float_nodes, self.trial))
 
-    def ranking(self) -> List[str]:
-        """The candidates, most harmful quantized alone first (fills ``alone`` and ``macs``)."""
+    def ranking(self, order: Optional[str] = None) -> List[str]:
+        """The candidates in ``order`` (default :attr:`order`): most harmful quantized alone first
+        (``HARM``), or most harm per multiply-accumulate first (``HARM_PER_MAC``: the cheap harmful
+        layers before the expensive ones, a knapsack's greedy order).  Fills ``alone`` and ``macs``."""
         candidates = self.plan.candidates
         if self.alone is None:
             self.macs = layer_macs(self.fp32_path, candidates, self.feeds[0])
             self.alone = {node: self.error([n for n in candidates if n != node]) for node in candidates}
+        if (order or self.order) == HARM_PER_MAC:
+            return sorted(candidates, key=lambda n: -self.alone[n]["error"] / max(self.macs.get(n, 0.0), 1.0))
         return sorted(candidates, key=lambda n: -self.alone[n]["error"])
 
     def mac_fraction(self, nodes: Sequence[str]) -> float:
@@ -187,8 +196,8 @@ class GraphQuantizer:
         ranking = self.ranking()
         rank = ranking.index(node) + 1
         alone = self.alone[node]
-        reason = "quantized alone it used {:.3g} of the tolerance ({}), rank {} of {}".format(
-            alone["error"], alone["worst"], rank, len(ranking))
+        reason = "quantized alone it used {:.3g} of the tolerance ({}), rank {} of {} by {}".format(
+            alone["error"], alone["worst"], rank, len(ranking), self.order)
         return {"node": node, "mac_fraction": _r(self.mac_fraction([node])), "error_quantized_alone": _r(alone["error"]),
                 "worst_output_alone": alone["worst"], "rank": rank, "reason": why + reason}
 
@@ -236,52 +245,72 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
 
     log("int8 search {}: every candidate quantized uses {:.2f} of the tolerance ({}); ranking {} layers".format(
         q.name, full["error"], full["worst"], len(plan.candidates)))
-    ranking = q.ranking()
-    limit = q.limit()
-    tried: Dict[int, Dict[str, Any]] = {0: full}
+    tried: Dict[Any, Dict[str, Any]] = {(): full}
 
-    def at(k: int) -> Dict[str, Any]:
-        if k not in tried:
-            tried[k] = q.error(ranking[:k])
-        return tried[k]
+    def at(nodes: Sequence[str]) -> Dict[str, Any]:
+        key = tuple(sorted(nodes))
+        if key not in tried:
+            tried[key] = q.error(list(nodes))
+        return tried[key]
 
-    best_k = None
-    k, low = 1, 0
-    while k <= limit:  # doubling: the first prefix length that meets the target
-        if at(k)["error"] <= target:
-            best_k = k
-            break
-        low = k
-        k *= 2
-    if best_k is None and limit and low < limit and at(limit)["error"] <= target:
-        best_k = limit
-    if best_k is not None:  # bisection between the last miss and the first hit
-        high = best_k
-        while high - low > 1:
-            mid = (low + high) // 2
-            if at(mid)["error"] <= target:
-                high = mid
-            else:
-                low = mid
-        best_k = high
-    chosen_k = best_k if best_k is not None else limit
-    final = at(chosen_k) if chosen_k else full
-    chosen = ranking[:chosen_k]
+    attempts = []
+    for order in (HARM, HARM_PER_MAC):
+        q.order = order
+        ranking, limit = q.ranking(), q.limit()
+        best_k = shortest_prefix(lambda k: at(ranking[:k])["error"] <= target, limit)
+        chosen_k = best_k if best_k is not None else limit
+        attempts.append((best_k is not None, order, ranking[:chosen_k]))
+        log("int8 search {}: by {}, {} layer(s) float ({:.1%} of the MACs){}".format(
+            q.name, order, chosen_k, q.mac_fraction(ranking[:chosen_k]),
+            "" if best_k is not None else ", target not met within the bound"))
+        if best_k is not None:
+            break  # the second order is tried only when the first misses within the bound
+    passing = [a for a in attempts if a[0]]
+    passed, order, chosen = passing[0] if passing else min(attempts, key=lambda a: at(a[2])["error"])
+    q.order = order
+    best_k = len(chosen) if passed else None
+    final = at(chosen)
     entry.update(
-        searched=True, passed=best_k is not None, error=_r(final["error"]), worst_output=final["worst"],
+        searched=True, passed=passed, ranking_order=order, orders_tried=[a[1] for a in attempts],
+        error=_r(final["error"]), worst_output=final["worst"],
         cosine=final["cosine"], kept_float=[q.kept_entry(n) for n in chosen],
         float_mac_fraction=_r(q.mac_fraction(chosen)),
-        ranking=[{"node": n, "error_quantized_alone": _r(q.alone[n]["error"])} for n in ranking[:10]],
+        ranking=[{"node": n, "error_quantized_alone": _r(q.alone[n]["error"]), "mac_fraction": _r(q.mac_fraction([n]))}
+                 for n in q.ranking()[:10]],
         evaluations=q.evaluations, seconds=round(time.monotonic() - started, 2))
     if best_k is None:
-        entry["note"] = ("no prefix of the ranking within {:.0%} of the MACs meets the target; the most it "
-                         "allows ({} layers) gives {:.3g}".format(options.max_float_fraction, limit,
-                                                                  final["error"]))
+        entry["note"] = ("no prefix of either ranking within {:.0%} of the MACs meets the target; the best "
+                         "at the bound ({} layers by {}) gives {:.3g}".format(options.max_float_fraction, len(chosen),
+                                                                         order, final["error"]))
     log("int8 search {}: {} layer(s) kept float ({:.1%} of the MACs), error {:.2f} of the tolerance{} "
         "({} graphs, {:.1f} s)".format(q.name, len(chosen), entry["float_mac_fraction"], final["error"],
                                        "" if best_k is not None else " - target NOT met", q.evaluations,
                                        entry["seconds"]))
     return SearchResult(float_nodes=chosen, entry=entry, passed=best_k is not None)
+
+
+def shortest_prefix(passes: Callable[[int], bool], limit: int) -> Optional[int]:
+    """The smallest ``k`` in ``1..limit`` with ``passes(k)``, assuming longer prefixes pass once one does:
+    doubling (1, 2, 4, ...; then ``limit``), then bisection between the last miss and the first hit.
+    None when ``passes(limit)`` is false (or ``limit`` is 0)."""
+    best, low, k = None, 0, 1
+    while k <= limit:
+        if passes(k):
+            best = k
+            break
+        low, k = k, k * 2
+    if best is None:
+        if not limit or low >= limit or not passes(limit):
+            return None
+        best = limit
+    high = best
+    while high - low > 1:
+        mid = (low + high) // 2
+        if passes(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def _r(value: float) -> Optional[float]:
