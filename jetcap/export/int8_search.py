@@ -16,7 +16,6 @@ scores, which are measured, and near-ties among them would make every layer look
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,8 +40,6 @@ class SearchOptions:
 
     Attributes:
         enabled: run it (else every candidate is quantized, as the plain recipe does).
-        refine_ranges: first narrow the input ranges of the most harmful layers
-            (:mod:`jetcap.export.int8_ranges`).
         max_float_fraction: at most this share of the candidate layers' MACs may be kept float (0..1).
         error_budget: the target, as a share of the family's INT8 tolerance (1.0: the gate itself;
             0.5 leaves half of it as margin for other data).
@@ -50,7 +47,6 @@ class SearchOptions:
     """
 
     enabled: bool = True
-    refine_ranges: bool = True
     max_float_fraction: float = 0.25
     error_budget: float = 1.0
     max_feeds: int = MAX_EVAL_FEEDS
@@ -144,10 +140,8 @@ class GraphQuantizer:
                  plan: Int8Plan, tolerance, options: SearchOptions, workdir: Path):
         self.fp32_path = Path(fp32_path)
         self.name = self.fp32_path.stem
-        self.calibration_feeds = list(feeds)
         self.feeds = list(feeds)[:max(1, options.max_feeds)]
         self.ranges = ranges
-        self.overrides: Dict[str, float] = {}  # narrower ranges chosen by the range step (int8_ranges)
         self.plan = plan
         self.options = options
         self.meter = GraphErrorMeter(fp32_path, self.feeds, tolerance)
@@ -158,27 +152,17 @@ class GraphQuantizer:
         self.macs: Dict[str, float] = {}
         self.order = HARM  # how :meth:`ranking` orders the candidates (the search may switch it)
 
-    def thresholds(self, overrides: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-        """The activation thresholds the graphs are written with: calibration's, then the range step's."""
-        out = dict(self.ranges.thresholds)
-        out.update(self.overrides)
-        out.update(overrides or {})
-        return out
-
-    def write(self, float_nodes: Sequence[str], dst: Path, overrides: Optional[Dict[str, float]] = None) -> Path:
+    def write(self, float_nodes: Sequence[str], dst: Path) -> Path:
         """The Q/DQ graph with ``float_nodes`` (and the plan's float-by-rule nodes) left float, at ``dst``."""
         keep = set(float_nodes)
-        ranges = self.ranges
-        if self.overrides or overrides:
-            ranges = dataclasses.replace(ranges, thresholds=self.thresholds(overrides))
-        write_qdq(self.fp32_path, dst, ranges, [n for n in self.plan.candidates if n not in keep],
+        write_qdq(self.fp32_path, dst, self.ranges, [n for n in self.plan.candidates if n not in keep],
                   self.forced + sorted(keep), feeds=self.feeds[:1])
         return dst
 
-    def error(self, float_nodes: Sequence[str], overrides: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
-        """:meth:`GraphErrorMeter.measure` of the graph with ``float_nodes`` float (and ``overrides``)."""
+    def error(self, float_nodes: Sequence[str]) -> Dict[str, Any]:
+        """:meth:`GraphErrorMeter.measure` of the graph with ``float_nodes`` float."""
         self.evaluations += 1
-        return self.meter.measure(self.write(float_nodes, self.trial, overrides))
+        return self.meter.measure(self.write(float_nodes, self.trial))
 
     def ranking(self, order: Optional[str] = None) -> List[str]:
         """The candidates in ``order`` (default :attr:`order`): most harmful quantized alone first
@@ -261,16 +245,6 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
 
     log("int8 search {}: every candidate quantized uses {:.2f} of the tolerance ({}); ranking {} layers".format(
         q.name, full["error"], full["worst"], len(plan.candidates)))
-    q.ranking()
-    if options.refine_ranges:
-        from jetcap.export.int8_ranges import refine_ranges
-
-        entry["ranges_refined"] = refine_ranges(q, target, log)
-        if entry["ranges_refined"]:
-            full = q.error([])
-            entry["error_all_int8_refined"] = _r(full["error"])
-            log("int8 search {}: {} range(s) narrowed; every candidate quantized now uses {:.2f} of the "
-                "tolerance".format(q.name, len(entry["ranges_refined"]), full["error"]))
     tried: Dict[Any, Dict[str, Any]] = {(): full}
 
     def at(nodes: Sequence[str]) -> Dict[str, Any]:
@@ -279,8 +253,8 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
             tried[key] = q.error(list(nodes))
         return tried[key]
 
-    attempts = [] if full["error"] > target else [(True, HARM, [])]  # the range step may be enough
-    for order in ((HARM, HARM_PER_MAC) if not attempts else ()):
+    attempts = []
+    for order in (HARM, HARM_PER_MAC):
         q.order = order
         ranking, limit = q.ranking(), q.limit()
         best_k = shortest_prefix(lambda k: at(ranking[:k])["error"] <= target, limit)
@@ -406,11 +380,10 @@ def int8_variant(fp32_files: Dict[str, Path], graph_names: Sequence[str], calibr
                         q.kept_entry(n, why="kept float for the task checks; ") for n in added]
                     searched[name]["float_mac_fraction"] = _r(q.mac_fraction(float_nodes[name]))
     notes = ["int8 {}: Q/DQ symmetric per-channel, {} calibration over {} feeds, {} of {} candidate layers quantized, "
-             "{} float by rule, {} kept float by the accuracy search, {} input range(s) narrowed by it".format(
+             "{} float by rule, {} kept float by the accuracy search".format(
                  name, quantizers[name].ranges.method.value, quantizers[name].ranges.feeds,
                  len(quantizers[name].plan.candidates) - len(float_nodes[name]), len(quantizers[name].plan.candidates),
-                 len(quantizers[name].plan.forced_float), len(float_nodes[name]),
-                 len(searched[name].get("ranges_refined", []))) for name in graph_names]
+                 len(quantizers[name].plan.forced_float), len(float_nodes[name])) for name in graph_names]
     data = str(opts.calibration_data) if opts.calibration_data else "built-in samples"
     details = {
         "notes": notes,

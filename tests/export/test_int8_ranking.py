@@ -43,7 +43,7 @@ class Additive(GraphQuantizer):
 
 
 def _search(harm, macs, bound):
-    options = SearchOptions(max_float_fraction=bound, refine_ranges=False)
+    options = SearchOptions(max_float_fraction=bound)
     q = Additive(harm, macs, options)
     return q, search_float_layers(Path("enc.onnx"), [{}], None, q.plan, None, options, quantizer=q)
 
