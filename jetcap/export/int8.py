@@ -128,17 +128,14 @@ def keep_float_paths(model, weighted_ops: Sequence[str] = QUANTIZED_OPS) -> int:
             if not quantized(reader):
                 reader.input[i] = source
                 changed += 1
-    producers, consumers = maps()
-    live = {o.name for o in graph.output}
-    dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-            and not any(consumers.get(o) or o in live for o in n.output)]
-    while dead:  # Q/DQ pairs left without a reader
+    while True:  # drop the Q/DQ pairs left without a reader
+        _, consumers = maps()
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(consumers.get(o) or o in outputs for o in n.output)]
+        if not dead:
+            return changed
         for node in dead:
             graph.node.remove(node)
-        producers, consumers = maps()
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(consumers.get(o) or o in live for o in n.output)]
-    return changed
 
 
 def write_qdq(src: Path, dst: Path, ranges: ActivationRanges, quantize: Sequence[str],

@@ -164,15 +164,15 @@ class GraphQuantizer:
         self.evaluations += 1
         return self.meter.measure(self.write(float_nodes, self.trial))
 
-    def ranking(self, order: Optional[str] = None) -> List[str]:
-        """The candidates in ``order`` (default :attr:`order`): most harmful quantized alone first
+    def ranking(self) -> List[str]:
+        """The candidates in :attr:`order`: most harmful quantized alone first
         (``HARM``), or most harm per multiply-accumulate first (``HARM_PER_MAC``: the cheap harmful
         layers before the expensive ones, a knapsack's greedy order).  Fills ``alone`` and ``macs``."""
         candidates = self.plan.candidates
         if self.alone is None:
             self.macs = layer_macs(self.fp32_path, candidates, self.feeds[0])
             self.alone = {node: self.error([n for n in candidates if n != node]) for node in candidates}
-        if (order or self.order) == HARM_PER_MAC:
+        if self.order == HARM_PER_MAC:
             return sorted(candidates, key=lambda n: -self.alone[n]["error"] / max(self.macs.get(n, 0.0), 1.0))
         return sorted(candidates, key=lambda n: -self.alone[n]["error"])
 
@@ -268,7 +268,6 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
     passing = [a for a in attempts if a[0]]
     passed, order, chosen = passing[0] if passing else min(attempts, key=lambda a: at(a[2])["error"])
     q.order = order
-    best_k = len(chosen) if passed else None
     final = at(chosen)
     entry.update(
         searched=True, passed=passed, ranking_order=order, orders_tried=[a[1] for a in attempts],
@@ -278,15 +277,15 @@ def search_float_layers(fp32_path: Path, feeds: Sequence[Dict[str, np.ndarray]],
         ranking=[{"node": n, "error_quantized_alone": _r(q.alone[n]["error"]), "mac_fraction": _r(q.mac_fraction([n]))}
                  for n in q.ranking()[:10]],
         evaluations=q.evaluations, seconds=round(time.monotonic() - started, 2))
-    if best_k is None:
+    if not passed:
         entry["note"] = ("no prefix of either ranking within {:.0%} of the MACs meets the target; the best "
                          "at the bound ({} layers by {}) gives {:.3g}".format(options.max_float_fraction, len(chosen),
                                                                          order, final["error"]))
     log("int8 search {}: {} layer(s) kept float ({:.1%} of the MACs), error {:.2f} of the tolerance{} "
         "({} graphs, {:.1f} s)".format(q.name, len(chosen), entry["float_mac_fraction"], final["error"],
-                                       "" if best_k is not None else " - target NOT met", q.evaluations,
+                                       "" if passed else " - target NOT met", q.evaluations,
                                        entry["seconds"]))
-    return SearchResult(float_nodes=chosen, entry=entry, passed=best_k is not None)
+    return SearchResult(float_nodes=chosen, entry=entry, passed=passed)
 
 
 def shortest_prefix(passes: Callable[[int], bool], limit: int) -> Optional[int]:
