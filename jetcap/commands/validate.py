@@ -3,19 +3,23 @@ import click
 
 from jetcap.commands.options import echo_json, json_option, log, model_source_options, parse_json_object, parse_models
 
+TOLERANCE_FORM = "OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]"
+
 
 def _tolerance_option(ctx, param, values):
-    """``--tolerance OUTPUT=ATOL,RTOL[,MIN_COSINE]`` -> {output: {atol, rtol, min_cosine}}."""
+    """``--tolerance OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]`` ->
+    {output: {atol, rtol, ...}}; the fields left out take ``Tolerance``'s defaults (no outliers)."""
+    fields = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
     parsed = {}
     for value in values:
         try:
             name, numbers = value.split("=", 1)
             parts = [float(x) for x in numbers.split(",")]
-            if len(parts) not in (2, 3):
+            if not name or not 2 <= len(parts) <= len(fields):
                 raise ValueError
         except ValueError:
-            raise click.BadParameter("expected OUTPUT=ATOL,RTOL[,MIN_COSINE], got {!r}".format(value))
-        parsed[name] = {"atol": parts[0], "rtol": parts[1], "min_cosine": parts[2] if len(parts) == 3 else 0.0}
+            raise click.BadParameter("expected {}, got {!r}".format(TOLERANCE_FORM, value))
+        parsed[name] = dict(zip(fields, parts))
     return parsed
 
 
@@ -33,7 +37,7 @@ def _tolerance_option(ctx, param, values):
 @click.option("--seed", type=int, default=None,
               help="With --checkpoint: also compare on fresh random inputs drawn with this seed.")
 @click.option("--tolerance", "tolerances", multiple=True, callback=_tolerance_option,
-              help="Override an output's tolerance: OUTPUT=ATOL,RTOL[,MIN_COSINE] (repeatable).")
+              help="Override an output's tolerance: {} (repeatable).".format(TOLERANCE_FORM))
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache.")
 @click.option("--word-map", type=click.Path(dir_okay=False), default=None,
               help="With --checkpoint: the captioner's word map, if the checkpoint lacks it [default: the bundle's].")

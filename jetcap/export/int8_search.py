@@ -9,8 +9,9 @@ bound does, the layers are ranked again by error per multiply-accumulate (the ch
 first: more of them fit in the bound) and the prefix search is repeated; the ranking used is recorded.
 
 The error of a graph is one number, the share of the family's INT8 tolerance it uses: the largest over
-outputs and feeds of ``(1 - cosine) / (1 - min_cosine)`` and ``max |a - r| / (atol + rtol |r|)``;
-<= 1 is what the export gate passes.  Integer outputs (token ids) are left out: they follow the float
+outputs and feeds of ``(1 - cosine) / (1 - min_cosine)`` and of the element rule's share
+(``TensorComparison.tolerance_used``: ``max |a - r| / (atol + rtol |r|)`` past the elements the
+tolerance lets out); <= 1 is what the export gate passes.  Integer outputs (token ids) are left out: they follow the float
 scores, which are measured, and near-ties among them would make every layer look harmful.  The Q/DQ form is :func:`jetcap.export.int8.write_qdq`'s
 (symmetric, zero points 0, per-channel weights, float biases: what TensorRT 8.2 reads).
 """
@@ -79,7 +80,7 @@ class GraphErrorMeter:
 
     def measure(self, path: Path) -> Dict[str, Any]:
         """``{"error": share of the tolerance, "worst": output, "cosine": {output: lowest}}`` of ``path``."""
-        from jetcap.validate.metrics import compare_arrays
+        from jetcap.validate.metrics import compare_with
 
         tol = self.tolerance
         session = self._session(path)
@@ -88,15 +89,14 @@ class GraphErrorMeter:
         for feed, reference in zip(self.feeds, self.reference):
             actual = dict(zip(self.outputs, session.run(None, feed)))
             for name in self.outputs:
-                result = compare_arrays(actual[name], reference[name], atol=tol.atol, rtol=tol.rtol,
-                                        min_cosine=tol.min_cosine)
+                result = compare_with(actual[name], reference[name], tol)
                 if result.exact:  # token ids (top-k): they follow the float outputs, which are measured
                     continue
                 if result.nonfinite or result.cosine is None:
                     error = float("inf")
                 else:
                     error = max((1.0 - result.cosine) / max(1.0 - tol.min_cosine, 1e-12),
-                                result.max_tolerance_ratio or 0.0)
+                                result.tolerance_used or 0.0)
                 if result.cosine is not None:
                     cosines[name] = min(cosines.get(name, 1.0), float(result.cosine))
                 if worst_output is None or error > worst:

@@ -47,12 +47,12 @@ def torch_outputs(module, spec: GraphSpec, feed: Dict[str, np.ndarray]) -> Dict[
 def compare_outputs(actual: Dict[str, np.ndarray], reference: Dict[str, np.ndarray], tol: Tolerance,
                     gate: bool = True) -> List[Dict[str, Any]]:
     """Per-output comparison records; with ``gate`` False only NaN/Inf and shapes can fail."""
-    from jetcap.validate.metrics import compare_arrays
+    from jetcap.validate.metrics import compare_arrays, compare_with
 
     records = []
     for name, ref in reference.items():
         if gate:
-            result = compare_arrays(actual[name], ref, atol=tol.atol, rtol=tol.rtol, min_cosine=tol.min_cosine)
+            result = compare_with(actual[name], ref, tol)
         else:
             result = compare_arrays(actual[name], ref, atol=float("inf"), rtol=0.0, min_cosine=-1.0)
         records.append({"output": name, "passed": bool(result), "max_abs": _f(result.max_abs),

@@ -304,6 +304,14 @@ def infer_backbone(state_dict: Mapping[str, Any], encoder_dim: int) -> Dict[str,
                           hint="pass --backbone and check the checkpoint")
 
 
+# The reduced precisions let 10 elements per million past their bound, none past twice it.  The
+# encoder's `features` of a ResNet-101 at 256x256 is 401 408 elements per image: FP16 stays within
+# 0.80 of its bound on one image and reaches 1.16 on a batch of eight (2 elements of 3.2 M out, the
+# largest 1.16x; the 10-per-million quantile is 0.73), so a rule of "no element out" judged the size
+# of the batch, not the variant.  FP32 keeps no allowance: any element out there is a real difference.
+REDUCED_PRECISION_TAIL = {"outlier_fraction": 1e-5, "outlier_cap": 2.0}
+
+
 register(CaptionerFamily(
     name="captioner",
     description="MobileNet/ResNet encoder + Show-Attend-Tell attention-LSTM decoder",
@@ -312,12 +320,12 @@ register(CaptionerFamily(
     int8_keep_float=("decode_step", "/fc/"),
     tolerances={
         "fp32": Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.99999),
-        "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999),
+        "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999, **REDUCED_PRECISION_TAIL),
         # INT8: cosine and the task level carry the verdict; a few elements of a 9k-element output may sit
         # ~1.3 away (measured on the sample captioner: features cos 0.997, 100 % identical captions)
-        "int8": Tolerance(atol=1.5, rtol=5e-1, min_cosine=0.99),
+        "int8": Tolerance(atol=1.5, rtol=5e-1, min_cosine=0.99, **REDUCED_PRECISION_TAIL),
         # int8-cpu (dynamic u8s8 weights) measured: cos >= 0.99965, max abs 0.46 (COCO-sized step), 0.09 (samples)
-        "int8-cpu": Tolerance(atol=1.0, rtol=5e-1, min_cosine=0.999),
+        "int8-cpu": Tolerance(atol=1.0, rtol=5e-1, min_cosine=0.999, **REDUCED_PRECISION_TAIL),
     },
     task_thresholds={
         "fp32": TaskThresholds(min_exact_match=1.0, max_bleu_drop=0.0),

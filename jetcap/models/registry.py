@@ -53,13 +53,17 @@ class GraphSpec:
 class Tolerance:
     """Tensor-level tolerance of one precision.
 
-    An element fails when ``|a - r| > atol + rtol * |r|`` (numpy's ``allclose`` semantics); an output
-    also fails when its cosine similarity to the reference is below ``min_cosine``.
+    An element is out when ``|a - r| > atol + rtol * |r|`` (numpy's ``allclose`` semantics); an output
+    fails when more than ``floor(outlier_fraction * size)`` of its elements are out (none by default),
+    when one is past ``outlier_cap`` times its bound, or when its cosine similarity to the reference is
+    below ``min_cosine`` (see ``jetcap.validate.metrics``).
     """
 
     atol: float
     rtol: float
     min_cosine: float
+    outlier_fraction: float = 0.0
+    outlier_cap: float = 1.0
 
 
 @dataclass(frozen=True)

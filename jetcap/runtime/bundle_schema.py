@@ -165,11 +165,7 @@ def check_manifest(data, bundle_dir):
         if decoding.get("beam_size") is not None:
             _int(decoding["beam_size"], "decoding.beam_size", 1, 1024)
     if data.get("tolerances") is not None:
-        tolerances = _dict(data["tolerances"], "'tolerances'")
-        for precision, entry in tolerances.items():
-            for key, value in _dict(entry, "tolerances.{}".format(precision)).items():
-                if key in ("atol", "rtol", "min_cosine"):
-                    _number(value, "tolerances.{}.{}".format(precision, key), low=0)
+        _check_tolerances(data["tolerances"])
     if data.get("reference") is not None:
         reference = _dict(data["reference"], "'reference'")
         bundle_file(bundle_dir, reference.get("path"), "reference.path")
@@ -178,6 +174,16 @@ def check_manifest(data, bundle_dir):
         _check_decoder(data["decoder"])
     if data.get("source") is not None:
         _dict(data["source"], "'source'")
+
+
+def _check_tolerances(tolerances):
+    tolerances = _dict(tolerances, "'tolerances'")
+    for precision, entry in tolerances.items():
+        for key, value in _dict(entry, "tolerances.{}".format(precision)).items():
+            if key in ("atol", "rtol", "min_cosine", "outlier_fraction"):
+                _number(value, "tolerances.{}.{}".format(precision, key), low=0)
+            elif key == "outlier_cap":
+                _number(value, "tolerances.{}.{}".format(precision, key), low=1)
 
 
 def _check_axes(axes):

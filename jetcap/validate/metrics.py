@@ -8,12 +8,18 @@ Tensor level
     :func:`tolerance_checker` is a factory: give it a default :class:`Tolerance` (and optional
     per-output overrides) and it returns a closure ``check(output_name, actual, reference)``.
 
-    Pass/fail semantics (the same as ``numpy.allclose`` plus a cosine floor):
+    Pass/fail semantics (``numpy.allclose`` plus a cosine floor, and an optional allowance for the tail):
 
-    * an element fails when ``|a - r| > atol + rtol * |r|`` (an element exactly on the bound passes);
-    * an output fails when any element fails, when its cosine similarity to the reference is below
-      ``min_cosine``, when shape or dtype differ from the reference, or when the output *or the
-      reference* holds any NaN/Inf (always a failure, whatever the tolerance);
+    * an element is *out* when ``|a - r| > atol + rtol * |r|`` (an element exactly on the bound passes);
+    * an output fails when more than ``floor(outlier_fraction * size)`` elements are out (0 by default:
+      any element out fails, as ``allclose``), when any element is past ``outlier_cap`` times its bound,
+      when its cosine similarity to the reference is below ``min_cosine``, when shape or dtype differ
+      from the reference, or when the output *or the reference* holds any NaN/Inf (always a failure,
+      whatever the tolerance);
+    * the allowance exists because a rule "no element out" judges the far tail of the error, which
+      grows with the number of elements compared: the same FP16 ResNet passes on one image and fails
+      on a batch of eight.  A fixed share of elements, each still within ``outlier_cap`` bounds, gives
+      the same verdict at every size; the cosine floor and the task checks judge the rest;
     * integer and boolean outputs (ids, indices, masks) are compared exactly: tolerances do not apply
       and cosine is reported but not enforced.
 
@@ -38,6 +44,8 @@ from jetcap.validate.bleu import corpus_bleu
 
 # Denominator floor of the (informational) relative error |a - r| / max(|r|, REL_EPS).
 REL_EPS = 1e-12
+# The largest share of elements a tolerance may let past its bound: a gate, not a median.
+MAX_OUTLIER_FRACTION = 1e-3
 
 
 def _as_float(value, field, owner):
@@ -76,47 +84,69 @@ def _fields_from(obj, names, owner, defaults=None):
 
 
 class Tolerance(object):
-    """Tensor-level tolerance: an element fails when ``|a - r| > atol + rtol * |r|``; an output also
-    fails when its cosine similarity to the reference is below ``min_cosine``.
+    """Tensor-level tolerance: an element is out when ``|a - r| > atol + rtol * |r|``; an output fails
+    when more than ``floor(outlier_fraction * size)`` elements are out, when any is past ``outlier_cap``
+    times its bound, or when its cosine similarity to the reference is below ``min_cosine``.
 
     Args:
         atol: absolute tolerance (>= 0).
         rtol: relative tolerance (>= 0).
         min_cosine: the lowest acceptable cosine similarity, in [-1, 1] (default 0: a sign flip fails).
+        outlier_fraction: the share of elements that may be out, in [0, MAX_OUTLIER_FRACTION]
+            (default 0: none, ``allclose`` semantics).
+        outlier_cap: how far out an allowed element may be, as a multiple of its bound (>= 1; default
+            1, which with the default fraction changes nothing).
     """
 
-    __slots__ = ("atol", "rtol", "min_cosine")
-    FIELDS = ("atol", "rtol", "min_cosine")
+    __slots__ = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
+    FIELDS = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
+    DEFAULTS = {"min_cosine": 0.0, "outlier_fraction": 0.0, "outlier_cap": 1.0}
 
-    def __init__(self, atol, rtol, min_cosine=0.0):
+    def __init__(self, atol, rtol, min_cosine=0.0, outlier_fraction=0.0, outlier_cap=1.0):
         self.atol = _as_float(atol, "atol", "tolerance")
         self.rtol = _as_float(rtol, "rtol", "tolerance")
         self.min_cosine = _as_float(min_cosine, "min_cosine", "tolerance")
+        self.outlier_fraction = _as_float(outlier_fraction, "outlier_fraction", "tolerance")
+        self.outlier_cap = _as_float(outlier_cap, "outlier_cap", "tolerance")
         if self.atol < 0 or self.rtol < 0:
             raise UsageError("tolerance atol and rtol must be >= 0, got atol={} rtol={}".format(self.atol, self.rtol))
         if not -1.0 <= self.min_cosine <= 1.0:
             raise UsageError("tolerance min_cosine must be in [-1, 1], got {}".format(self.min_cosine))
+        if not 0.0 <= self.outlier_fraction <= MAX_OUTLIER_FRACTION:
+            raise UsageError("tolerance outlier_fraction must be in [0, {:g}], got {}".format(
+                MAX_OUTLIER_FRACTION, self.outlier_fraction))
+        if not 1.0 <= self.outlier_cap < float("inf"):
+            raise UsageError("tolerance outlier_cap must be a finite number >= 1, got {}".format(self.outlier_cap))
+
+    def outliers_allowed(self, size):
+        """How many of ``size`` elements may be out: ``floor(outlier_fraction * size)``."""
+        return int(math.floor(self.outlier_fraction * size + 1e-9))
 
     @classmethod
     def from_any(cls, obj):
-        """A Tolerance from a Tolerance, a dict ``{atol, rtol, min_cosine}`` (e.g. from a manifest),
-        any object with those attributes (e.g. ``jetcap.models.registry.Tolerance``) or a 3-tuple."""
+        """A Tolerance from a Tolerance, a dict of :attr:`FIELDS` (e.g. from a manifest; the missing
+        ones from :attr:`DEFAULTS`), any object with those attributes (e.g.
+        ``jetcap.models.registry.Tolerance``) or a tuple of 3 to 5 of them in that order."""
         if isinstance(obj, cls):
             return obj
         if isinstance(obj, (tuple, list)):
-            if len(obj) != 3:
-                raise UsageError("a tolerance tuple needs (atol, rtol, min_cosine), got {!r}".format(obj))
+            if not 3 <= len(obj) <= len(cls.FIELDS):
+                raise UsageError("a tolerance tuple needs (atol, rtol, min_cosine[, outlier_fraction[, outlier_cap]]),"
+                                 " got {!r}".format(obj))
             return cls(*obj)
-        values = _fields_from(obj, cls.FIELDS, "tolerance", defaults={"min_cosine": 0.0})
+        values = _fields_from(obj, cls.FIELDS, "tolerance", defaults=cls.DEFAULTS)
         return cls(**values)
 
     def to_dict(self):
-        """``{"atol", "rtol", "min_cosine"}`` (JSON-ready)."""
-        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine}
+        """``{"atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap"}`` (JSON-ready)."""
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     def describe(self):
-        """Short text, e.g. ``|a-r| <= 0.05 + 0.05*|r|, cos >= 0.999``."""
-        return "|a-r| <= {:g} + {:g}*|r|, cos >= {:g}".format(self.atol, self.rtol, self.min_cosine)
+        """Short text, e.g. ``|a-r| <= 0.05 + 0.05*|r| (up to 1e-05 of elements within 2x), cos >= 0.999``."""
+        text = "|a-r| <= {:g} + {:g}*|r|".format(self.atol, self.rtol)
+        if self.outlier_fraction > 0:
+            text += " (up to {:g} of elements within {:g}x)".format(self.outlier_fraction, self.outlier_cap)
+        return text + ", cos >= {:g}".format(self.min_cosine)
 
     def __eq__(self, other):
         return isinstance(other, Tolerance) and self.to_dict() == other.to_dict()
@@ -125,10 +155,10 @@ class Tolerance(object):
         return not self == other
 
     def __hash__(self):
-        return hash((self.atol, self.rtol, self.min_cosine))
+        return hash(tuple(getattr(self, name) for name in self.FIELDS))
 
     def __repr__(self):
-        return "Tolerance(atol={!r}, rtol={!r}, min_cosine={!r})".format(self.atol, self.rtol, self.min_cosine)
+        return "Tolerance({})".format(", ".join("{}={!r}".format(name, getattr(self, name)) for name in self.FIELDS))
 
 
 class TaskThresholds(object):
@@ -193,7 +223,8 @@ class TensorComparison(object):
         shape_ok, dtype_ok: whether they match.
         exact: True for integer/bool outputs, compared exactly.
         size: number of elements (0 when shapes differ).
-        atol, rtol, min_cosine: the tolerance applied.
+        atol, rtol, min_cosine, outlier_fraction, outlier_cap: the tolerance applied.
+        outliers_allowed: how many elements may be out (``floor(outlier_fraction * size)``).
         max_abs, mean_abs, p99_abs: absolute error ``|a - r|`` statistics (over elements finite in both).
         max_rel, mean_rel, p99_rel: relative error ``|a - r| / max(|r|, 1e-12)`` statistics
             (informational: near-zero references inflate it; pass/fail uses ``atol + rtol*|r|``).
@@ -202,8 +233,13 @@ class TensorComparison(object):
         l2: relative L2 error ``||a - r|| / ||r||`` (0 when both are zero, inf when only r is).
         max_tolerance_ratio: ``max |a - r| / (atol + rtol*|r|)``; <= 1 means every element passes
             (None for exact comparisons).
+        tolerance_used: the share of the element rule used, ``max(s[k], s[0] / outlier_cap)`` where
+            ``s`` are the ratios above sorted from the largest and ``k = outliers_allowed``; <= 1 is
+            what passes (equal to ``max_tolerance_ratio`` without an allowance; None for exact ones).
         nonfinite, reference_nonfinite: NaN/Inf counts in the output and in the reference.
-        num_failing, fraction_failing: elements outside tolerance (non-finite ones included).
+        num_failing, fraction_failing: elements out (non-finite ones included), whether allowed or not.
+        elements_ok: whether the element rule passed (no NaN/Inf, at most ``outliers_allowed`` out,
+            none past the cap); False for mismatched shapes.
         worst_index: index tuple of the worst element (the first non-finite one if any, else the one
             furthest outside tolerance), None for empty arrays or mismatched shapes.
         worst_actual, worst_reference: the values at ``worst_index``.
@@ -224,6 +260,9 @@ class TensorComparison(object):
         self.atol = None  # type: Optional[float]
         self.rtol = None  # type: Optional[float]
         self.min_cosine = None  # type: Optional[float]
+        self.outlier_fraction = 0.0
+        self.outlier_cap = 1.0
+        self.outliers_allowed = 0
         self.max_abs = None  # type: Optional[float]
         self.mean_abs = None  # type: Optional[float]
         self.p99_abs = None  # type: Optional[float]
@@ -233,11 +272,13 @@ class TensorComparison(object):
         self.cosine = None  # type: Optional[float]
         self.l2 = None  # type: Optional[float]
         self.max_tolerance_ratio = None  # type: Optional[float]
+        self.tolerance_used = None  # type: Optional[float]
         self.worst_actual = None  # type: Optional[float]
         self.worst_reference = None  # type: Optional[float]
         self.nonfinite = 0
         self.reference_nonfinite = 0
         self.num_failing = 0
+        self.elements_ok = False
         self.fraction_failing = 0.0
         self.worst_index = None  # type: Optional[Tuple[int, ...]]
         self.passed = False
@@ -274,8 +315,10 @@ class TensorComparison(object):
             parts.append("max_rel {}".format(_fmt(self.max_rel)))
             parts.append("cos {}".format(_fmt(self.cosine, 7)))
             parts.append("l2 {}".format(_fmt(self.l2)))
-        parts.append("{}/{} elements ({:.2%}) outside tolerance".format(
-            self.num_failing, self.size, self.fraction_failing))
+        allowed = " (up to {} allowed within {:g}x)".format(
+            self.outliers_allowed, self.outlier_cap) if self.outliers_allowed else ""
+        parts.append("{}/{} elements ({:.2%}) outside tolerance{}".format(
+            self.num_failing, self.size, self.fraction_failing, allowed))
         if self.worst_index is not None:
             parts.append("worst {}: {} vs {}".format(
                 list(self.worst_index), _fmt(self.worst_actual, 6), _fmt(self.worst_reference, 6)))
@@ -304,14 +347,26 @@ def _check_numeric(array, what):
             what, array.dtype))
 
 
-def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", strict_dtype=True):
+def compare_with(actual, reference, tolerance, name="", strict_dtype=True):
+    """:func:`compare_arrays` under a :class:`Tolerance` (or anything :meth:`Tolerance.from_any` reads)."""
+    tol = Tolerance.from_any(tolerance)
+    return compare_arrays(actual, reference, tol.atol, tol.rtol, tol.min_cosine, name=name,
+                          strict_dtype=strict_dtype, outlier_fraction=tol.outlier_fraction,
+                          outlier_cap=tol.outlier_cap)
+
+
+def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", strict_dtype=True,
+                   outlier_fraction=0.0, outlier_cap=1.0):
     """Compare ``actual`` (a backend's output) with ``reference`` (PyTorch's) element-wise.
 
     Args:
         actual, reference: array-likes (numpy arrays, lists, scalars); float16/32/64, int or bool.
-        atol, rtol: element ``i`` fails when ``|a_i - r_i| > atol + rtol * |r_i|``.
+        atol, rtol: element ``i`` is out when ``|a_i - r_i| > atol + rtol * |r_i|``.
         min_cosine: the output fails when cosine(a, r) < min_cosine (default 0; ignored for exact,
             i.e. integer/bool, outputs).
+        outlier_fraction, outlier_cap: up to ``floor(outlier_fraction * size)`` elements may be out,
+            none past ``outlier_cap`` times its bound (default 0 and 1: none may be out; ignored for
+            exact outputs, which never allow one).
         name: the output's name, carried into the result (default "").
         strict_dtype: when True (default) the dtypes must be identical; when False only their kinds
             must agree (float vs float, int vs int), e.g. to accept float16 outputs of an FP16 engine
@@ -323,7 +378,7 @@ def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", stric
     Raises:
         UsageError: for arrays of non-numeric dtype or an invalid tolerance.
     """
-    tol = Tolerance(atol, rtol, min_cosine)
+    tol = Tolerance(atol, rtol, min_cosine, outlier_fraction, outlier_cap)
     a = np.asarray(actual)
     r = np.asarray(reference)
     _check_numeric(a, "output {!r}".format(name) if name else "output")
@@ -332,7 +387,7 @@ def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", stric
     result = TensorComparison(
         name=name, shape=tuple(int(d) for d in a.shape), reference_shape=tuple(int(d) for d in r.shape),
         dtype=str(a.dtype), reference_dtype=str(r.dtype), atol=tol.atol, rtol=tol.rtol,
-        min_cosine=tol.min_cosine)
+        min_cosine=tol.min_cosine, outlier_fraction=tol.outlier_fraction, outlier_cap=tol.outlier_cap)
     exact_kinds = "biu"
     result.exact = r.dtype.kind in exact_kinds and a.dtype.kind in exact_kinds
     reasons = []
@@ -360,6 +415,8 @@ def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", stric
             setattr(result, field, 0.0)
         result.cosine = 1.0
         result.max_tolerance_ratio = None if result.exact else 0.0
+        result.tolerance_used = result.max_tolerance_ratio
+        result.elements_ok = True
         result.passed = not reasons
         result.reason = "; ".join(reasons) if reasons else "ok"
         return result
@@ -399,6 +456,8 @@ def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", stric
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(diff == 0, 0.0, diff / bound)
         result.max_tolerance_ratio = float(score.max()) if score.size else float("nan")
+        result.outliers_allowed = tol.outliers_allowed(a64.size)
+        result.tolerance_used = _tolerance_used(score, result.outliers_allowed, tol.outlier_cap)
 
     num_failing = int(np.count_nonzero(failing)) + int(a64.size - np.count_nonzero(both))
     result.num_failing = num_failing
@@ -418,17 +477,37 @@ def compare_arrays(actual, reference, atol, rtol, min_cosine=0.0, name="", stric
     if result.reference_nonfinite:
         reasons.append("{} NaN/Inf value(s) in reference".format(result.reference_nonfinite))
     elements_out = int(np.count_nonzero(failing))
-    if elements_out:
-        if result.exact:
+    if result.exact:
+        if elements_out:
             reasons.append("{} of {} elements differ (exact comparison)".format(elements_out, a64.size))
-        else:
-            reasons.append("{} of {} elements outside |a-r| <= {:g} + {:g}*|r| (max_abs {})".format(
-                elements_out, a64.size, tol.atol, tol.rtol, _fmt(result.max_abs)))
+    elif elements_out > result.outliers_allowed:
+        allowed = " ({} allowed)".format(result.outliers_allowed) if result.outliers_allowed else ""
+        reasons.append("{} of {} elements outside |a-r| <= {:g} + {:g}*|r|{} (max_abs {})".format(
+            elements_out, a64.size, tol.atol, tol.rtol, allowed, _fmt(result.max_abs)))
+    elif elements_out and result.max_tolerance_ratio > tol.outlier_cap:
+        reasons.append("an element is {}x its bound |a-r| <= {:g} + {:g}*|r|, past the {:g}x allowed"
+                       " (max_abs {})".format(_fmt(result.max_tolerance_ratio), tol.atol, tol.rtol,
+                                              tol.outlier_cap, _fmt(result.max_abs)))
     if not result.exact and not (result.cosine >= tol.min_cosine):
         reasons.append("cosine {} < min_cosine {:g}".format(_fmt(result.cosine, 7), tol.min_cosine))
+    result.elements_ok = not (result.nonfinite or result.reference_nonfinite) and (
+        elements_out == 0 if result.exact else result.tolerance_used <= 1.0)
     result.passed = not reasons
     result.reason = "; ".join(reasons) if reasons else "ok"
     return result
+
+
+def _tolerance_used(score, allowed, cap):
+    """``max(s[allowed], s[0] / cap)`` of the ratios ``score`` sorted from the largest (NaN when empty)."""
+    if not score.size:
+        return float("nan")
+    largest = float(score.max())
+    if allowed <= 0:
+        return largest
+    if allowed >= score.size:
+        return largest / cap
+    kth = float(-np.partition(-score, allowed)[allowed])
+    return max(kth, largest / cap)
 
 
 def _cosine(a, r):
@@ -489,9 +568,8 @@ def tolerance_checker(default, per_output=None, strict_dtype=True):
 
     def check(output_name, actual, reference):
         """Compare one output with its reference under its tolerance."""
-        tol = tolerance_for(output_name)
-        return compare_arrays(actual, reference, tol.atol, tol.rtol, tol.min_cosine, name=output_name,
-                              strict_dtype=strict_dtype)
+        return compare_with(actual, reference, tolerance_for(output_name), name=output_name,
+                            strict_dtype=strict_dtype)
 
     # attributes of the closure (setattr keeps type checkers from objecting to function attributes)
     setattr(check, "tolerance_for", tolerance_for)

@@ -437,24 +437,27 @@ def tensor_checks(backend, precision, graph, output, comparisons):
     Returns:
         ``[<output>.allclose, <output>.cosine]`` (no cosine check for exact integer/bool outputs).
         ``allclose``: value = elements outside tolerance (NaN/Inf included) of the worst input,
-        threshold 0; it also fails for shape/dtype mismatches. ``cosine``: value = the lowest cosine
-        over inputs, threshold = ``min_cosine``. Each names the worst input and its statistics.
+        threshold = the elements its tolerance lets out (0 unless it has an ``outlier_fraction``);
+        it also fails for shape/dtype mismatches and for an element past the tolerance's cap.
+        ``cosine``: value = the lowest cosine over inputs, threshold = ``min_cosine``. Each names the
+        worst input and its statistics.
     """
     pairs = _labelled(comparisons)
 
     def severity(pair):
         comp = pair[1]
         return (not comp.passed, not comp.shape_ok, comp.nonfinite + comp.reference_nonfinite,
-                comp.num_failing, _sortable(comp.max_tolerance_ratio), _sortable(comp.max_abs))
+                not comp.elements_ok, comp.num_failing, _sortable(comp.tolerance_used), _sortable(comp.max_abs))
 
     label, worst = max(pairs, key=severity)
     failed_inputs = sum(1 for _, comp in pairs if not comp.passed)
     prefix = _inputs_phrase(pairs, failed_inputs)
     # the allclose check carries the failures that are not about cosine
-    allclose_ok = all(comp.shape_ok and comp.dtype_ok and comp.num_failing == 0 for _, comp in pairs)
+    allclose_ok = all(comp.shape_ok and comp.dtype_ok and comp.elements_ok for _, comp in pairs)
     checks = [Check(
         backend, precision, graph, "{}.allclose".format(output),
-        value=worst.num_failing if worst.shape_ok else None, threshold=0, sense="<=", passed=allclose_ok,
+        value=worst.num_failing if worst.shape_ok else None, threshold=worst.outliers_allowed, sense="<=",
+        passed=allclose_ok,
         detail="{}{}".format(prefix, worst.summary()), worst_input=label)]
     if not worst.exact:
         def cosine_key(pair):

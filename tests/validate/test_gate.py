@@ -136,6 +136,15 @@ def test_usage_errors_exit_2(classifier_bundle, tmp_path):
     assert result.exit_code == 2 and "tensorrt" in result.output.lower()
     result = run(["validate", str(classifier_bundle), "--tolerance", "logits=abc"])
     assert result.exit_code == 2
+    result = run(["validate", str(classifier_bundle), "--tolerance", "logits=1,1,0,0.5"])
+    assert result.exit_code != 0 and "outlier_fraction must be in" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tolerance_override_takes_an_allowance(classifier_bundle):
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--backend", "onnxruntime",
+                  "--tolerance", "logits=1e-3,1e-3,0.99999,1e-4,1.5", "--json"])
+    assert result.exit_code == 0, result.output
 
 
 def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):
