@@ -330,7 +330,9 @@ register(CaptionerFamily(
     task_thresholds={
         "fp32": TaskThresholds(min_exact_match=1.0, max_bleu_drop=0.0),
         "fp16": TaskThresholds(min_exact_match=0.99, max_bleu_drop=1.0),
-        "int8": TaskThresholds(min_exact_match=0.95, max_bleu_drop=2.0),
+        # INT8 as int8-cpu: 97 % of the captions PyTorch's (at 95 % a ResNet-101 SAT variant passed with
+        # a BLEU drop of 2.6 on 200 unseen images)
+        "int8": TaskThresholds(min_exact_match=0.97, max_bleu_drop=2.0),
         # measured on 200 COCO-sized-model images: greedy 99.0 %, beam-3 98.0 % (BLEU drop 1.32)
         "int8-cpu": TaskThresholds(min_exact_match=0.97, max_bleu_drop=2.0),
     },

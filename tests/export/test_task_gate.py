@@ -69,10 +69,14 @@ def test_task_inputs_are_held_out_from_calibration_when_the_folder_allows(tmp_pa
 def test_int8_search_aims_at_calibration_inputs_when_the_verdict_is_held_out(tmp_path):
     for i in range(40):
         (tmp_path / "img_{:02d}.png".format(i)).write_bytes(b"")
-    paths = search_paths(str(tmp_path), (".png",), 16, 16)  # verdict on 16..31: the search on 0..15
-    assert [p.rsplit("_", 1)[1] for p in paths] == ["{:02d}.png".format(i) for i in range(16)]
-    assert len(search_paths(str(tmp_path), (".png",), 16, 8)) == 8  # never past the calibration inputs
-    assert search_paths(str(tmp_path), (".png",), 16, 32) is None  # verdict shared: the search uses it too
+    def numbers(paths):
+        return [int(p.rsplit("_", 1)[1][:2]) for p in paths]
+
+    # verdict on 16..31: the search on the calibration inputs 0..15, then on 32..39, never on 16..31
+    assert numbers(search_paths(str(tmp_path), (".png",), 16, 16, 100)) == list(range(16)) + list(range(32, 40))
+    assert numbers(search_paths(str(tmp_path), (".png",), 16, 16, 10)) == list(range(10))
+    assert numbers(search_paths(str(tmp_path), (".png",), 16, 8, 12)) == list(range(8)) + list(range(24, 28))
+    assert search_paths(str(tmp_path), (".png",), 16, 32, 100) is None  # verdict shared: the search uses it too
 
 
 def test_export_int8_search_and_verdict_use_different_inputs(tmp_path):
@@ -91,10 +95,11 @@ def test_export_int8_search_and_verdict_use_different_inputs(tmp_path):
     result = CliRunner().invoke(cli, ["export", str(samples.captioner_checkpoint()), "-o", str(out), "--precision",
                                       "int8", "--calibration-data", str(folder), "--calibration-samples", "8"])
     assert result.exit_code == 0, result.output
-    assert "int8 search aims at the first 8 calibration inputs" in result.output
+    # 24 files: the verdict on 8..23, the search on the 8 calibration inputs (none left after the verdict's)
+    source = "8 inputs of {} (the calibration ones first), none of the verdict's".format(folder)
+    assert "int8 search aims at " + source in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task_data"]["held_out_from_calibration"] and manifest["task_data"]["count"] == 16
-    assert manifest["task_data"]["int8_search"] == {
-        "source": "the first 8 calibration inputs of {}".format(folder), "count": 8, "held_out_from_verdict": True}
+    assert manifest["task_data"]["int8_search"] == {"source": source, "count": 8, "held_out_from_verdict": True}
     assert "/8 captions" in manifest["variants"]["int8"]["quantization"]["search"]["task"]["result"]
     assert "16/16" in manifest["validation"]["int8"]["task"]["summary"]
