@@ -1,8 +1,10 @@
 """Caption agreement of a bundle's INT8 variants (``int8`` Q/DQ, ``int8-cpu``) on real-distribution images.
 
 Writes ``--images`` (default 200) images of the realistic captioners' distribution
-(``jetcap.samples.shapes.generate`` at seed 20261203, one past the test images of
-``benchmarks/realistic_captioner.py`` / ``realistic_sat.py``, resized to ``--size`` the same way) and runs
+(``jetcap.samples.shapes.generate`` at seed 20261203, the seed of the 48 test images that
+``benchmarks/realistic_captioner.py`` / ``realistic_sat.py`` write to ``OUT/images``, past those 48:
+the export calibrates on and checks those, so they are never counted here; resized to ``--size`` the
+same way) and runs
 ``jetcap validate --data DIR --checkpoint CKPT`` on ONNX Runtime (live PyTorch FP32 reference: the
 task-level checks are caption agreement with PyTorch) for fp32 and each ``--precision``; also counts how
 many greedy captions of each equal ONNX Runtime FP32's.  Prints markdown rows.
@@ -29,11 +31,12 @@ from jetcap.util.fsio import list_inputs  # noqa: E402
 from jetcap.validate.gate import ValidateOptions, validate_bundle  # noqa: E402
 
 SEED = 20261203
+TEST_IMAGES = 48  # the builders' OUT/images (calibration and the export's task checks): skipped
 
 
 def write_images(folder, count, size):
-    images, _ = shapes.generate(count, SEED)
-    for i, image in enumerate(images):
+    images, _ = shapes.generate(TEST_IMAGES + count, SEED)
+    for i, image in enumerate(images[TEST_IMAGES:]):
         Image.fromarray(image).resize((size, size), Image.BILINEAR).save(
             os.path.join(folder, "agree_{:04d}.png".format(i)))
 

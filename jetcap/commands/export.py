@@ -54,6 +54,9 @@ from jetcap.commands.options import (
                    "the family's tolerance.")
 @click.option("--int8-error-budget", type=float, default=1.0, show_default=True,
               help="INT8: the accuracy search's target as a share of the family's INT8 tolerance (0.5: half).")
+@click.option("--task-samples", type=int, default=200, show_default=True,
+              help="The most inputs of --calibration-data after the calibration ones on which the export checks "
+                   "that each variant's captions / labels are PyTorch's (the bundle keeps 16 images / 12 sequences).")
 @click.option("--int8-task-samples", type=int, default=100, show_default=True,
               help="INT8: the most inputs of --calibration-data (none of the verdict's) on which the accuracy "
                    "search checks that captions / labels stay PyTorch's.")
@@ -81,7 +84,7 @@ from jetcap.commands.options import (
 def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch, image_size, dynamic_image_size,
             min_image_size, max_image_size, mean, std, min_len, opt_len, max_len, output, input_size,
             calibration_data, calibration_method, calibration_samples, int8_max_float_fraction, int8_error_budget,
-            int8_task_samples, no_int8_search, keep_passing, word_map, labels,
+            task_samples, int8_task_samples, no_int8_search, keep_passing, word_map, labels,
             num_heads, backbone, grid, no_simplify, target, no_check, force, models, model_args, adapter, trust_pickle,
             code_path, as_json):
     """Export CHECKPOINT to an ONNX bundle (graphs, manifest, reference data), checked against PyTorch.
@@ -112,6 +115,7 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         calibration_method=calibration_method, calibration_samples=calibration_samples,
         int8_search=not no_int8_search, int8_max_float_fraction=int8_max_float_fraction,
         int8_error_budget=int8_error_budget, int8_task_samples=int8_task_samples, keep_passing=keep_passing,
+        task_samples=task_samples,
         trust_pickle=trust_pickle,
         code_path=Path(code_path) if code_path else None, word_map=Path(word_map) if word_map else None,
         labels=Path(labels) if labels else None, hints=hints, simplify=not no_simplify, force=force,

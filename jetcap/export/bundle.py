@@ -189,6 +189,12 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             log("{}: {} ({:.1f} s)".format(precision, "PASS" if validation[precision]["passed"] else "FAIL",
                                            timings["variant_" + precision]))
 
+        for key, value in task.stored_task(reference).items():  # the verdict may have used more inputs
+            if value is None:
+                reference.pop(key, None)
+            else:
+                reference[key] = value
+        manifest["task_data"]["stored"] = int(reference["task/count"])
         save_npz(tmp / REFERENCE_NAME, reference)
         timings["total"] = time.monotonic() - started
         manifest.update({

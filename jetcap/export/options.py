@@ -56,6 +56,9 @@ class ExportOptions:
             tolerance is met (:mod:`jetcap.export.int8_search`); runs only when the fully quantized graph misses it.
         int8_max_float_fraction: the most of a graph's INT8-candidate MACs the search may keep float (0..1).
         int8_error_budget: the search's target as a share of the family's INT8 tolerance (default 1.0).
+        task_samples: the most held-out inputs of ``calibration_data`` the export's task checks (its
+            verdict) use; the bundle stores the family's first 16 images / 12 sequences of them
+            (:func:`jetcap.export.tasks.task_paths`).
         int8_task_samples: the most task inputs (of ``calibration_data``, none of the verdict's) the INT8
             search checks captions / labels on (:func:`jetcap.export.tasks.search_paths`).
         keep_passing: when a variant fails its check, still write the bundle with the variants that passed
@@ -94,6 +97,7 @@ class ExportOptions:
     int8_max_float_fraction: float = 0.25
     int8_error_budget: float = 1.0
     int8_task_samples: int = 100
+    task_samples: int = 200
     keep_passing: bool = False
     trust_pickle: bool = False
     code_path: Optional[Path] = None
@@ -137,6 +141,8 @@ class ExportOptions:
             raise UsageError("--int8-max-float-fraction must be within 0..1")
         if not self.int8_error_budget > 0:
             raise UsageError("--int8-error-budget must be > 0")
+        if self.task_samples < 1:
+            raise UsageError("--task-samples must be >= 1")
         if self.int8_task_samples < 1:
             raise UsageError("--int8-task-samples must be >= 1")
         if self.calibration_samples < 1:

@@ -34,22 +34,24 @@ def feature_pixels(image_size: int, stride: int = FEATURE_STRIDE) -> int:
     return side * side
 
 
-def task_paths(folder, suffixes, count: int, calibration_samples: int):
-    """``(paths, held_out)``: the ``count`` task inputs of a user's ``folder``.
+def task_paths(folder, suffixes, count: int, calibration_samples: int, most: int = 0):
+    """``(paths, held_out)``: the task inputs of a user's ``folder`` that the export's verdict checks.
 
-    Held out from calibration when the folder has enough files: the ones after the first
-    ``calibration_samples`` (which calibrate INT8 and drive its search), so the task checks that decide
-    whether INT8 still says the same thing are not made on the inputs it was fitted to.  Measured on the
+    Held out from calibration when the folder has at least ``count`` files after the first
+    ``calibration_samples`` (which calibrate INT8 and drive its search): then up to ``most`` (at least
+    ``count``) of those, so the task checks that decide whether INT8 still says the same thing are not
+    made on the inputs it was fitted to, and are made on as many as the folder offers.  Measured on the
     COCO-sized benchmark captioner: its INT8 variant gave PyTorch's captions on 16/16 calibration images
-    and on 86.5 % of 200 unseen ones (docs/VALIDATION.md).  A smaller folder is shared, and says so."""
+    and on 86.5 % of 200 unseen ones (docs/VALIDATION.md).  A smaller folder is shared (``count``
+    inputs), and says so."""
     paths = list_inputs(folder, suffixes)
     rest = paths[calibration_samples:]
     if len(rest) >= count:
-        return rest[:count], True
+        return rest[:max(count, most)], True
     return paths[:count], False
 
 
-def search_paths(folder, suffixes, count: int, calibration_samples: int, search_count: int):
+def search_paths(folder, suffixes, count: int, calibration_samples: int, search_count: int, most: int = 0):
     """The ``search_count`` task inputs the INT8 search aims at, or ``None`` when they are the verdict's own.
 
     The search keeps layers float until the task checks pass, so the inputs it checks are inputs it was
@@ -58,12 +60,13 @@ def search_paths(folder, suffixes, count: int, calibration_samples: int, search_
     when the verdict's ``count`` inputs are held out (:func:`task_paths`), the search checks other ones:
     the calibration inputs first, then the files after the verdict's -- never the verdict's own.
     And it checks many of them: 16 inputs cannot tell a variant that changes 4 % of the captions from
-    one that changes none (measured on the ResNet-101 SAT: 16/16 on its inputs, 96 % of 200 unseen)."""
-    _, held_out = task_paths(folder, suffixes, count, calibration_samples)
+    one that changes none (measured on the ResNet-101 SAT: 16/16 on its inputs, 96 % of 200 images).
+    ``count`` and ``most`` are :func:`task_paths`'."""
+    verdict, held_out = task_paths(folder, suffixes, count, calibration_samples, most)
     if not held_out:
         return None
     paths = list_inputs(folder, suffixes)
-    return (paths[:calibration_samples] + paths[calibration_samples + count:])[:search_count] or None
+    return (paths[:calibration_samples] + paths[calibration_samples + len(verdict):])[:search_count] or None
 
 
 def task_source_entries(folder, held_out: bool, count: int) -> Dict[str, np.ndarray]:
@@ -117,8 +120,14 @@ class FamilyExport:
         suffixes, count = self.task_inputs
         paths, held_out = None, False
         if opts.calibration_data is not None:
-            paths, held_out = task_paths(opts.calibration_data, suffixes, count, opts.calibration_samples)
+            paths, held_out = task_paths(opts.calibration_data, suffixes, count, opts.calibration_samples,
+                                         opts.task_samples)
         return self.task_arrays(subject, config, opts, paths, held_out)
+
+    def stored_task(self, reference: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The ``task/...`` arrays the bundle keeps of the verdict's: the family's ``count`` first inputs
+        (what ``jetcap validate`` checks on a device); the export's verdict may have used more."""
+        raise NotImplementedError
 
     def search_reference(self, subject, config, opts) -> Optional[Dict[str, np.ndarray]]:
         """The same arrays on the INT8 search's own task inputs (:func:`search_paths`), or ``None`` when
@@ -127,7 +136,7 @@ class FamilyExport:
             return None
         suffixes, count = self.task_inputs
         paths = search_paths(opts.calibration_data, suffixes, count, opts.calibration_samples,
-                             opts.int8_task_samples)
+                             opts.int8_task_samples, opts.task_samples)
         if paths is None:
             return None
         arrays = self.task_arrays(subject, config, opts, paths, False)
@@ -258,6 +267,13 @@ class CaptionerExport(FamilyExport):
 
     task_inputs = (IMAGE_SUFFIXES, TASK_IMAGES)
 
+    def stored_task(self, reference):
+        keep = min(TASK_IMAGES, int(reference["task/count"]))
+        arrays = {key: reference[key][:keep] for key in ("task/images", "task/names", "task/greedy_tokens",
+                                                          "task/greedy_scores", "task/beam_tokens")}
+        arrays["task/count"] = np.asarray(keep)
+        return arrays
+
     def task_arrays(self, subject, config, opts, paths, held_out):
         images, names = self._images(config, opts, limit=TASK_IMAGES, seed=opts.seed + 1000, paths=paths)
         max_len = int(config.get("max_len", 20))
@@ -375,6 +391,12 @@ class ClassifierExport(FamilyExport):
         return out
 
     task_inputs = (SEQUENCE_SUFFIXES, TASK_SEQUENCES)
+
+    def stored_task(self, reference):
+        count = int(reference["task/count"])
+        keep = min(TASK_SEQUENCES, count)
+        dropped = ["task/{}_{:03d}".format(kind, i) for i in range(keep, count) for kind in ("seq", "probs")]
+        return dict({"task/count": np.asarray(keep)}, **{key: None for key in dropped})
 
     def task_arrays(self, subject, config, opts, paths, held_out):
         axes = self.axes(config, opts)

@@ -64,6 +64,10 @@ def test_task_inputs_are_held_out_from_calibration_when_the_folder_allows(tmp_pa
     assert held_out and [p.rsplit("_", 1)[1] for p in paths] == ["{:02d}.png".format(i) for i in range(16, 32)]
     paths, held_out = task_paths(str(tmp_path), (".png",), 16, 32)  # 8 left after calibration: shared
     assert not held_out and len(paths) == 16 and paths[0].endswith("img_00.png")
+    paths, held_out = task_paths(str(tmp_path), (".png",), 16, 16, most=200)  # as many as the folder offers
+    assert held_out and len(paths) == 24 and paths[-1].endswith("img_39.png")
+    paths, held_out = task_paths(str(tmp_path), (".png",), 16, 16, most=4)  # never fewer than the family's count
+    assert held_out and len(paths) == 16
 
 
 def test_int8_search_aims_at_calibration_inputs_when_the_verdict_is_held_out(tmp_path):
@@ -77,6 +81,8 @@ def test_int8_search_aims_at_calibration_inputs_when_the_verdict_is_held_out(tmp
     assert numbers(search_paths(str(tmp_path), (".png",), 16, 16, 10)) == list(range(10))
     assert numbers(search_paths(str(tmp_path), (".png",), 16, 8, 12)) == list(range(8)) + list(range(24, 28))
     assert search_paths(str(tmp_path), (".png",), 16, 32, 100) is None  # verdict shared: the search uses it too
+    # a verdict on 16..35: the search on 0..15 and 36..39
+    assert numbers(search_paths(str(tmp_path), (".png",), 16, 16, 100, most=20)) == list(range(16)) + list(range(36, 40))
 
 
 def test_export_int8_search_and_verdict_use_different_inputs(tmp_path):
@@ -89,17 +95,40 @@ def test_export_int8_search_and_verdict_use_different_inputs(tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for i, image in enumerate(shapes.generate(24, 5)[0]):
+    for i, image in enumerate(shapes.generate(40, 5)[0]):
         Image.fromarray(image).save(str(folder / "shape_{:02d}.png".format(i)))
     out = tmp_path / "bundle"
     result = CliRunner().invoke(cli, ["export", str(samples.captioner_checkpoint()), "-o", str(out), "--precision",
-                                      "int8", "--calibration-data", str(folder), "--calibration-samples", "8"])
+                                      "int8", "--calibration-data", str(folder), "--calibration-samples", "8",
+                                      "--task-samples", "24"])
     assert result.exit_code == 0, result.output
-    # 24 files: the verdict on 8..23, the search on the 8 calibration inputs (none left after the verdict's)
-    source = "8 inputs of {} (the calibration ones first), none of the verdict's".format(folder)
+    # 40 files: the verdict on 8..31, the search on the 8 calibration inputs and 32..39
+    source = "16 inputs of {} (the calibration ones first), none of the verdict's".format(folder)
     assert "int8 search aims at " + source in result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["task_data"]["held_out_from_calibration"] and manifest["task_data"]["count"] == 16
-    assert manifest["task_data"]["int8_search"] == {"source": source, "count": 8, "held_out_from_verdict": True}
-    assert "/8 captions" in manifest["variants"]["int8"]["quantization"]["search"]["task"]["result"]
-    assert "16/16" in manifest["validation"]["int8"]["task"]["summary"]
+    assert manifest["task_data"]["held_out_from_calibration"] and manifest["task_data"]["count"] == 24
+    assert manifest["task_data"]["stored"] == 16  # the bundle keeps the family's 16 for `jetcap validate`
+    assert manifest["task_data"]["int8_search"] == {"source": source, "count": 16, "held_out_from_verdict": True}
+    assert "/16 captions" in manifest["variants"]["int8"]["quantization"]["search"]["task"]["result"]
+    assert "24/24" in manifest["validation"]["int8"]["task"]["summary"]
+    assert "24/24" in manifest["validation"]["fp32"]["task"]["summary"]
+    validated = CliRunner().invoke(cli, ["validate", str(out), "--backend", "onnxruntime"])
+    assert validated.exit_code == 0, validated.output
+    with np.load(str(out / "reference.npz")) as stored:
+        assert int(stored["task/count"]) == 16 and stored["task/images"].shape[0] == 16
+        assert stored["task/greedy_tokens"].shape[0] == 16 and stored["task/names"].shape == (16,)
+
+
+def test_the_bundle_keeps_the_family_count_of_a_larger_verdict():
+    from jetcap.export.tasks import TASK_SEQUENCES, ClassifierExport
+
+    reference = {"task/count": np.asarray(20)}
+    for i in range(20):
+        reference["task/seq_{:03d}".format(i)] = np.zeros((5, 3), np.float32)
+        reference["task/probs_{:03d}".format(i)] = np.zeros(4, np.float32)
+    stored = ClassifierExport().stored_task(reference)
+    assert int(stored["task/count"]) == TASK_SEQUENCES == 12
+    assert sorted(k for k, v in stored.items() if v is None) == sorted(
+        "task/{}_{:03d}".format(kind, i) for i in range(12, 20) for kind in ("seq", "probs"))
+    small = ClassifierExport().stored_task({"task/count": np.asarray(5)})
+    assert int(small["task/count"]) == 5 and len(small) == 1
