@@ -160,6 +160,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
 
         validation: Dict[str, Any] = {}
         variants: Dict[str, Any] = {}
+        stability = None  # the model's own captions under tiny input noise: what a variant's figures mean
         for precision in opts.precisions:
             t0 = time.monotonic()
             details: Dict[str, Any] = {}
@@ -182,6 +183,11 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             if validation[precision]["passed"]:  # what it says, as `jetcap validate` checks it
                 log("checking {} {}s against PyTorch's".format(precision, TASK_OUTPUT[family.name]))
                 _task_check(task_gate, precision, files[precision], validation[precision])
+                if precision == "fp32" and validation["fp32"]["passed"] and len(opts.precisions) > 1:
+                    stability = task_gate.stability(files["fp32"])
+                    if stability is not None:
+                        manifest["task_data"]["fp32_stability"] = stability.to_dict()
+                        log("model stability: " + stability.summary())
             timings["variant_" + precision] = time.monotonic() - t0
             variants[precision] = dict(details, files={
                 name: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
@@ -205,11 +211,13 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         failed = [p for p, v in validation.items() if not v["passed"]]
         worst = [f for p in failed for f in validation[p]["failures"]][:3]
+        below = _below_model_stability(validation, failed, stability, manifest["task_thresholds"])
         partial = bool(failed) and opts.keep_passing and "fp32" not in failed
         if failed and not partial:
             raise ValidationFailed("export validation failed for {}: {}".format(", ".join(failed), "; ".join(worst)),
                                    hint="no bundle was written" + ("" if opts.keep_passing or len(opts.precisions) < 2
-                                                                  else " (--keep-passing keeps the variants that passed)"))
+                                                                  else " (--keep-passing keeps the variants that passed)")
+                                   + below)
         if partial:  # --keep-passing: the failed variants' files go, the manifest says which and why
             for precision in failed:
                 for path in files[precision].values():
@@ -234,7 +242,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         summary["failed_variants"] = failed
         raise PartialBundle("bundle {} written with {} only: {} failed the check: {}".format(
             opts.out_dir, ", ".join(variants), ", ".join(failed), "; ".join(worst)), summary=summary,
-            hint="the manifest's failed_variants lists every failure")
+            hint="the manifest's failed_variants lists every failure" + below)
     if preflight is not None and not preflight["ok"]:
         raise PreflightFailed("bundle {} written, but the TensorRT pre-flight for {} found {} error(s); first: {}".format(
             opts.out_dir, preflight["target"], len(preflight["errors"]), preflight["errors"][0]),
@@ -322,6 +330,21 @@ def _task_check(gate: TaskGate, precision: str, files: Dict[str, Path], result: 
     if not outcome.passed:
         result["passed"] = False
         result["failures"].extend("task {}".format(f) for f in outcome.failures)
+
+
+def _below_model_stability(validation: Dict[str, Any], failed: List[str], stability,
+                           thresholds: Dict[str, Dict[str, float]]) -> str:
+    """A hint's tail when a variant failed its caption checks and the FP32 model itself keeps fewer of its
+    captions under :data:`jetcap.validate.stability.PIXEL_NOISE` than that variant's bar; else ''."""
+    if stability is None:
+        return ""
+    bars = [thresholds[p]["min_exact_match"] for p in failed
+            if p in thresholds and not validation[p].get("task", {}).get("passed", True)]
+    if not bars or stability.fraction >= min(bars):
+        return ""
+    return ("; the model's own captions sit on near-ties: {} ({:.1%}), under the {:.0%} bar, which a variant that "
+            "perturbs it as much is not expected to reach (docs/VALIDATION.md)".format(
+                stability.summary(), stability.fraction, min(bars)))
 
 
 def _graph_cases(sweep: List[Dict[str, int]], spec) -> List[Tuple[int, Dict[str, int]]]:

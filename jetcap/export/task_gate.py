@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, variant_options
 from jetcap.runtime.manifest import Manifest
+from jetcap.runtime.pipeline import CaptionPipeline
 from jetcap.util.fsio import sha256_file
 from jetcap.validate.gate import task_inputs, task_level
 from jetcap.validate.report import ValidationReport
+from jetcap.validate.stability import CaptionStability, caption_stability
 
 
 @dataclass
@@ -87,6 +89,23 @@ class TaskGate:
         return TaskOutcome(passed=not failed and bool(agreements), score=score,
                            summary=self._summary(agreements, failed),
                            failures=["{}: {}".format(c.name, c.detail) for c in failed])
+
+    def stability(self, fp32_files: Dict[str, Path]) -> Optional[CaptionStability]:
+        """The FP32 graphs' greedy captions under :data:`jetcap.validate.stability.PIXEL_NOISE` against
+        PyTorch's on the clean inputs: how far this model's own captions hold (captioners; None for
+        other families)."""
+        if self.manifest.family != "captioner":
+            return None
+        runners = {graph: OnnxRuntimeRunner(str(fp32_files[graph]), self.manifest.graph(graph),
+                                            name="{}[fp32]".format(graph), spinning=False)
+                   for graph in self.manifest.graph_names}
+        try:
+            for runner in runners.values():
+                runner.activate()
+            return caption_stability(CaptionPipeline(self.manifest, runners), self.task["images"], self.task["greedy"])
+        finally:
+            for runner in runners.values():
+                runner.deactivate()
 
     def _summary(self, agreements, failed) -> str:
         if not agreements:

@@ -65,6 +65,8 @@ def test_export_search_records_float_layers_and_passes_check(tmp_path):
     assert calibration["graphs"]["encoder"]["feeds"] == 8  # the folder's 8 images, not the built-in top-up
     assert calibration["graphs"]["encoder"]["params"]["percentile"] == 99.99
     # 8 images cannot spare 16 task images apart from the 32 calibration ones: shared, and recorded so
+    stability = manifest["task_data"].pop("fp32_stability")  # the model's own captions under tiny noise
+    assert stability["count"] == 8 and stability["pixel_noise"] == 0.001
     assert manifest["task_data"] == {"source": str(samples.sample_dir() / "images"), "count": 8, "stored": 8,
                                      "held_out_from_calibration": False,
                                      "int8_search": {"source": str(samples.sample_dir() / "images"), "count": 8,

@@ -132,3 +132,27 @@ def test_the_bundle_keeps_the_family_count_of_a_larger_verdict():
         "task/{}_{:03d}".format(kind, i) for i in range(12, 20) for kind in ("seq", "probs"))
     small = ClassifierExport().stored_task({"task/count": np.asarray(5)})
     assert int(small["task/count"]) == 5 and len(small) == 1
+
+
+def test_export_records_the_models_own_stability(captioner_bundle, classifier_bundle):
+    stability = json.loads((captioner_bundle / "manifest.json").read_text())["task_data"]["fp32_stability"]
+    assert stability["pixel_noise"] == 0.001 and stability["count"] == 16
+    assert 0 <= stability["greedy_unchanged"] <= 16
+    assert "fp32_stability" not in json.loads((classifier_bundle / "manifest.json").read_text())["task_data"]
+    gate, fp32 = _gate(classifier_bundle)
+    assert gate.stability(fp32) is None
+
+
+def test_a_refusal_says_when_the_model_itself_is_below_the_bar():
+    from jetcap.export.bundle import _below_model_stability
+    from jetcap.validate.stability import CaptionStability
+
+    thresholds = {"int8": {"min_exact_match": 0.97}, "fp16": {"min_exact_match": 0.99}}
+    task_failed = {"int8": {"passed": False, "task": {"passed": False}}}
+    tensor_failed = {"int8": {"passed": False}}  # the task checks never ran
+    fragile, stable = CaptionStability(0.001, 190, 200), CaptionStability(0.001, 200, 200)
+    hint = _below_model_stability(task_failed, ["int8"], fragile, thresholds)
+    assert "near-ties" in hint and "190/200" in hint and "97%" in hint
+    assert _below_model_stability(task_failed, ["int8"], stable, thresholds) == ""
+    assert _below_model_stability(tensor_failed, ["int8"], fragile, thresholds) == ""
+    assert _below_model_stability(task_failed, ["int8"], None, thresholds) == ""
