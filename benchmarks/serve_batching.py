@@ -1,7 +1,7 @@
 """serve-engine throughput with requests batched across clients, against the sequential rate.
 
     .venv/bin/python benchmarks/serve_batching.py BUNDLE [--data DIR] [--requests 64] [--clients 8]
-        [--threads 2] [--json OUT.json]
+        [--threads 2] [--json OUT.json] [--skip-no-batching]
 
 For ``--batching`` and ``--no-batching``: one server process on 127.0.0.1 (port 0), then ``--requests``
 captions sent by 1 client (the sequential batch-1 rate) and by ``--clients`` concurrent clients;
@@ -80,11 +80,15 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--skip-no-batching", action="store_true", help="measure the batching server only")
     args = parser.parse_args()
     images = load_images(args.data)
     rows, reference = [], None
-    for mode in ("--no-batching", "--batching"):
-        server = ServerProcess(args.bundle, [mode, "--max-concurrency", str(args.clients), "--queue", "64",
+    modes = ([] if args.skip_no_batching else [["--no-batching"]]) + [["--batching"]]
+    metrics = {}
+    for flags in modes:
+        mode = " ".join(f.lstrip("-") for f in flags)
+        server = ServerProcess(args.bundle, flags + ["--max-concurrency", str(args.clients), "--queue", "64",
                                              "--threads", str(args.threads)], "/tmp/jetcap-serve-batching.log")
         try:
             server.wait_ready()
@@ -94,14 +98,14 @@ def main():
                 if reference is None:
                     reference = single
                 same = all(v == reference.get(k, v) and len(v) == 1 for k, v in single.items())
-                rows.append({"mode": mode.lstrip("-"), "clients": clients,
+                rows.append({"mode": mode, "clients": clients,
                              "captions_per_s": len(result["latencies"]) / result["seconds"],
                              "p50_ms": 1000 * percentile(result["latencies"], 0.5),
                              "p95_ms": 1000 * percentile(result["latencies"], 0.95),
                              "errors": result["errors"], "captions_identical": same})
-            if mode == "--batching":
+            if "--batching" in flags:
                 status, body = request(server.port, "GET", "/metrics")
-                metrics = [line for line in body.decode("utf-8").splitlines()
+                metrics[mode] = [line for line in body.decode("utf-8").splitlines()
                            if line.startswith("jetcap_batch_") and not line.startswith("#")]
         finally:
             server.stop()
@@ -110,11 +114,12 @@ def main():
     for row in rows:
         print("| {mode} | {clients} | {captions_per_s:.1f} | {p50_ms:.1f} | {p95_ms:.1f} | {errors} | "
               "{captions_identical} |".format(**row))
-    base = [r for r in rows if r["mode"] == "batching" and r["clients"] == 1][0]
-    best = [r for r in rows if r["mode"] == "batching" and r["clients"] == args.clients][0]
-    print("\nbatching server, {} clients vs 1 client: {:.2f}x captions/s; p50 {:.2f}x the single-client p50".format(
-        args.clients, best["captions_per_s"] / base["captions_per_s"], best["p50_ms"] / base["p50_ms"]))
-    print("\n".join(metrics))
+    for mode, lines in metrics.items():
+        base = [r for r in rows if r["mode"] == mode and r["clients"] == 1][0]
+        best = [r for r in rows if r["mode"] == mode and r["clients"] == args.clients][0]
+        print("\n{} server, {} clients vs 1 client: {:.2f}x captions/s; p50 {:.2f}x the single-client p50".format(
+            mode, args.clients, best["captions_per_s"] / base["captions_per_s"], best["p50_ms"] / base["p50_ms"]))
+        print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"rows": rows, "metrics": metrics}, handle, indent=2)
