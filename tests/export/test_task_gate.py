@@ -143,16 +143,19 @@ def test_export_records_the_models_own_stability(captioner_bundle, classifier_bu
     assert gate.stability(fp32) is None
 
 
-def test_a_refusal_says_when_the_model_itself_is_below_the_bar():
-    from jetcap.export.bundle import _below_model_stability
+def test_a_caption_refusal_gives_the_models_own_stability_for_scale():
+    from jetcap.export.bundle import _stability_hint
     from jetcap.validate.stability import CaptionStability
 
     thresholds = {"int8": {"min_exact_match": 0.97}, "fp16": {"min_exact_match": 0.99}}
     task_failed = {"int8": {"passed": False, "task": {"passed": False}}}
     tensor_failed = {"int8": {"passed": False}}  # the task checks never ran
-    fragile, stable = CaptionStability(0.001, 190, 200), CaptionStability(0.001, 200, 200)
-    hint = _below_model_stability(task_failed, ["int8"], fragile, thresholds)
-    assert "near-ties" in hint and "190/200" in hint and "97%" in hint
-    assert _below_model_stability(task_failed, ["int8"], stable, thresholds) == ""
-    assert _below_model_stability(tensor_failed, ["int8"], fragile, thresholds) == ""
-    assert _below_model_stability(task_failed, ["int8"], None, thresholds) == ""
+    fragile, stable = CaptionStability(0.001, 190, 200), CaptionStability(0.001, 199, 200)
+    hint = _stability_hint(task_failed, ["int8"], fragile, thresholds)
+    assert "190/200" in hint and "near-ties" in hint and "97%" in hint
+    hint = _stability_hint(task_failed, ["int8"], stable, thresholds)
+    assert "199/200" in hint and "near-ties" not in hint
+    assert "near-ties" in _stability_hint({"fp16": task_failed["int8"]}, ["fp16"], CaptionStability(0.001, 197, 200),
+                                          thresholds)  # 98.5 % is under fp16's 99 %
+    assert _stability_hint(tensor_failed, ["int8"], fragile, thresholds) == ""
+    assert _stability_hint(task_failed, ["int8"], None, thresholds) == ""
