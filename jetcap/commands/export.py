@@ -56,7 +56,8 @@ from jetcap.commands.options import (
               help="INT8: the accuracy search's target as a share of the family's INT8 tolerance (0.5: half).")
 @click.option("--task-samples", type=int, default=200, show_default=True,
               help="The most inputs of --calibration-data after the calibration ones on which the export checks "
-                   "that each variant's captions / labels are PyTorch's (the bundle keeps 16 images / 12 sequences).")
+                   "that each variant's captions / labels are PyTorch's; never fewer than the 16 images / 12 "
+                   "sequences the bundle keeps.")
 @click.option("--int8-task-samples", type=int, default=100, show_default=True,
               help="INT8: the most inputs of --calibration-data (none of the verdict's) on which the accuracy "
                    "search checks that captions / labels stay PyTorch's.")

@@ -29,6 +29,7 @@ from jetcap.util.isolate import probe_onnx_session
 from jetcap.util.lazy import require
 from jetcap.util.npz import save_npz
 from jetcap.validate.gate import tolerance_gates
+from jetcap.validate.metrics import Tolerance
 
 REFERENCE_NAME = "reference.npz"
 VARIANT_SUFFIX = {"fp32": "", "fp16": ".fp16", "int8": ".int8", "int8-cpu": ".int8-cpu"}
@@ -143,7 +144,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             "graphs": {spec.name: spec.manifest_entry() for spec in graphs},
             "graph_order": [spec.name for spec in graphs],  # JSON objects are written key-sorted
             "axes": axes,
-            "tolerances": {p: vars(t) for p, t in family.tolerances.items()},
+            "tolerances": {p: Tolerance.manifest_entry(vars(t)) for p, t in family.tolerances.items()},
             "task_thresholds": {p: vars(t) for p, t in family.task_thresholds.items()},
             "task_data": {"source": str(reference["task/source"]), "count": int(reference["task/count"]),
                           "held_out_from_calibration": bool(reference["task/held_out"])},
@@ -339,14 +340,16 @@ def _stability_hint(validation: Dict[str, Any], failed: List[str], stability,
     bar, that the bar is out of reach of any perturbation as large; else ''."""
     if stability is None:
         return ""
-    bars = [thresholds[p]["min_exact_match"] for p in failed
-            if p in thresholds and not validation[p].get("task", {}).get("passed", True)]
+    bars = {p: thresholds[p]["min_exact_match"] for p in failed
+            if p in thresholds and not validation[p].get("task", {}).get("passed", True)}
     if not bars:
         return ""
     text = "; for scale, the model itself: {} ({:.1%})".format(stability.summary(), stability.fraction)
-    if stability.fraction < min(bars):
-        text += (", under the {:.0%} bar: its captions sit on near-ties, and a variant that perturbs it as much "
-                 "is not expected to reach the bar (docs/VALIDATION.md)".format(min(bars)))
+    above = [p for p in failed if p in bars and stability.fraction < bars[p]]
+    if above:
+        text += (", under the bar of {}: its captions sit on near-ties, and a variant that perturbs it as much "
+                 "is not expected to reach the bar (docs/VALIDATION.md)".format(
+                     ", ".join("{} ({:.0%})".format(p, bars[p]) for p in above)))
     return text
 
 

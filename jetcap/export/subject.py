@@ -170,6 +170,9 @@ def first_stored(stored: Mapping[str, Any], keys: Sequence[str]) -> Optional[Tup
 
 # -- captioner --------------------------------------------------------------------------------------
 
+REFERENCE_CHUNK = 16  # images per PyTorch encoder call when computing reference captions
+
+
 class TorchCaptioning:
     """Captioning in PyTorch over a subject's own graph modules, with jetcap's decoding code (the
     reference captions): needs ``graph_module``, ``spec``, ``protocol`` and ``vocab``."""
@@ -184,13 +187,20 @@ class TorchCaptioning:
         return HostDecoderSession(runner, self.protocol.initial(encoded, rows), self.protocol, use_topk=False)
 
     def caption(self, images: np.ndarray, max_len: int, beam_size: int = 1) -> List[decoding.Hypothesis]:
-        """Greedy (``beam_size`` 1) or beam-search hypotheses of a float32 NCHW batch."""
-        encoded = self.encode(np.ascontiguousarray(images, dtype=np.float32))
+        """Greedy (``beam_size`` 1) or beam-search hypotheses of a float32 NCHW batch, encoded
+        :data:`REFERENCE_CHUNK` images at a time (a verdict of 200 ResNet images at 256² in one batch
+        would hold gigabytes of activations)."""
         start, end = self.vocab.start_id, self.vocab.end_id
-        if beam_size == 1:
-            return decoding.greedy_decode(self.decoder_session(encoded), len(images), start, end, max_len)
-        return [decoding.beam_search(self.decoder_session(encoded, [i]), beam_size, start, end, max_len)
-                for i in range(len(images))]
+        results: List[decoding.Hypothesis] = []
+        for first in range(0, len(images), REFERENCE_CHUNK):
+            chunk = np.ascontiguousarray(images[first:first + REFERENCE_CHUNK], dtype=np.float32)
+            encoded = self.encode(chunk)
+            if beam_size == 1:
+                results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk), start, end, max_len))
+            else:
+                results.extend(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size, start, end, max_len)
+                               for i in range(len(chunk)))
+        return results
 
 
 class CaptionerSubject(TorchCaptioning, ExportSubject):

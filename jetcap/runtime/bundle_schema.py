@@ -23,6 +23,8 @@ import re
 
 from jetcap.errors import BundleError
 
+MAX_OUTLIER_FRACTION = 1e-3  # the most a tolerance may let out of the element rule (jetcap.validate.metrics)
+
 FAMILIES = ("captioner", "classifier")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")  # = manifest.PRECISIONS (manifest imports this module)
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -180,10 +182,19 @@ def _check_tolerances(tolerances):
     tolerances = _dict(tolerances, "'tolerances'")
     for precision, entry in tolerances.items():
         for key, value in _dict(entry, "tolerances.{}".format(precision)).items():
-            if key in ("atol", "rtol", "min_cosine", "outlier_fraction"):
-                _number(value, "tolerances.{}.{}".format(precision, key), low=0)
+            what = "tolerances.{}.{}".format(precision, key)
+            if key in ("atol", "rtol"):
+                _number(value, what, low=0)
+            elif key == "min_cosine":
+                _number(value, what, low=-1)
+                if value > 1:
+                    _fail(what, "must be at most 1, got {!r}".format(value))
+            elif key == "outlier_fraction":
+                _number(value, what, low=0)
+                if value > MAX_OUTLIER_FRACTION:
+                    _fail(what, "must be at most {:g}, got {!r}".format(MAX_OUTLIER_FRACTION, value))
             elif key == "outlier_cap":
-                _number(value, "tolerances.{}.{}".format(precision, key), low=1)
+                _number(value, what, low=1)
 
 
 def _check_axes(axes):

@@ -40,12 +40,13 @@ from typing import Optional, Tuple  # noqa: F401 (used in type comments)
 import numpy as np
 
 from jetcap.errors import UsageError
+from jetcap.runtime.bundle_schema import MAX_OUTLIER_FRACTION  # noqa: F401 (the limit, kept with the schema's)
 from jetcap.validate.bleu import corpus_bleu
 
 # Denominator floor of the (informational) relative error |a - r| / max(|r|, REL_EPS).
 REL_EPS = 1e-12
-# The largest share of elements a tolerance may let past its bound: a gate, not a median.
-MAX_OUTLIER_FRACTION = 1e-3
+# MAX_OUTLIER_FRACTION: the largest share of elements a tolerance may let past its bound (a gate, not a median).
+DEFAULT_OUTLIER_CAP = 2.0  # the cap a fraction given alone gets (``--tolerance``): twice the bound
 
 
 def _as_float(value, field, owner):
@@ -117,6 +118,9 @@ class Tolerance(object):
                 MAX_OUTLIER_FRACTION, self.outlier_fraction))
         if not 1.0 <= self.outlier_cap < float("inf"):
             raise UsageError("tolerance outlier_cap must be a finite number >= 1, got {}".format(self.outlier_cap))
+        if self.outlier_fraction > 0 and self.outlier_cap <= 1.0:
+            raise UsageError("tolerance outlier_fraction {:g} needs an outlier_cap above 1: an element that is out is "
+                             "already past 1x its bound, so a cap of 1 lets none out".format(self.outlier_fraction))
 
     def outliers_allowed(self, size):
         """How many of ``size`` elements may be out: ``floor(outlier_fraction * size)``."""
@@ -140,6 +144,13 @@ class Tolerance(object):
     def to_dict(self):
         """``{"atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap"}`` (JSON-ready)."""
         return {name: getattr(self, name) for name in self.FIELDS}
+
+    @staticmethod
+    def manifest_entry(values):
+        """``values`` (a dict of :attr:`FIELDS`) without the outlier fields where they hold their defaults
+        (no allowance), so bundles without one read as before the allowance existed."""
+        return {name: value for name, value in values.items()
+                if not (name in ("outlier_fraction", "outlier_cap") and value == Tolerance.DEFAULTS[name])}
 
     def describe(self):
         """Short text, e.g. ``|a-r| <= 0.05 + 0.05*|r| (up to 1e-05 of elements within 2x), cos >= 0.999``."""

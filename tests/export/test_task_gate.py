@@ -157,5 +157,8 @@ def test_a_caption_refusal_gives_the_models_own_stability_for_scale():
     assert "199/200" in hint and "near-ties" not in hint
     assert "near-ties" in _stability_hint({"fp16": task_failed["int8"]}, ["fp16"], CaptionStability(0.001, 197, 200),
                                           thresholds)  # 98.5 % is under fp16's 99 %
+    both = {"fp16": task_failed["int8"], "int8": task_failed["int8"]}
+    hint = _stability_hint(both, ["fp16", "int8"], CaptionStability(0.001, 196, 200), thresholds)
+    assert "fp16 (99%)" in hint and "int8 (97%)" not in hint  # 98 %: out of fp16's reach, not int8's
     assert _stability_hint(tensor_failed, ["int8"], fragile, thresholds) == ""
     assert _stability_hint(task_failed, ["int8"], None, thresholds) == ""

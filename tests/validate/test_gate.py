@@ -145,6 +145,14 @@ def test_tolerance_override_takes_an_allowance(classifier_bundle):
     result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--backend", "onnxruntime",
                   "--tolerance", "logits=1e-3,1e-3,0.99999,1e-4,1.5", "--json"])
     assert result.exit_code == 0, result.output
+    # a fraction alone gets the default cap (2x): a cap of 1 would let nothing out
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--backend", "onnxruntime",
+                  "--tolerance", "logits=1e-3,1e-3,0.99999,1e-4", "--json"])
+    assert result.exit_code == 0, result.output
+    from jetcap.commands.validate import _tolerance_option
+
+    assert _tolerance_option(None, None, ["logits=1,1,0,1e-4"])["logits"]["outlier_cap"] == 2.0
+    assert "outlier_cap" not in _tolerance_option(None, None, ["logits=1,1,0,0"])["logits"]
 
 
 def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):

@@ -98,7 +98,7 @@ def test_exact_outputs_never_allow_a_difference():
 
 @pytest.mark.parametrize("fields", [dict(outlier_fraction=-1e-6), dict(outlier_fraction=MAX_OUTLIER_FRACTION * 2),
                                     dict(outlier_cap=0.5), dict(outlier_cap=float("inf")),
-                                    dict(outlier_fraction="x")])
+                                    dict(outlier_fraction="x"), dict(outlier_fraction=1e-5)])
 def test_bad_allowances_are_usage_errors(fields):
     with pytest.raises(UsageError):
         Tolerance(0.05, 0.05, 0.999, **fields)
@@ -127,8 +127,26 @@ def test_report_check_shows_the_allowance(reference):
 
 
 def test_bundle_schema_checks_the_allowance():
-    good = {"fp16": dict(TAIL)}
+    good = {"fp16": dict(TAIL), "fp32": dict(TAIL, min_cosine=-0.5)}
     bundle_schema._check_tolerances(good)
-    for bad in (dict(TAIL, outlier_cap=0.5), dict(TAIL, outlier_fraction=-1.0)):
+    for bad in (dict(TAIL, outlier_cap=0.5), dict(TAIL, outlier_fraction=-1.0), dict(TAIL, outlier_fraction=0.5)):
         with pytest.raises(Exception, match="tolerances.fp16.outlier"):
             bundle_schema._check_tolerances({"fp16": bad})
+    with pytest.raises(Exception, match="tolerances.fp16.min_cosine"):
+        bundle_schema._check_tolerances({"fp16": dict(TAIL, min_cosine=1.5)})
+
+
+def test_a_fraction_alone_needs_a_cap_and_manifests_omit_unused_fields(classifier_bundle, captioner_bundle):
+    import json
+
+    with pytest.raises(UsageError, match="needs an outlier_cap above 1"):
+        Tolerance.from_any({"atol": 0.05, "rtol": 0.05, "min_cosine": 0.999, "outlier_fraction": 1e-5})
+    plain = {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.9999, "outlier_fraction": 0.0, "outlier_cap": 1.0}
+    assert Tolerance.manifest_entry(plain) == {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.9999}
+    assert Tolerance.manifest_entry(TAIL) == TAIL
+    # bundles without an allowance read as before it existed (an older jetcap validates them)
+    for precision, entry in json.loads((classifier_bundle / "manifest.json").read_text())["tolerances"].items():
+        assert set(entry) == {"atol", "rtol", "min_cosine"}, precision
+    captioner = json.loads((captioner_bundle / "manifest.json").read_text())["tolerances"]
+    assert set(captioner["fp32"]) == {"atol", "rtol", "min_cosine"}
+    assert captioner["fp16"]["outlier_fraction"] == 1e-5 and captioner["fp16"]["outlier_cap"] == 2.0
