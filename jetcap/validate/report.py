@@ -438,7 +438,8 @@ def tensor_checks(backend, precision, graph, output, comparisons):
         ``[<output>.allclose, <output>.cosine]`` (no cosine check for exact integer/bool outputs).
         ``allclose``: value = elements outside tolerance (NaN/Inf included) of the worst input,
         threshold = the elements its tolerance lets out (0 unless it has an ``outlier_fraction``);
-        it also fails for shape/dtype mismatches and for an element past the tolerance's cap.
+        it also fails for shape/dtype mismatches and for an element past the tolerance's cap (then
+        value = the largest element's multiple of its bound, threshold = the cap).
         ``cosine``: value = the lowest cosine over inputs, threshold = ``min_cosine``. Each names the
         worst input and its statistics.
     """
@@ -454,9 +455,12 @@ def tensor_checks(backend, precision, graph, output, comparisons):
     prefix = _inputs_phrase(pairs, failed_inputs)
     # the allclose check carries the failures that are not about cosine
     allclose_ok = all(comp.shape_ok and comp.dtype_ok and comp.elements_ok for _, comp in pairs)
+    value, threshold = (worst.num_failing if worst.shape_ok else None), worst.outliers_allowed
+    if worst.shape_ok and not worst.elements_ok and worst.num_failing <= worst.outliers_allowed:
+        value, threshold = worst.max_tolerance_ratio, worst.outlier_cap  # out by the cap, not by the count
     checks = [Check(
         backend, precision, graph, "{}.allclose".format(output),
-        value=worst.num_failing if worst.shape_ok else None, threshold=worst.outliers_allowed, sense="<=",
+        value=value, threshold=threshold, sense="<=",
         passed=allclose_ok,
         detail="{}{}".format(prefix, worst.summary()), worst_input=label)]
     if not worst.exact:

@@ -124,6 +124,7 @@ def test_report_check_shows_the_allowance(reference):
     allclose = tensor_checks("onnxruntime", "fp16", "encoder", "features",
                              {"batch1": passing, "batch8": failing})[0]
     assert not allclose.passed and allclose.worst_input == "batch8"
+    assert allclose.threshold == 2.0 and allclose.value > 2.0  # out by the cap: the row shows the cap
 
 
 def test_bundle_schema_checks_the_allowance():
