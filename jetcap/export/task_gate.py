@@ -7,6 +7,7 @@ and the INT8 search can aim at it (:mod:`jetcap.export.int8_task`).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -67,19 +68,9 @@ class TaskGate:
     def run(self, precision: str, files: Dict[str, Path]) -> TaskOutcome:
         """Run the task checks of ``precision`` on ``files`` (``{graph: ONNX file}``) with ONNX Runtime,
         as the runtime runs that variant."""
-        runners = {}
-        for graph in self.manifest.graph_names:
-            runners[graph] = OnnxRuntimeRunner(str(files[graph]), self.manifest.graph(graph),
-                                               name="{}[{}]".format(graph, precision), spinning=False,
-                                               **variant_options(precision))
         report = ValidationReport()
-        try:
-            for runner in runners.values():
-                runner.activate()
+        with self._runners(precision, files) as runners:
             agreements = task_level(self.manifest, self.task, runners, "onnxruntime", precision, report)
-        finally:
-            for runner in runners.values():
-                runner.deactivate()
         failed = [c for c in report.checks if c.passed is False]
         count = len(self.task["names"])
         if not agreements:
@@ -96,13 +87,20 @@ class TaskGate:
         other families)."""
         if self.manifest.family != "captioner":
             return None
-        runners = {graph: OnnxRuntimeRunner(str(fp32_files[graph]), self.manifest.graph(graph),
-                                            name="{}[fp32]".format(graph), spinning=False)
+        with self._runners("fp32", fp32_files) as runners:
+            return caption_stability(CaptionPipeline(self.manifest, runners), self.task["images"], self.task["greedy"])
+
+    @contextlib.contextmanager
+    def _runners(self, precision: str, files: Dict[str, Path]):
+        """``{graph: activated ONNX Runtime runner}`` of ``files``, as the runtime runs ``precision``."""
+        runners = {graph: OnnxRuntimeRunner(str(files[graph]), self.manifest.graph(graph),
+                                            name="{}[{}]".format(graph, precision), spinning=False,
+                                            **variant_options(precision))
                    for graph in self.manifest.graph_names}
         try:
             for runner in runners.values():
                 runner.activate()
-            return caption_stability(CaptionPipeline(self.manifest, runners), self.task["images"], self.task["greedy"])
+            yield runners
         finally:
             for runner in runners.values():
                 runner.deactivate()
