@@ -8,10 +8,8 @@ TOLERANCE_FORM = "OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]
 
 def _tolerance_option(ctx, param, values):
     """``--tolerance OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]`` ->
-    {output: {atol, rtol, ...}}; the fields left out take ``Tolerance``'s defaults (no outliers), except
-    that a fraction given without a cap gets ``DEFAULT_OUTLIER_CAP`` (a cap of 1 would let none out)."""
-    from jetcap.validate.metrics import DEFAULT_OUTLIER_CAP
-
+    {output: {atol, rtol, ...}}; the fields left out take ``Tolerance``'s defaults (no outliers; a
+    fraction without a cap gets ``DEFAULT_OUTLIER_CAP``)."""
     fields = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
     parsed = {}
     for value in values:
@@ -23,8 +21,6 @@ def _tolerance_option(ctx, param, values):
         except ValueError:
             raise click.BadParameter("expected {}, got {!r}".format(TOLERANCE_FORM, value))
         parsed[name] = dict(zip(fields, parts))
-        if len(parts) == 4 and parts[3] > 0:
-            parsed[name]["outlier_cap"] = DEFAULT_OUTLIER_CAP
     return parsed
 
 

@@ -46,7 +46,7 @@ from jetcap.validate.bleu import corpus_bleu
 # Denominator floor of the (informational) relative error |a - r| / max(|r|, REL_EPS).
 REL_EPS = 1e-12
 # MAX_OUTLIER_FRACTION: the largest share of elements a tolerance may let past its bound (a gate, not a median).
-DEFAULT_OUTLIER_CAP = 2.0  # the cap a fraction given alone gets (``--tolerance``): twice the bound
+DEFAULT_OUTLIER_CAP = 2.0  # the cap of a fraction given without one: twice the bound
 
 
 def _as_float(value, field, owner):
@@ -95,19 +95,22 @@ class Tolerance(object):
         min_cosine: the lowest acceptable cosine similarity, in [-1, 1] (default 0: a sign flip fails).
         outlier_fraction: the share of elements that may be out, in [0, MAX_OUTLIER_FRACTION]
             (default 0: none, ``allclose`` semantics).
-        outlier_cap: how far out an allowed element may be, as a multiple of its bound (>= 1; default
-            1, which with the default fraction changes nothing).
+        outlier_cap: how far out an allowed element may be, as a multiple of its bound (> 1 with a
+            fraction; default :data:`DEFAULT_OUTLIER_CAP` with a fraction, 1 without: an element that is
+            out is already past 1x its bound, so a fraction with a cap of 1 lets none out and is refused).
     """
 
     __slots__ = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
     FIELDS = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
-    DEFAULTS = {"min_cosine": 0.0, "outlier_fraction": 0.0, "outlier_cap": 1.0}
+    DEFAULTS = {"min_cosine": 0.0, "outlier_fraction": 0.0, "outlier_cap": None}  # cap None: by the fraction
 
-    def __init__(self, atol, rtol, min_cosine=0.0, outlier_fraction=0.0, outlier_cap=1.0):
+    def __init__(self, atol, rtol, min_cosine=0.0, outlier_fraction=0.0, outlier_cap=None):
         self.atol = _as_float(atol, "atol", "tolerance")
         self.rtol = _as_float(rtol, "rtol", "tolerance")
         self.min_cosine = _as_float(min_cosine, "min_cosine", "tolerance")
         self.outlier_fraction = _as_float(outlier_fraction, "outlier_fraction", "tolerance")
+        if outlier_cap is None:
+            outlier_cap = DEFAULT_OUTLIER_CAP if self.outlier_fraction > 0 else 1.0
         self.outlier_cap = _as_float(outlier_cap, "outlier_cap", "tolerance")
         if self.atol < 0 or self.rtol < 0:
             raise UsageError("tolerance atol and rtol must be >= 0, got atol={} rtol={}".format(self.atol, self.rtol))
@@ -147,10 +150,11 @@ class Tolerance(object):
 
     @staticmethod
     def manifest_entry(values):
-        """``values`` (a dict of :attr:`FIELDS`) without the outlier fields where they hold their defaults
-        (no allowance), so bundles without one read as before the allowance existed."""
-        return {name: value for name, value in values.items()
-                if not (name in ("outlier_fraction", "outlier_cap") and value == Tolerance.DEFAULTS[name])}
+        """``values`` (a dict of :attr:`FIELDS`) without the outlier fields when there is no allowance
+        (fraction 0), so bundles without one read as before the allowance existed."""
+        if values.get("outlier_fraction", 0.0) != 0.0:
+            return dict(values)
+        return {name: value for name, value in values.items() if name not in ("outlier_fraction", "outlier_cap")}
 
     def describe(self):
         """Short text, e.g. ``|a-r| <= 0.05 + 0.05*|r| (up to 1e-05 of elements within 2x), cos >= 0.999``."""

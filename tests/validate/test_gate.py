@@ -150,9 +150,10 @@ def test_tolerance_override_takes_an_allowance(classifier_bundle):
                   "--tolerance", "logits=1e-3,1e-3,0.99999,1e-4", "--json"])
     assert result.exit_code == 0, result.output
     from jetcap.commands.validate import _tolerance_option
+    from jetcap.validate.metrics import Tolerance
 
-    assert _tolerance_option(None, None, ["logits=1,1,0,1e-4"])["logits"]["outlier_cap"] == 2.0
-    assert "outlier_cap" not in _tolerance_option(None, None, ["logits=1,1,0,0"])["logits"]
+    assert Tolerance.from_any(_tolerance_option(None, None, ["logits=1,1,0,1e-4"])["logits"]).outlier_cap == 2.0
+    assert Tolerance.from_any(_tolerance_option(None, None, ["logits=1,1,0,0"])["logits"]).outlier_cap == 1.0
 
 
 def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):

@@ -98,7 +98,8 @@ def test_exact_outputs_never_allow_a_difference():
 
 @pytest.mark.parametrize("fields", [dict(outlier_fraction=-1e-6), dict(outlier_fraction=MAX_OUTLIER_FRACTION * 2),
                                     dict(outlier_cap=0.5), dict(outlier_cap=float("inf")),
-                                    dict(outlier_fraction="x"), dict(outlier_fraction=1e-5)])
+                                    dict(outlier_fraction="x"),
+                                    dict(outlier_fraction=1e-5, outlier_cap=1.0)])
 def test_bad_allowances_are_usage_errors(fields):
     with pytest.raises(UsageError):
         Tolerance(0.05, 0.05, 0.999, **fields)
@@ -141,7 +142,10 @@ def test_a_fraction_alone_needs_a_cap_and_manifests_omit_unused_fields(classifie
     import json
 
     with pytest.raises(UsageError, match="needs an outlier_cap above 1"):
-        Tolerance.from_any({"atol": 0.05, "rtol": 0.05, "min_cosine": 0.999, "outlier_fraction": 1e-5})
+        Tolerance.from_any({"atol": 0.05, "rtol": 0.05, "min_cosine": 0.999, "outlier_fraction": 1e-5,
+                            "outlier_cap": 1.0})
+    alone = Tolerance.from_any({"atol": 0.05, "rtol": 0.05, "min_cosine": 0.999, "outlier_fraction": 1e-5})
+    assert alone.outlier_cap == 2.0 and Tolerance(0.05, 0.05).outlier_cap == 1.0
     plain = {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.9999, "outlier_fraction": 0.0, "outlier_cap": 1.0}
     assert Tolerance.manifest_entry(plain) == {"atol": 1e-4, "rtol": 1e-4, "min_cosine": 0.9999}
     assert Tolerance.manifest_entry(TAIL) == TAIL
