@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from int8_agreement import write_images  # noqa: E402
 
+from jetcap.runtime import decoding  # noqa: E402
 from jetcap.runtime.manifest import Manifest  # noqa: E402
 from jetcap.runtime.pipeline import CaptionPipeline, open_onnxruntime  # noqa: E402
 from jetcap.runtime.preprocess import load_images  # noqa: E402
@@ -50,13 +51,18 @@ class Variant(object):
         self.pipeline = CaptionPipeline(manifest, self.runners)
 
     def run(self, images):
-        """(greedy token lists, {encoder output: [batch, ...] array})."""
-        batch = self.pipeline.max_batch
-        outputs = {}
-        for start in range(0, len(images), batch):
-            for name, value in self.pipeline.encode(images[start:start + batch]).items():
+        """(greedy token lists, {encoder output: [batch, ...] array}); each image encoded once."""
+        pipeline = self.pipeline
+        vocab = pipeline.vocab
+        max_len = int(pipeline.manifest.decoding.get("max_len", 20))
+        outputs, tokens = {}, []
+        for start in range(0, len(images), pipeline.max_batch):
+            chunk = images[start:start + pipeline.max_batch]
+            encoded = pipeline.encode(chunk)
+            for name, value in encoded.items():
                 outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
-        tokens = [h.tokens for h in self.pipeline.caption(images)]
+            tokens.extend(h.tokens for h in decoding.greedy_decode(
+                pipeline.decoder_session(encoded), len(chunk), vocab.start_id, vocab.end_id, max_len))
         return tokens, {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     def close(self):
