@@ -41,7 +41,8 @@ from jetcap.commands.options import backend_option, max_memory_option, precision
 @click.option("--header-timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
               help="Seconds from a connection's start until its request line and headers are in; then 408.")
 @click.option("--min-body-rate-kib", type=click.FloatRange(min=0.001), default=64.0, show_default=True,
-              help="Slowest average body upload accepted (KiB/s, after --header-timeout of grace); then 408.")
+              help="Slowest body upload accepted, all along the upload (KiB/s, after --header-timeout of "
+                   "grace); then 408.")
 @click.option("--max-buffered-mb", type=click.FloatRange(min=0.001), default=None,
               help="Request bodies held in memory by all connections together; beyond it 503 before reading "
                    "[default: 4 x --max-body-mb].")

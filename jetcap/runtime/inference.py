@@ -85,8 +85,8 @@ def caption_images(session, images, beam_size=None, max_len=None):
     if beam_size < 1 or max_len < 1:
         raise UsageError("beam size and max length must be at least 1")
     results, hypotheses = [], []
-    for start in range(0, len(images), pipeline.max_batch):
-        chunk = images.arrays[start:start + pipeline.max_batch]
+    for start in range(0, len(images), pipeline.image_batch):
+        chunk = images.arrays[start:start + pipeline.image_batch]
         began = time.time()
         found = pipeline.caption(chunk, beam_size=beam_size, max_len=max_len)
         latency_ms = (time.time() - began) * 1000.0 / len(chunk)

@@ -39,6 +39,15 @@ PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 # u8s8 weight quantisation (MatMulInteger / DynamicQuantizeLinear), a form TensorRT does not build.
 CPU_PRECISIONS = ("int8-cpu",)
 TENSORRT_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_PRECISIONS)
+# Variants whose rows are not computed independently: int8-cpu quantises each call's activations with one
+# scale over all its rows (DynamicQuantizeLinear), so an image's caption would depend on the images it
+# shares a call with.  Their images are never batched with other images (a beam's rows still share calls).
+ROW_COUPLED_PRECISIONS = ("int8-cpu",)
+
+
+def rows_independent(precision):
+    """True when a row's result of ``precision``'s graphs does not depend on the other rows of its call."""
+    return precision not in ROW_COUPLED_PRECISIONS
 
 
 def tensorrt_refusal(precision):

@@ -10,6 +10,7 @@ from jetcap.errors import UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
 from jetcap.runtime.decoder_protocol import DecoderProtocol
+from jetcap.runtime.manifest import rows_independent
 from jetcap.runtime.sequences import check_sequence
 
 
@@ -24,6 +25,17 @@ def softmax(logits):
 def open_onnxruntime(manifest, precision="fp32", providers=None, threads=None):
     """``{graph: OnnxRuntimeRunner}`` (not yet activated) for ``precision`` of the bundle."""
     return bundle_runners(manifest, precision, providers=providers, threads=threads)
+
+
+def check_beam(beam_size, max_batch):
+    """UsageError unless ``1 <= beam_size <= max_batch``: a beam's rows run in one decoder-step call, and
+    the bundle's graphs (TensorRT's optimisation profiles) take at most ``max_batch`` rows."""
+    if int(beam_size) < 1:
+        raise UsageError("beam size must be at least 1, got {}".format(beam_size))
+    if int(beam_size) > int(max_batch):
+        raise UsageError("beam size {} is over the bundle's max batch of {}: a beam's rows run in one decoder "
+                         "step".format(beam_size, max_batch),
+                         hint="use a beam of at most {}, or export with --max-batch {}".format(max_batch, beam_size))
 
 
 class HostDecoderSession(object):
@@ -141,9 +153,11 @@ class CaptionPipeline(object):
     Args:
         manifest: the bundle's :class:`jetcap.runtime.manifest.Manifest`.
         runners: ``{"encoder": runner, "decoder_step": runner}``, activated.
+        precision: the runners' variant (default fp32); a variant whose rows depend on each other
+            (``int8-cpu``, see :func:`jetcap.runtime.manifest.rows_independent`) captions one image per call.
     """
 
-    def __init__(self, manifest, runners):
+    def __init__(self, manifest, runners, precision=None):
         if manifest.family != "captioner":
             raise UsageError("bundle is a {} bundle, not a captioner".format(manifest.family))
         self.manifest = manifest
@@ -152,6 +166,8 @@ class CaptionPipeline(object):
         self.protocol = DecoderProtocol.from_manifest(manifest)
         self.vocab = manifest.vocabulary()
         self.max_batch = int(manifest.axes["batch"]["max"])
+        # images per encoder call and per greedy decode: an image's caption never depends on its neighbours
+        self.image_batch = self.max_batch if rows_independent(precision or "fp32") else 1
 
     def encode(self, images):
         """The encoder outputs ``{name: array}`` of a float32 NCHW batch."""
@@ -163,11 +179,12 @@ class CaptionPipeline(object):
         return make_decoder_session(self.step, self.protocol.initial(encoded, rows), self.protocol)
 
     def caption(self, images, beam_size=1, max_len=None):
-        """Hypotheses for ``images`` (float32 NCHW), batched up to the bundle's max batch."""
+        """Hypotheses for ``images`` (float32 NCHW), batched up to :attr:`image_batch` images per call."""
         max_len = int(max_len or self.manifest.decoding.get("max_len", 20))
+        check_beam(beam_size, self.max_batch)
         results = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start:start + self.max_batch]
+        for start in range(0, len(images), self.image_batch):
+            chunk = images[start:start + self.image_batch]
             encoded = self.encode(chunk)
             if beam_size == 1:
                 results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk),

@@ -13,6 +13,11 @@ from jetcap.util.lazy import require
 # Refuse decompression bombs before decoding: 40 megapixels is far above any camera the Nano serves.
 DEFAULT_MAX_PIXELS = 40 * 1000 * 1000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# bytes per pixel of a decoded image by Pillow mode (others: 4); with the RGB result, what a decode costs
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
+              "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+CONVERT_ROWS_PIXELS = 1 << 20  # high-bit-depth images are scaled to 8 bits this many pixels at a time
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
 
@@ -38,6 +43,13 @@ def open_image(source, max_pixels=DEFAULT_MAX_PIXELS):
     Returns:
         a PIL image in RGB mode.
     """
+    return decode_image(peek_image(source, max_pixels))
+
+
+def peek_image(source, max_pixels=DEFAULT_MAX_PIXELS):
+    """The image at ``source`` opened from its header only (not decoded), refused when it is not an image
+    or has more than ``max_pixels`` pixels; :func:`decode_image` decodes it, :func:`decode_bytes`
+    says what that will cost."""
     Image = require("PIL.Image")
     name = source if isinstance(source, str) else getattr(source, "name", "<image>")
     # Pillow refuses images over 2x Image.MAX_IMAGE_PIXELS itself (DecompressionBombError, Pillow >= 5)
@@ -54,12 +66,25 @@ def open_image(source, max_pixels=DEFAULT_MAX_PIXELS):
     width, height = image.size
     if width * height > max_pixels:
         raise UsageError("{} is {}x{} pixels, over the limit of {} pixels".format(name, width, height, max_pixels))
+    image.jetcap_name = name
+    return image
+
+
+def decode_bytes(image):
+    """Bytes an opened image's decode holds at its peak: its pixels in their mode plus the RGB result."""
+    width, height = image.size
+    return width * height * (MODE_BYTES.get(image.mode, 4) + (3 if image.mode != "RGB" else 0))
+
+
+def decode_image(image):
+    """Decode an image opened by :func:`peek_image`: turned upright as its EXIF says, as RGB."""
     try:
         image.load()
         image = _upright(image)
         return _to_rgb(image)
     except (IOError, OSError, ValueError, SyntaxError) as exc:
-        raise UsageError("{} could not be decoded (truncated or corrupt?): {}".format(name, exc))
+        raise UsageError("{} could not be decoded (truncated or corrupt?): {}".format(
+            getattr(image, "jetcap_name", "<image>"), exc))
 
 
 def _upright(image):
@@ -72,24 +97,37 @@ def _upright(image):
     if transpose is None:
         return image
     try:
+        if image.getexif().get(ORIENTATION_TAG, 1) in (None, 1):
+            return image  # upright already: exif_transpose would only copy the pixels
         return transpose(image) or image
     except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError):
         return image  # a broken EXIF block: keep the pixels as stored
 
 
 def _to_rgb(image):
-    """RGB of any mode; 16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert clips them to white)."""
+    """RGB of any mode; 16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert clips them to white).
+
+    An RGB image is returned as it is.  High-bit-depth images are scaled a block of rows at a time, so a
+    36-megapixel 16-bit PNG costs its own pixels and the 8-bit result, not several float64 copies.
+    """
     Image = require("PIL.Image")
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image)
         peak = float(array.max()) if array.size else 0.0
         if image.mode.startswith("I;16"):
             top = 65535.0
         else:  # "I" (older Pillow reads 16-bit PNGs so): judged from the values
             top = 255.0 if peak <= 255 else (65535.0 if peak <= 65535 else peak)
-        if image.mode == "F" and array.size and array.max() <= 1.0:
+        if image.mode == "F" and array.size and peak <= 1.0:
             top = 1.0
-        gray = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        gray = np.empty(array.shape, dtype=np.uint8)
+        rows = max(1, CONVERT_ROWS_PIXELS // max(1, array.shape[1] if array.ndim > 1 else 1))
+        for start in range(0, array.shape[0], rows):
+            block = array[start:start + rows].astype(np.float64)
+            gray[start:start + rows] = np.clip(np.round(block * (255.0 / top)), 0, 255)
+        del array
         return Image.fromarray(gray, "L").convert("RGB")
     return image.convert("RGB")
 

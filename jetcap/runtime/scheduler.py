@@ -30,7 +30,7 @@ import numpy as np
 from jetcap.errors import UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.decoder_protocol import DecoderProtocol
-from jetcap.runtime.pipeline import HostDecoderSession
+from jetcap.runtime.pipeline import HostDecoderSession, check_beam
 
 
 def batch_axes(tensors):
@@ -125,15 +125,19 @@ class DecodeScheduler(object):
         runners: ``{"encoder": runner, "decoder_step": runner}``, activated; only the scheduler's thread
             calls them from now on.
         max_batch: rows per call (default: the bundle's ``axes.batch.max``).
+        shared_calls: requests share encoder and decoder-step calls (default True).  False for a variant
+            whose rows depend on each other (``int8-cpu``: one activation scale per call): each request's
+            rows then run in calls of their own, interleaved with the others' by the same loop.
     """
 
-    def __init__(self, manifest, runners, max_batch=None):
+    def __init__(self, manifest, runners, max_batch=None, shared_calls=True):
         self.manifest = manifest
         self.encoder = runners["encoder"]
         self.step = runners["decoder_step"]
         self.protocol = DecoderProtocol.from_manifest(manifest)
         self.vocab = manifest.vocabulary()
         self.max_batch = max(1, int(max_batch or manifest.axes["batch"]["max"]))
+        self.shared_calls = bool(shared_calls)
         self.encoder_axes = batch_axes(manifest.graph("encoder")["outputs"])
         self.step_axes = batch_axes(manifest.graph("decoder_step")["outputs"])
         if self.encoder_axes is None or self.step_axes is None:
@@ -159,8 +163,7 @@ class DecodeScheduler(object):
     def caption(self, images, beam_size=1, max_len=None):
         """Hypotheses for ``images`` (float32 NCHW), as :meth:`CaptionPipeline.caption` gives them."""
         beam_size = int(beam_size)
-        if beam_size < 1:
-            raise UsageError("beam_size must be >= 1")
+        check_beam(beam_size, self.max_batch)
         max_len = int(max_len or self.manifest.decoding.get("max_len", 20))
         images = np.ascontiguousarray(images, dtype=np.float32)
         request = _Request(len(images))
@@ -216,6 +219,10 @@ class DecodeScheduler(object):
         return admitted
 
     def _encode(self, jobs):
+        if not self.shared_calls and len(jobs) > 1:
+            for job in jobs:
+                self._encode([job])
+            return
         started = time.time()
         try:
             encoded = self.encoder.infer({"images": np.concatenate([job.image for job in jobs])})
@@ -289,7 +296,7 @@ class DecodeScheduler(object):
     def _step_all(self):
         groups, group, rows = [], [], 0
         for job in self._active:
-            if group and rows + job.rows > self.max_batch:
+            if group and (rows + job.rows > self.max_batch or not self.shared_calls):
                 groups.append(group)
                 group, rows = [], 0
             group.append(job)

@@ -118,6 +118,17 @@ def _load_npy(path, name, max_len, width):
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def _check_numbers(rows, name):
+    """UsageError unless the nested lists ``rows`` (parsed JSON) hold only numbers: numpy would otherwise
+    read ``"1"`` and ``true`` as 1.0."""
+    for row in rows:
+        for value in (row if isinstance(row, (list, tuple)) else (row,)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError("{} holds a {} value ({}), not a number".format(
+                    name, type(value).__name__, json.dumps(value)[:20] if isinstance(value, (str, bool)) or
+                    value is None else "[...]"))
+
+
 def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     """``array`` as a C-contiguous float32 (T, F); UsageError for a wrong rank, width, length or NaN/Inf.
 
@@ -127,6 +138,8 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
         width: expected F (None: any).
         max_len, min_len: bounds of T (the bundle's positional-encoding length bounds max_len).
     """
+    if isinstance(array, (list, tuple)):
+        _check_numbers(array, name)
     try:
         array = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:

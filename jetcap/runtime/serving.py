@@ -26,6 +26,9 @@ from jetcap.util.lazy import require
 
 # memory guard: recover only once memory is this fraction better than the threshold (no flapping)
 GUARD_HYSTERESIS = 0.05
+# an image whose decode holds more than this (its pixels plus the RGB result: an 8-bit RGB photo of about
+# 11 megapixels) decodes while no other such image does
+LARGE_DECODE_BYTES = 64 << 20
 SERVABLE_FAMILIES = ("captioner", "classifier")
 
 
@@ -286,6 +289,7 @@ class ModelState(object):
         self._closing = False
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
+        self._large_decodes = threading.Lock()  # images over LARGE_DECODE_BYTES decode one at a time
         self._thread = None
         self.scheduler = None  # the DecodeScheduler when caption requests share the model's calls
         self.batch_stats = {}  # {graph: BatchStats} of the scheduler
@@ -342,13 +346,20 @@ class ModelState(object):
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
             if self.family == "captioner" and self.options.batching:
+                from jetcap.runtime.manifest import rows_independent
                 from jetcap.runtime.pipeline import CaptionPipeline
                 from jetcap.runtime.scheduler import DecodeScheduler
 
                 # one decode loop calls the runners for every request: no lock, the steps run together
-                self.scheduler = DecodeScheduler(self.manifest, session.runners)
+                shared = rows_independent(session.precision)
+                if not shared:
+                    self.log("batching", shared_calls=False, detail=(
+                        "{}: each call's activations share one quantisation scale, so a request's rows run in "
+                        "calls of their own (a caption never depends on the requests beside it)".format(
+                            session.precision)))
+                self.scheduler = DecodeScheduler(self.manifest, session.runners, shared_calls=shared)
                 self.batch_stats = self.scheduler.stats
-                self.pipeline = CaptionPipeline(self.manifest, session.runners)
+                self.pipeline = CaptionPipeline(self.manifest, session.runners, session.precision)
                 self._infer_lock = _NoLock()
             elif self.family == "captioner":
                 self.pipeline = session.caption_pipeline()
@@ -396,6 +407,10 @@ class ModelState(object):
         """The bundle's decoding beam size (1 when it has none), as ``jetcap caption`` uses it."""
         return int(self.manifest.decoding.get("beam_size") or 1)
 
+    def max_batch(self):
+        """The bundle's largest batch (rows of one graph call)."""
+        return int(self.manifest.axes["batch"]["max"])
+
     def default_max_len(self):
         """The bundle's decoding max_len (20 when it has none)."""
         return int(self.manifest.decoding.get("max_len") or 20)
@@ -403,7 +418,7 @@ class ModelState(object):
     # -- inference jobs (run on a worker thread) ----------------------------------------------------
     def caption(self, image_bytes, beam_size, max_len):
         """Decode, preprocess and caption one encoded image -> ``{caption, tokens, score, backend, precision}``."""
-        image = decode_image(image_bytes, self.options.max_pixels)
+        image = decode_image(image_bytes, self.options.max_pixels, self._large_decodes)
         array = preprocess.preprocess_image(image, self.manifest.preprocessing)[None]
         if self.scheduler is not None:
             hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
@@ -485,13 +500,22 @@ def warmup_image(preprocessing):
     return buffer.getvalue()
 
 
-def decode_image(data, max_pixels):
+def decode_image(data, max_pixels, large_decodes=None):
     """An RGB PIL image from encoded bytes; UsageError for anything that is not a readable image within
-    ``max_pixels`` (Pillow's own decompression-bomb refusal and odd decoder failures included)."""
+    ``max_pixels`` (Pillow's own decompression-bomb refusal and odd decoder failures included).
+
+    ``large_decodes``: a lock held while decoding an image whose decode needs over
+    :data:`LARGE_DECODE_BYTES` (a 70 KB PNG can hold 36 16-bit megapixels), so concurrent requests
+    cannot multiply that peak: the workers' other decodes go on beside it.
+    """
     if not data:
         raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
     try:
-        return preprocess.open_image(io.BytesIO(data), max_pixels)
+        image = preprocess.peek_image(io.BytesIO(data), max_pixels)
+        if large_decodes is None or preprocess.decode_bytes(image) <= LARGE_DECODE_BYTES:
+            return preprocess.decode_image(image)
+        with large_decodes:
+            return preprocess.decode_image(image)
     except JetcapError:
         raise
     except Exception as exc:  # Pillow raises DecompressionBombError, struct.error ... on hostile input

@@ -60,7 +60,7 @@ class BundleSession(object):
         from jetcap.runtime.pipeline import CaptionPipeline
 
         self._check_open()
-        return CaptionPipeline(self.manifest, self.runners)
+        return CaptionPipeline(self.manifest, self.runners, self.precision)
 
     def classifier_pipeline(self):
         """A :class:`jetcap.runtime.pipeline.ClassifierPipeline` over this session's runners."""

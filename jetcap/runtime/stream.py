@@ -33,7 +33,8 @@ from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import memory, preprocess
 from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.video import (OVERLAY_FOURCC, WINDOW_NAME, CaptureThread, FrameQueue, OverlayWriter,
-                                  check_display, check_output_path, draw_caption, open_capture, parse_source)
+                                  check_display, check_output_path, check_outputs_apart, draw_caption,
+                                  open_capture, parse_source)
 from jetcap.util.lazy import require
 
 MIB = 1 << 20
@@ -296,6 +297,7 @@ class StreamRunner(object):
             if path is not None:
                 check_output_path(path, option)
         self.source = parse_source(options.source)
+        check_outputs_apart(self.source, {"--jsonl": options.jsonl, "--overlay": options.overlay})
         if options.loop and self.source.live:
             raise UsageError("--loop only applies to a video file, not to {}".format(self.source.describe()))
         self.cv2 = require("cv2")
@@ -414,7 +416,7 @@ class StreamRunner(object):
             # frames that queued up while the last caption ran are captioned together: one batched
             # encoder call and shared decoder steps (rows leave as their captions end), in frame order
             frames, ended = [frame], False
-            while len(frames) < self.pipeline.max_batch:
+            while len(frames) < self.pipeline.image_batch:
                 more = self.queue.get(timeout=0)
                 if more is FrameQueue.TIMEOUT:
                     break

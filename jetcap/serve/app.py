@@ -22,7 +22,7 @@ from jetcap.serve.connection import PROBE_PATHS, EngineHTTPServer, RequestDeadli
 from jetcap.serve.endpoints import ENDPOINTS, Endpoints, allowed_methods
 from jetcap.serve.handler import HTTP_METHODS, RequestHandler
 from jetcap.serve.options import mib_bytes
-from jetcap.serve.parsing import BodyBudget, HttpError, scrub
+from jetcap.serve.parsing import BodyBudget, HttpError, parse_length, scrub
 
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -78,9 +78,9 @@ class EngineServer(Endpoints):
         registry.gauge("jetcap_request_body_bytes_buffered",
                        "Request-body bytes reserved by connections receiving or holding a body (--max-buffered-mb).",
                        function=lambda: self.buffers.held)
-        registry.gauge("jetcap_connection_evictions_total",
-                       "Stalled connections closed (408) to make room while every slot was taken.",
-                       function=lambda: self.httpd.evictions if self.httpd is not None else 0)
+        self.metrics_evictions = registry.counter(
+            "jetcap_connection_evictions_total",
+            "Stalled connections closed (408) to make room while every slot was taken.")
         self.metrics_deadlines = registry.counter(
             "jetcap_request_deadlines_total", "Requests answered 408 because headers or body came too slowly.",
             ["phase"])
@@ -186,6 +186,7 @@ class EngineServer(Endpoints):
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()  # new connections are now refused
+            self.httpd.stop_receiving(self.options.stop_upload_seconds)
             remaining = self.httpd.wait_idle(self.options.drain_seconds)
         else:
             remaining = 0
@@ -231,7 +232,7 @@ class EngineServer(Endpoints):
         parts = urlsplit(handler.path)
         path = parts.path.rstrip("/") or "/"
         endpoint = path if path in ENDPOINTS else "other"
-        status, headers, body_read = 500, {}, False
+        status, headers, body_read, answered = 500, {}, False, False
         if getattr(handler.rfile, "phase", None) == "headers":
             handler.rfile.phase = "request"  # headers are in: no longer a stalled connection to evict
         try:
@@ -248,6 +249,7 @@ class EngineServer(Endpoints):
                 return
             if status == 405:
                 headers.setdefault("Allow", ", ".join(self._allowed(path)))
+            answered = True  # from here on, a failure must not write a second response on this connection
             self.write_json(handler, status, payload, headers, content_type)
             if method in BODY_METHODS and not body_read:
                 unread = 0 if getattr(handler, "probe_only", False) else self._declared_length(handler)
@@ -258,6 +260,8 @@ class EngineServer(Endpoints):
         except Exception as exc:  # a bug: log it with its traceback, answer 500 if still possible
             status = 500
             self.log("internal_error", method=method, path=path[:200], traceback=traceback.format_exc())
+            if answered:
+                return  # the answer (or part of it) is out: the connection closes; the log has the rest
             try:
                 self.write_json(handler, 500, {"error": "internal server error",
                                                "detail": scrub("{}: {}".format(type(exc).__name__, exc))[:500]})
@@ -287,8 +291,8 @@ class EngineServer(Endpoints):
 
     @staticmethod
     def _declared_length(handler):
-        raw = (handler.headers.get("Content-Length") or "0").strip() if handler.headers is not None else "0"
-        return int(raw) if raw.isdigit() and len(raw) <= 18 else 0
+        """The body length the client declared (0 when none or not a number): what to drain."""
+        return (parse_length(handler.headers.get("Content-Length")) or 0) if handler.headers is not None else 0
 
     def answer_deadline(self, handler, exc):
         """408 for a request whose line or headers missed their deadline (called by the handler)."""

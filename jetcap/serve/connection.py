@@ -33,6 +33,9 @@ MAIN_EVICT_SECONDS = 1.0
 _EVICTED_408 = ('HTTP/1.0 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n'
                 '{{"error": "request timeout", "detail": "the request {} was too slow while every connection slot '
                 'was taken"}}\n')
+_SHUTTING_DOWN_503 = ('HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n'
+                      '{{"error": "shutting down", "detail": "the server is stopping and the request {} had not '
+                      'arrived {:.0f} s after the stop began"}}\n')
 RETRY_AFTER_CONNECTIONS = 1
 # draining an unread body after an early answer: at most this much and this long
 DRAIN_LIMIT_BYTES = 64 << 20
@@ -45,8 +48,9 @@ REFUSERS = 8
 class RequestDeadline(Exception):
     """A request did not arrive by its deadline (answered 408).  ``phase`` is "headers" or "body"."""
 
-    def __init__(self, phase, seconds):
-        super(RequestDeadline, self).__init__("the request {} did not arrive within {:.1f} s".format(phase, seconds))
+    def __init__(self, phase, seconds, detail=None):
+        super(RequestDeadline, self).__init__(
+            detail or "the request {} did not arrive within {:.1f} s".format(phase, seconds))
         self.phase = phase
         self.seconds = seconds
 
@@ -70,28 +74,51 @@ class DeadlineReader(object):
         self.slot_handed_over = False
         self.lane = "main"
         self.received = 0
+        self.min_rate = None
+        self.grace = 0.0
         self._buffer = bytearray()
 
-    def set_deadline(self, phase, seconds):
-        """Give the next part of the request ``seconds`` from now."""
+    def set_deadline(self, phase, seconds, min_rate=None, grace=0.0):
+        """Give the next part of the request ``seconds`` from now.
+
+        With ``min_rate`` (bytes/s) the part must also keep arriving at that rate all along: by any moment
+        ``t`` after ``grace`` seconds, ``min_rate * (t - grace)`` bytes must be in (Apache's
+        ``mod_reqtimeout`` MinRate), so a client cannot hold a large reservation by trickling a byte now
+        and then until the overall deadline.
+        """
         self.phase = phase
         self.started = time.time()
         self.received = len(self._buffer)
         self.deadline = self.started + float(seconds)
+        self.min_rate = float(min_rate) if min_rate else None
+        self.grace = float(grace)
+
+    def _limit(self):
+        """``(moment, why)``: when the current read must have returned, and the message if it has not."""
+        limit, why = self.deadline, None
+        if self.min_rate:
+            rate_limit = self.started + self.grace + self.received / self.min_rate
+            if rate_limit < limit:
+                limit = rate_limit
+                why = ("the request {} came slower than {:.0f} KiB/s ({} bytes in {:.1f} s)".format(
+                    self.phase, self.min_rate / 1024.0, self.received, time.time() - self.started))
+        return limit, why
 
     def _fill(self, size=65536):
         timeout = self.idle_timeout
+        limit = why = None
         if self.deadline is not None:
-            left = self.deadline - time.time()
+            limit, why = self._limit()
+            left = limit - time.time()
             if left <= 0:
-                raise RequestDeadline(self.phase, self.deadline - self.started)
+                raise RequestDeadline(self.phase, time.time() - self.started, why)
             timeout = min(timeout, left)
         self.sock.settimeout(timeout)
         try:
             chunk = self.sock.recv(size)
         except socket.timeout:
-            if self.deadline is not None and time.time() >= self.deadline - 1e-3:
-                raise RequestDeadline(self.phase, self.deadline - self.started)
+            if limit is not None and time.time() >= limit - 1e-3:
+                raise RequestDeadline(self.phase, time.time() - self.started, self._limit()[1] or why)
             raise
         self._buffer.extend(chunk)
         self.received += len(chunk)
@@ -180,6 +207,8 @@ class EngineHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         self.lane = threading.local()
         self._readers = set()
         self.evictions = 0
+        self._stop_receiving_at = None
+        self._stop_receiving_seconds = 0.0
         self._active_cond = threading.Condition(threading.Lock())
         self._refusers = threading.BoundedSemaphore(REFUSERS)
         body = json.dumps({"error": "too many connections",
@@ -246,18 +275,39 @@ class EngineHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         if not stalled:
             return False
         victim = min(stalled, key=lambda r: r.started)
-        self._readers.discard(victim)
-        phase, victim.phase, victim.slot_handed_over = victim.phase, "evicted", True
-        try:
-            victim.sock.send(_EVICTED_408.format(phase).encode("latin-1"), getattr(socket, "MSG_DONTWAIT", 0))
-        except (OSError, socket.error):
-            pass
-        try:
-            victim.sock.shutdown(socket.SHUT_RDWR)  # its thread's recv returns at once and it closes
-        except (OSError, socket.error):
-            pass
+        victim.slot_handed_over = True
+        self._close_reader(victim, _EVICTED_408.format(victim.phase))
         self.evictions += 1
+        self.app.metrics_evictions.inc()
         return True
+
+    def _close_reader(self, reader, answer):
+        """Send ``answer`` (best effort, never blocking) on ``reader``'s connection and shut it; its thread's
+        recv returns at once and the thread ends.  Called holding the lock."""
+        self._readers.discard(reader)
+        reader.phase = "evicted"
+        try:
+            reader.sock.send(answer.encode("latin-1"), getattr(socket, "MSG_DONTWAIT", 0))
+        except (OSError, socket.error):
+            pass
+        try:
+            reader.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, socket.error):
+            pass
+
+    def stop_receiving(self, seconds):
+        """Shutdown began: connections still sending their request line, headers or body get ``seconds``
+        more, then a 503 "shutting down" and close (requests whose body is in are left to finish)."""
+        with self._active_cond:
+            self._stop_receiving_seconds = float(seconds)
+            self._stop_receiving_at = time.time() + float(seconds)
+
+    def _close_late_uploads(self):
+        """After :meth:`stop_receiving`'s grace, close the connections still receiving.  Called holding the lock."""
+        if self._stop_receiving_at is None or time.time() < self._stop_receiving_at:
+            return
+        for reader in [r for r in self._readers if r.phase in ("headers", "body")]:
+            self._close_reader(reader, _SHUTTING_DOWN_503.format(reader.phase, self._stop_receiving_seconds))
 
     def _serve_connection(self, request, client_address, lane):
         self.lane.probe_only = lane == "probe"  # read by the handler, which runs on this thread
@@ -312,6 +362,7 @@ class EngineHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         deadline = time.time() + seconds
         with self._active_cond:
             while (self.active or self.probing) and time.time() < deadline:
+                self._close_late_uploads()
                 self._active_cond.wait(min(0.1, max(0.0, deadline - time.time())))
             return self.active + self.probing
 

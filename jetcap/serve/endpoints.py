@@ -30,6 +30,20 @@ def allowed_methods(path):
     return ["GET", "HEAD"] if path in GET_ENDPOINTS else ["POST"]
 
 
+def continue_upload(handler):
+    """Answer ``Expect: 100-continue`` (curl sends it before bodies over 1 MiB and otherwise waits a second
+    for the server) once the request passed every check made before its body: send ``100 Continue``.
+
+    Only for HTTP/1.1 requests (an HTTP/1.0 request's expectation must be ignored, RFC 7231 5.1.1); the
+    final answer stays HTTP/1.0 with ``Connection: close``.  A request refused before its body (413, 503)
+    gets its final answer instead, so the client never sends the body.
+    """
+    expect = (handler.headers.get("Expect") or "").strip().lower()
+    if expect == "100-continue" and handler.request_version == "HTTP/1.1":
+        handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        handler.wfile.flush()
+
+
 class Endpoints(object):
     """The routes of the server application (a mixin of :class:`jetcap.serve.app.EngineServer`)."""
 
@@ -78,7 +92,13 @@ class Endpoints(object):
         payload = collections.OrderedDict([
             ("ready", True), ("family", model.family), ("backend", session.backend),
             ("backend_reason", session.reason), ("precision", session.precision),
-            ("load_seconds", round(model.load_seconds, 3)), ("warmup_ms", round(model.warmup_seconds * 1000.0, 3))])
+            ("load_seconds", round(model.load_seconds, 3)), ("warmup_ms", round(model.warmup_seconds * 1000.0, 3)),
+            # ready, and how full: a request beyond these limits is refused with 503 + Retry-After, one by
+            # one, rather than the instance taken out of rotation (which would move the load, not shed it)
+            ("load", collections.OrderedDict([
+                ("inferences_running", self.dispatcher.running), ("workers", self.dispatcher.workers),
+                ("queued", self.dispatcher.waiting), ("queue_limit", self.dispatcher.queue_size),
+                ("body_bytes_reserved", self.buffers.held), ("body_bytes_limit", self.buffers.limit)]))])
         return 200, payload, {}, "application/json", False
 
     def _infer(self, handler, path, query):
@@ -101,7 +121,9 @@ class Endpoints(object):
             self.metrics_rejected.inc(reason="buffers")
             raise
         try:
-            body = read_body(handler.rfile, length, self.options.body_seconds(length))
+            continue_upload(handler)
+            body = read_body(handler.rfile, length, self.options.body_seconds(length),
+                             min_rate=self.options.min_body_rate, grace=self.options.header_timeout)
             return self._run(handler, path, family, body, query)
         finally:
             self.buffers.release(length)
@@ -157,7 +179,8 @@ class Endpoints(object):
         if not image:
             raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
         model = self.model
-        beam = int_option(values, "beam", model.default_beam(), 1, self.options.max_beam)
+        # a beam's rows run in one decoder-step call: at most the bundle's max batch (its TensorRT profiles)
+        beam = int_option(values, "beam", model.default_beam(), 1, min(self.options.max_beam, model.max_batch()))
         max_len = int_option(values, "max_len", model.default_max_len(), 1, self.options.max_len_limit)
         return lambda: model.caption(image, beam, max_len)
 

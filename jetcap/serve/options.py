@@ -33,8 +33,9 @@ class ServeOptions(object):
         read_timeout: seconds a connection may stay silent while sending its request (default 30).
         header_timeout: seconds from the connection's start until its request line and headers must be in
             (default 10); then 408 and close.
-        min_body_rate_kib: the body must arrive at this many KiB/s on average (after ``header_timeout`` of
-            grace), so its deadline is ``header_timeout + length / rate`` (default 64); then 408 and close.
+        min_body_rate_kib: the body must keep arriving at this many KiB/s (after ``header_timeout`` of
+            grace): by any moment ``t`` of its upload, ``rate * (t - header_timeout)`` bytes must be in, so
+            its deadline is at most ``header_timeout + length / rate`` (default 64); then 408 and close.
         max_connections: connections handled at once; more are answered 503 at once (default 64).
         probe_slots: extra connections taken while all ``max_connections`` are busy, only to answer
             GET/HEAD ``/health``, ``/ready`` and ``/metrics`` (default 8; others there get 503).
@@ -106,9 +107,15 @@ class ServeOptions(object):
         return self.header_timeout + float(length) / self.min_body_rate
 
     @property
+    def stop_upload_seconds(self):
+        """After a stop signal, how long requests still arriving (headers or body) may take: ``header_timeout``."""
+        return self.header_timeout
+
+    @property
     def drain_seconds(self):
-        """How long shutdown waits for requests in flight: the slowest allowed upload plus a full inference wait."""
-        return self.header_timeout + self.body_seconds(self.max_body_bytes) + self.timeout
+        """How long shutdown waits for requests in flight: the uploads' last ``stop_upload_seconds`` plus a
+        full inference wait (10 + 30 s at the defaults, inside a systemd ``TimeoutStopSec=60``)."""
+        return self.stop_upload_seconds + self.timeout + 1.0
 
     @property
     def exposed(self):

@@ -14,6 +14,9 @@ from jetcap.runtime.sequences import parse_sequence_json
 _PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _ADDRESS = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9A-Fa-f]+>")
 _HEX_ADDRESS = re.compile(r"\bat 0x[0-9A-Fa-f]{6,}\b")
+# ASCII digits only: str.isdigit() and int() also take "²" or "٣", which no HTTP client means
+_DECIMAL = re.compile(r"[0-9]{1,18}\Z")
+_INTEGER = re.compile(r"[-+]?[0-9]{1,11}\Z")
 RETRY_AFTER_BUFFERS = 1
 
 
@@ -88,12 +91,12 @@ def int_option(values, name, default, low, high):
     raw = values.get(name)
     if raw is None or raw == "":
         return default
-    if len(str(raw)) > 12:
+    text = str(raw).strip()
+    if len(text) > 12:
         raise UsageError("{} must be an integer between {} and {}".format(name, low, high))
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise UsageError("{} must be an integer, got {!r}".format(name, str(raw)[:20]))
+    if not _INTEGER.match(text):
+        raise UsageError("{} must be an integer, got {!r}".format(name, text[:20]))
+    value = int(text)
     if not low <= value <= high:
         raise UsageError("{} must be between {} and {}, got {}".format(name, low, high, value))
     return value
@@ -147,26 +150,33 @@ def content_length(headers, max_body_bytes):
     raw = headers.get("Content-Length")
     if raw is None:
         raise HttpError(411, "length required", "POST needs a Content-Length header")
-    raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 18:
-        raise HttpError(400, "bad request", "invalid Content-Length {!r}".format(raw[:40]))
-    length = int(raw)
+    length = parse_length(raw)
+    if length is None:
+        raise HttpError(400, "bad request", "invalid Content-Length {!r}".format(raw.strip()[:40]))
     if length > max_body_bytes:
         raise HttpError(413, "request body too large", "{} bytes, the limit is {} (--max-body-mb)".format(
             length, max_body_bytes))
     return length
 
 
-def read_body(reader, length, seconds):
-    """Read exactly ``length`` body bytes from ``reader`` (a DeadlineReader) within ``seconds``.
+def parse_length(raw):
+    """The integer of a Content-Length value (ASCII digits, at most 18 of them); None when it is not one."""
+    raw = (raw or "").strip()
+    return int(raw) if _DECIMAL.match(raw) else None
 
-    Raises RequestDeadline (408) when the deadline passes, HttpError 400 when the client stops early.
+
+def read_body(reader, length, seconds, min_rate=None, grace=0.0):
+    """Read exactly ``length`` body bytes from ``reader`` (a DeadlineReader) within ``seconds``, arriving at
+    ``min_rate`` bytes/s or faster after ``grace`` seconds (None: only the deadline).
+
+    Raises RequestDeadline (408) when the deadline passes or the body falls below the rate, HttpError 400
+    when the client stops early.  The reader's phase is "request" afterwards (the body is in).
     """
     import socket
 
     from jetcap.serve.connection import RequestDeadline
 
-    reader.set_deadline("body", seconds)
+    reader.set_deadline("body", seconds, min_rate=min_rate, grace=grace)
     try:
         body = reader.read(length)
     except socket.timeout:
@@ -176,4 +186,5 @@ def read_body(reader, length, seconds):
     if len(body) < length:
         raise HttpError(400, "bad request", "body ended after {} of {} bytes".format(len(body), length),
                         body_read=True)
+    reader.phase = "request"  # no longer receiving: neither a stalled upload to evict nor one to stop
     return body

@@ -61,3 +61,41 @@ def test_tensorrt_build_refuses_and_check_skips(cpu8_bundles):
     assert "\n" not in info.value.message
     report = preflight_bundle(cpu8_bundles["captioner"], target="nano")
     assert any(f.rule == "precision.cpu_variant" for f in report.findings)
+
+
+def test_an_images_caption_never_depends_on_its_neighbours(cpu8_bundles):
+    """int8-cpu quantises each call's activations with one scale over its rows: images are captioned one per
+    call, alone or many at once, through the pipeline and through the serving loop."""
+    import threading
+
+    from jetcap.runtime.manifest import Manifest
+    from jetcap.runtime.scheduler import DecodeScheduler
+    from jetcap.runtime.session import open_bundle
+    from jetcap.util.npz import load_npz
+
+    images = load_npz(Manifest.load(cpu8_bundles["captioner"]).reference_path())["task/images"]
+    with open_bundle(cpu8_bundles["captioner"], backend="onnxruntime", precision="int8-cpu") as session:
+        pipeline = session.caption_pipeline()
+        assert pipeline.image_batch == 1 and pipeline.max_batch > 1
+        alone = [pipeline.caption(images[i:i + 1])[0] for i in range(len(images))]
+        together = pipeline.caption(images)
+        assert [(h.tokens, h.score) for h in together] == [(h.tokens, h.score) for h in alone]
+        loop = DecodeScheduler(session.manifest, session.runners, shared_calls=False)
+        try:
+            served = [None] * len(images)
+            barrier = threading.Barrier(len(images))
+
+            def run(i):
+                barrier.wait(10)
+                served[i] = loop.caption(images[i:i + 1])[0]
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(images))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert [(h.tokens, h.score) for h in served] == [(h.tokens, h.score) for h in alone]
+            assert loop.stats["decoder_step"].snapshot()["mean_rows"] == 1.0  # greedy: one row per call
+            assert loop.stats["encoder"].snapshot()["mean_rows"] == 1.0
+        finally:
+            loop.close()

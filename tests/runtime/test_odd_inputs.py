@@ -66,3 +66,52 @@ def test_predict_tsv_escapes_labels():
     from jetcap.commands.predict import tsv_field
 
     assert tsv_field("wave\nleft\tx\\") == "wave\\nleft\\tx\\\\"
+
+
+def test_a_large_16_bit_image_is_scaled_in_blocks_with_the_same_values():
+    from jetcap.runtime import preprocess
+
+    values = (np.random.RandomState(0).rand(3000, 700) * 65535).astype(np.uint16)  # > 1 block of rows
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    opened = preprocess.peek_image(io.BytesIO(buffer.getvalue()))
+    assert opened.mode == "I;16" and preprocess.decode_bytes(opened) == 3000 * 700 * (2 + 3)
+    rgb = np.asarray(preprocess.decode_image(opened))
+    expected = np.clip(np.round(values.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    assert (rgb == expected[:, :, None]).all()
+
+
+def test_large_decodes_take_turns_and_small_ones_do_not_wait():
+    import threading
+
+    from jetcap.runtime import preprocess, serving
+
+    def png(width, height):
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    large, small = png(5000, 5000), png(64, 64)  # 25 Mpx x 3 bytes: over LARGE_DECODE_BYTES
+    assert preprocess.decode_bytes(preprocess.peek_image(io.BytesIO(large))) > serving.LARGE_DECODE_BYTES
+    lock = threading.Lock()
+    done = {}
+
+    def decode(name, data):
+        done[name] = serving.decode_image(data, preprocess.DEFAULT_MAX_PIXELS, lock).size
+
+    with lock:  # another large decode is running
+        waiting = threading.Thread(target=decode, args=("large", large))
+        waiting.start()
+        decode("small", small)
+        waiting.join(1.0)
+        assert "small" in done and "large" not in done
+    waiting.join(60)
+    assert done["large"] == (5000, 5000)
+
+
+@pytest.mark.parametrize("value", ['"1"', "true", "null", "[1.0]"])
+def test_sequence_values_must_be_numbers(tmp_path, value):
+    path = tmp_path / "s.json"
+    path.write_text('[[0.5, {}]]'.format(value))
+    with pytest.raises(UsageError, match="not a number"):
+        load_sequence(path)

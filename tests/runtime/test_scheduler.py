@@ -80,9 +80,13 @@ def test_one_request_of_many_images_and_a_beam_wider_than_the_batch(session, ref
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert ([h.tokens for h in scheduler.caption(images)]
             == [h.tokens for h in pipeline.caption(images)])
-    wide = session.manifest.axes["batch"]["max"] + 2  # more rows than one call may hold: it runs alone
-    assert (scheduler.caption(images[:1], beam_size=wide)[0].tokens
-            == pipeline.caption(images[:1], beam_size=wide)[0].tokens)
+    most = session.manifest.axes["batch"]["max"]
+    assert (scheduler.caption(images[:1], beam_size=most)[0].tokens
+            == pipeline.caption(images[:1], beam_size=most)[0].tokens)
+    # a beam's rows run in one step call: more than the bundle's max batch (a TensorRT profile's) is refused
+    for caption in (scheduler.caption, pipeline.caption):
+        with pytest.raises(UsageError, match="over the bundle's max batch of {}".format(most)):
+            caption(images[:1], beam_size=most + 1)
 
 
 def test_a_bad_image_fails_its_own_request_only(session, reference, scheduler):

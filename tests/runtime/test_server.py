@@ -208,6 +208,7 @@ def test_health_ready_model_of_a_captioner(servers, captioner_bundle):
     status, _, ready = cap.request("GET", "/ready")
     assert status == 200 and ready["ready"] is True
     assert ready["backend"] == "onnxruntime" and ready["precision"] == "fp32" and ready["load_seconds"] > 0
+    assert ready["load"]["queue_limit"] == 64 and ready["load"]["workers"] == 2 and ready["load"]["queued"] == 0
     status, _, model = cap.request("GET", "/model")
     manifest = Manifest.load(captioner_bundle)
     assert status == 200
@@ -274,6 +275,10 @@ def test_bad_inputs_are_400(servers):
         (cap, "/caption", b"", {}),
         (cap, "/caption?beam=0", sample_images()[0], {}),
         (cap, "/caption?max_len=abc", sample_images()[0], {}),
+        (cap, "/caption?beam=9", sample_images()[0], {}),          # over the bundle's max batch of 8
+        (cap, "/caption?beam=%D9%A3", sample_images()[0], {}),     # an Arabic-Indic 3: digits are ASCII
+        (cls, "/predict", json.dumps({"sequence": [[0.0, "1"]]}), {}),   # a string is not a number
+        (cls, "/predict", json.dumps({"sequence": [[0.0, True]]}), {}),  # nor is a boolean
         (cap, "/caption", multipart({"picture": sample_images()[0]})[0], {"Content-Type": multipart({})[1]}),
         (cls, "/predict", b"{not json", {}),
         (cls, "/predict", json.dumps({"frames": [[0.0]]}), {}),
@@ -289,6 +294,7 @@ def test_bad_inputs_are_400(servers):
         assert status == 400, (path, body[:40], payload)
         assert set(payload) == {"error", "detail"} and "Traceback" not in payload["detail"]
     assert "over the limit" in cap.request("POST", "/caption", blank_png(7000, 6000, rows=1))[2]["detail"]
+    assert "between 1 and 8" in cap.request("POST", "/caption?beam=9", sample_images()[0])[2]["detail"]
     assert "more than the bundle's maximum" in cls.request(
         "POST", "/predict", json.dumps({"sequence": np.zeros((too_long, width)).tolist()}))[2]["detail"]
 

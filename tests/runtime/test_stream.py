@@ -239,3 +239,16 @@ def test_nothing_is_left_open_after_an_output_error(bundle, video, tmp_path):
     with pytest.raises(UsageError, match="writing --jsonl /dev/full failed"):
         stream(bundle, video, jsonl="/dev/full")
     assert not any(t.name == "jetcap-capture" and t.is_alive() for t in threading.enumerate())
+
+
+def test_an_output_that_is_the_source_is_refused_before_anything_is_written(bundle, tmp_path):
+    source = write_video(tmp_path / "clip.avi", frames=4)
+    before = source.read_bytes() if hasattr(source, "read_bytes") else open(str(source), "rb").read()
+    os.symlink(str(source), str(tmp_path / "link.avi"))
+    for kwargs, message in (({"jsonl": str(source)}, "--jsonl .* is the video being read"),
+                            ({"overlay": str(tmp_path / "link.avi")}, "--overlay .* is the video being read"),
+                            ({"jsonl": str(tmp_path / "o.avi"), "overlay": str(tmp_path / "o.avi")},
+                             "--jsonl and --overlay name the same file")):
+        with pytest.raises(UsageError, match=message):
+            stream(bundle, str(source), **kwargs)
+    assert open(str(source), "rb").read() == before and not (tmp_path / "o.avi").exists()

@@ -208,3 +208,88 @@ def test_binding_every_interface_warns():
 
     assert ServeOptions(host="0.0.0.0").exposed and ServeOptions(host="::").exposed
     assert not ServeOptions().exposed
+
+
+def test_a_trickled_body_is_cut_at_the_minimum_rate_not_at_its_whole_deadline(server):
+    # 900 000 bytes declared: the whole body's deadline is 1.5 + 900000 / 64 KiB = 15 s; 70 000 bytes sent
+    # at once and then a byte every 0.3 s fall below the rate at 1.5 + 70000 / 64 KiB = 2.6 s
+    sock = _slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 900000\r\n\r\n" + b" " * 70000)
+    began = time.time()
+    answer = b""
+    try:
+        sock.settimeout(0.3)
+        while time.time() - began < 10 and not answer:
+            try:
+                answer = sock.recv(4096)
+            except socket.timeout:
+                sock.sendall(b" ")
+        sock.settimeout(5)
+        answer += _read_until_closed(sock)
+    except (ConnectionResetError, BrokenPipeError):
+        answer = answer or b"reset"
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 408") and b"slower than 64 KiB/s" in answer, answer
+    assert time.time() - began < 5.0
+    deadline = time.time() + 5
+    while server.metrics()[("jetcap_request_body_bytes_buffered", ())] and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.metrics()[("jetcap_request_body_bytes_buffered", ())] == 0  # the reservation is released
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_a_non_ascii_content_length_gets_one_400_or_405(server, method):
+    sock = _slow(server, method.encode() + b" /predict HTTP/1.0\r\nContent-Length: \xb2\r\n\r\n")
+    try:
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer.count(b"HTTP/1.") == 1, answer  # never a second response on the same connection
+    assert answer.startswith(b"HTTP/1.0 400" if method == "POST" else b"HTTP/1.0 405"), answer
+
+
+def test_expect_100_continue_is_answered_before_the_body(server):
+    body = _sequence_body(server)
+    head = ("POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n"
+            .format(len(body)).encode())
+    sock = _slow(server, head)
+    try:
+        sock.settimeout(1.0)  # curl waits a second for this line before sending anyway
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
+    # refused before its body: the final answer comes instead of 100, so the client never sends the body
+    sock = _slow(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n")
+    try:
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 413") and b"100 Continue" not in answer
+
+
+def test_stop_closes_uploads_that_do_not_arrive_in_time(classifier_bundle, tmp_path):
+    """SIGTERM: a request whose body is still arriving gets --header-timeout more seconds, then 503."""
+    import signal
+
+    stopping = Server(classifier_bundle, ["--threads", "1", "--header-timeout", "1"], tmp_path / "stop.log")
+    try:
+        stopping.wait_listening()
+        assert stopping.wait_loaded() == "ready"
+        sock = _slow(stopping, b"POST /predict HTTP/1.0\r\nContent-Length: 500000\r\n\r\n" + b" " * 100000)
+        time.sleep(0.3)
+        began = time.time()
+        stopping.proc.send_signal(signal.SIGTERM)
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.0 503") and b"shutting down" in answer, answer
+        assert stopping.proc.wait(20) == 0
+        assert time.time() - began < 6.0
+    finally:
+        stopping.kill()
