@@ -53,7 +53,8 @@ def cold(spec):
     # the framework's import is part of what the process pays; stamped separately from loading
     __import__({"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}.get(kind, "torch"))
     stamps["imports_done_at"] = time.time()
-    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"))
+    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"),
+                           spec.get("checkpoint_options"))
     stamps["loaded_at"] = time.time()
     if spec["family"] == "captioner":
         from jetcap.runtime.preprocess import load_images
@@ -153,7 +154,8 @@ def measure(spec):
     manifest = Manifest.load(spec["bundle"])
     max_batch = int(manifest.axes["batch"]["max"])
     start = time.perf_counter()
-    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"))
+    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"),
+                           spec.get("checkpoint_options"))
     out = {"load_s": time.perf_counter() - start, "after_load": _memory(), "max_batch": max_batch}
     if spec["family"] == "captioner":
         from jetcap.runtime.preprocess import load_images

@@ -51,11 +51,15 @@ class BenchOptions(object):
         timeout: seconds allowed per child process (default 900).
         matmul_size: side of the square GEMM measuring the peak matmul rate (default 1024).
         data: a folder of real images / sequences to feed (default: the shipped samples).
+        checkpoint_options: where the checkpoint's model comes from when it is the user's code, as
+            ``jetcap validate --checkpoint`` takes it (``models``, ``model_args``, ``adapter``,
+            ``trust_pickle``, ``code_path``, ``word_map``; default {}: jetcap's built-in families).
     """
 
     def __init__(self, bundle, checkpoint=None, repeat=50, warmup=5, cold_runs=3, threads=None, precisions=None,
-                 only=None, timeout=900, matmul_size=1024, rounds=1, data=None):
+                 only=None, timeout=900, matmul_size=1024, rounds=1, data=None, checkpoint_options=None):
         self.bundle = str(bundle)
+        self.checkpoint_options = dict(checkpoint_options or {})
         self.data = str(data) if data else None
         self.checkpoint = str(checkpoint) if checkpoint else None
         self.repeat = int(repeat)
@@ -139,6 +143,11 @@ def plan(manifest, options):
     family = manifest.family
     configs, skipped = [], []
     torch_kinds = ["pytorch-reproject", "pytorch"] if family == "captioner" else ["pytorch"]
+    if (manifest.data.get("source") or {}).get("kind") == "user code" and "pytorch-reproject" in torch_kinds:
+        # the per-step re-projection is a variant of jetcap's built-in decoder; the user's code is timed as is
+        torch_kinds.remove("pytorch-reproject")
+        skipped.append({"name": "pytorch-reproject", "reason": "the bundle is the user's code: PyTorch is timed "
+                        "as that code runs (pytorch), not as jetcap's built-in decoder would"})
     if importlib.util.find_spec("torch") is None:
         skipped += [{"name": k, "reason": "torch is not installed; PyTorch configurations skipped"}
                     for k in torch_kinds]
@@ -203,8 +212,13 @@ def _sample_sequence_pool(width, data=None):
         paths = list_inputs(data, SEQUENCE_SUFFIXES, SAMPLE_IMAGES)
     else:
         paths = samples.sample_sequences()
+    from jetcap.runtime.sequences import load_sequence
+
     for path in paths:
-        array = np.load(str(path))
+        if data:  # the user's files: .npy or JSON, checked like predict's (pickles never loaded)
+            pool.append(np.asarray(load_sequence(path, width=width), dtype=np.float32))
+            continue
+        array = np.load(str(path), allow_pickle=False)
         if array.ndim == 2 and array.shape[1] == width:
             pool.append(array.astype(np.float32))
     return np.concatenate(pool) if pool else None
@@ -223,7 +237,11 @@ def prepare_inputs(manifest, workdir, data=None):
         from jetcap.util.fsio import list_inputs
 
         if data:
-            return {"images": list_inputs(data, IMAGE_SUFFIXES, SAMPLE_IMAGES)}
+            from jetcap.runtime.inference import read_images
+
+            paths = list_inputs(data, IMAGE_SUFFIXES, SAMPLE_IMAGES)
+            read_images(paths, manifest.preprocessing)  # a bad image: exit 2 now, not a failed run later
+            return {"images": paths}
         images = [str(p) for p in samples.sample_images()]
         if not images:
             from PIL import Image
@@ -437,7 +455,7 @@ def run_benchmark(options, log=lambda message: None):
                     continue
                 spec = {"config": dict((k, entry[k]) for k in ("name", "kind", "precision", "label")),
                         "bundle": manifest.bundle_dir, "checkpoint": options.checkpoint, "family": manifest.family,
-                        "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
+                        "checkpoint_options": options.checkpoint_options, "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
                         "inputs": inputs}
                 started = time.time()
                 log("{}: round {}/{}: measuring ({} repetitions after {} warm-up), {} cold start(s)".format(

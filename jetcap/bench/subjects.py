@@ -50,7 +50,7 @@ class BundleClassifier(object):
         self.session.close()
 
 
-def open_subject(config, bundle, checkpoint=None, threads=None):
+def open_subject(config, bundle, checkpoint=None, threads=None, checkpoint_options=None):
     """The subject of a configuration ``{name, kind, precision}`` for ``bundle``.
 
     Args:
@@ -58,6 +58,8 @@ def open_subject(config, bundle, checkpoint=None, threads=None):
         bundle: the bundle directory.
         checkpoint: the PyTorch checkpoint (PyTorch kinds).
         threads: intra-op threads of ONNX Runtime / PyTorch.
+        checkpoint_options: where the checkpoint's model comes from (the user's code; see
+            :func:`jetcap.validate.live.load_reference_subject`).
     """
     from jetcap.runtime.manifest import Manifest
 
@@ -67,7 +69,7 @@ def open_subject(config, bundle, checkpoint=None, threads=None):
         from jetcap.bench import torch_subjects
 
         return torch_subjects.open_torch_subject(manifest, checkpoint, reproject=(kind == "pytorch-reproject"),
-                                                 threads=threads)
+                                                 threads=threads, checkpoint_options=checkpoint_options)
     if kind not in KINDS:
         raise ValueError("unknown configuration kind {!r}".format(kind))
     from jetcap.runtime.session import open_bundle

@@ -100,16 +100,60 @@ class TorchClassifier(object):
         self.model = None
 
 
-def open_torch_subject(manifest, checkpoint, reproject=False, threads=None):
-    """Load ``checkpoint`` (checked against the bundle's configuration) as a PyTorch subject."""
+class UserCodeCaptioner(object):
+    """The user's captioner in PyTorch eager mode, as export ran it: their encoder, and one decoder step
+    through the same adapter as the bundle's step graph (the same algorithm), with jetcap's greedy search."""
+
+    def __init__(self, subject, max_len):
+        self.subject = subject
+        self.start_id, self.end_id = subject.vocab.start_id, subject.vocab.end_id
+        self.max_len = int(max_len)
+
+    def encode(self, images):
+        with torch.no_grad():
+            return self.subject.encode(images)
+
+    def decoder_session(self, encoded):
+        return _NoGrad(self.subject.decoder_session(encoded))
+
+    def caption(self, images):
+        with torch.no_grad():
+            return [h.tokens for h in self.subject.caption(images, self.max_len)]
+
+    def close(self):
+        self.subject = None
+
+
+class UserCodeClassifier(object):
+    """The user's classifier in PyTorch eager mode: their ``forward``, the output export picked as logits."""
+
+    def __init__(self, subject):
+        self.subject = subject
+
+    def logits(self, sequences):
+        with torch.no_grad():
+            return self.subject.logits(np.ascontiguousarray(sequences, dtype=np.float32))
+
+    def close(self):
+        self.subject = None
+
+
+def open_torch_subject(manifest, checkpoint, reproject=False, threads=None, checkpoint_options=None):
+    """Load ``checkpoint`` (checked against the bundle's configuration) as a PyTorch subject: jetcap's
+    built-in families from the tensors, or the user's code with ``checkpoint_options`` (``--model``,
+    ``--adapter``, ``--trust-pickle``, ``--code-path``, as ``validate --checkpoint`` takes them)."""
     from jetcap.errors import UsageError
     from jetcap.validate.live import load_reference_subject
 
     if threads:
         torch.set_num_threads(int(threads))
-    subject = load_reference_subject(manifest, str(checkpoint), {})
-    if getattr(subject, "loaded", None) is None:
-        raise UsageError("jetcap bench --checkpoint times PyTorch for jetcap's built-in families only")
+    subject = load_reference_subject(manifest, str(checkpoint), checkpoint_options or {})
+    if getattr(subject, "loaded", None) is None:  # the user's code
+        if reproject:
+            raise UsageError("pytorch-reproject times jetcap's built-in decoder; the user's code runs as pytorch")
+        if manifest.family == "captioner":
+            return UserCodeCaptioner(subject, manifest.decoding.get("max_len", 20))
+        return UserCodeClassifier(subject)
     model = subject.loaded.model.eval()
     if manifest.family == "captioner":
         return TorchCaptioner(model, manifest.vocabulary(), manifest.decoding.get("max_len", 20), reproject)

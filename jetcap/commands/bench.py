@@ -1,7 +1,7 @@
 """``jetcap bench``: a bundle's runtimes against PyTorch eager, with the distance to the limit (Python 3.6)."""
 import click
 
-from jetcap.commands.options import echo_json, json_option, log
+from jetcap.commands.options import checkpoint_options, echo_json, json_option, log, model_source_options
 from jetcap.runtime.manifest import PRECISIONS
 
 
@@ -30,9 +30,12 @@ from jetcap.runtime.manifest import PRECISIONS
                    "photos for a 224x224 model [default: the shipped 96x96 samples, resized].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw latency, memory and cold-start bars per configuration into this PNG.")
+@model_source_options
+@click.option("--word-map", type=click.Path(dir_okay=False), default=None,
+              help="With --checkpoint: the captioner's word map, if the checkpoint lacks it [default: the bundle's].")
 @json_option
 def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, data, plot,
-            as_json):
+            models, model_args, adapter, trust_pickle, code_path, word_map, as_json):
     """Benchmark BUNDLE: PyTorch eager (from --checkpoint) against ONNX Runtime (FP32/FP16/INT8) and
     TensorRT (when installed), one fresh process per configuration.
 
@@ -41,14 +44,21 @@ def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, prec
     fresh process; each next to its ratio against PyTorch eager.  The graphs' FLOPs and the machine's
     measured matmul rate give the distance to the limit.  Results on stdout (a table, or --json),
     progress on stderr.  Without torch installed the PyTorch configurations are skipped with a note.
+    A bundle exported from your own code is timed in PyTorch as that code runs: give the export's
+    --model / --model-args / --adapter / --trust-pickle / --code-path with --checkpoint.
     Exit 1 when a configuration failed.
     """
     from jetcap.bench.report import format_report
     from jetcap.bench.runs import BenchOptions, run_benchmark
+    from jetcap.util.fsio import check_output_file
+
+    if plot:
+        check_output_file(plot, "--plot", keep_out_of=[bundle], suffixes=(".png",))
 
     options = BenchOptions(bundle, checkpoint=checkpoint, repeat=repeat, warmup=warmup, cold_runs=cold_runs,
                            rounds=rounds, threads=threads, precisions=precisions, only=only, matmul_size=matmul_size,
-                           data=data)
+                           data=data, checkpoint_options=checkpoint_options(
+                               checkpoint, models, model_args, adapter, trust_pickle, code_path, word_map))
     report = run_benchmark(options, log=log)
     if plot:
         from jetcap.bench.plot import draw_report

@@ -2,7 +2,7 @@
 import click
 
 from jetcap.commands.options import (backend_option, echo_json, json_option, log, max_memory_option,
-                                     precision_option)
+                                     precision_option, tsv_field)
 
 
 @click.command("caption")
@@ -38,6 +38,7 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
     from jetcap.runtime.inference import caption_images, read_images
     from jetcap.runtime.manifest import Manifest
     from jetcap.runtime.session import expect_family, open_bundle
+    from jetcap.util.fsio import check_output_file
 
     manifest = Manifest.load(bundle)
     expect_family(manifest, "captioner", command="predict")
@@ -45,6 +46,8 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
         raise UsageError("--attention-map needs attention weights, but this bundle's decoder step has no attention "
                          "output")
     map_paths = attention_map_paths(attention_map, images) if attention_map else None
+    for path in map_paths or ():
+        check_output_file(path, "--attention-map", keep_out_of=[bundle], suffixes=(".png",))
     batch = read_images(images, manifest.preprocessing, keep_originals=bool(map_paths))
     with open_bundle(manifest, backend=backend, precision=precision, engine_cache=engine_cache,
                      max_memory_mb=max_memory_mb, log=log if verbose else None) as session:
@@ -53,7 +56,7 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
         echo_json(results)
     else:
         for result in results:
-            click.echo("{}\t{}".format(result["image"], result["caption"]))
+            click.echo("{}\t{}".format(tsv_field(result["image"]), tsv_field(result["caption"])))
     if map_paths:
         vocab = manifest.vocabulary()
         image_size = manifest.preprocessing.get("image_size")

@@ -92,3 +92,32 @@ def model_source_options(command):
     for decorator in reversed(decorators):
         command = decorator(command)
     return command
+
+
+def tsv_field(value):
+    """``value`` safe for one TSV field: backslash, tab, newline and carriage return escaped as ``\\``, ``\\t``..."""
+    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def checkpoint_options(checkpoint, models=(), model_args=None, adapter=None, trust_pickle=False, code_path=None,
+                       word_map=None):
+    """The ``--checkpoint`` model-source options of validate and bench as the library takes them (a dict);
+    click.UsageError when they are given without ``--checkpoint``."""
+    options = {}
+    if trust_pickle:
+        options["trust_pickle"] = True
+    if code_path:
+        options["code_path"] = code_path
+    if models:
+        options["models"] = parse_models(models)
+    if model_args:
+        options["model_args"] = parse_json_object(model_args, "--model-args")
+    if adapter:
+        options["adapter"] = adapter
+    if word_map:
+        options["word_map"] = word_map
+    if options and not checkpoint:
+        raise click.UsageError("--model, --model-args, --adapter, --trust-pickle, --code-path and --word-map go "
+                               "with --checkpoint")
+    return options

@@ -2,13 +2,7 @@
 import click
 
 from jetcap.commands.options import (backend_option, echo_json, json_option, log, max_memory_option,
-                                     precision_option)
-
-
-def tsv_field(value):
-    """``value`` safe for one TSV field: backslash, tab, newline and carriage return escaped as ``\\``, ``\\t``..."""
-    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+                                     precision_option, tsv_field)
 
 
 @click.command("predict")

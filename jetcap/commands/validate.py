@@ -1,15 +1,17 @@
 """``jetcap validate``: the numeric-equivalence gate for CI."""
+import math
+
 import click
 
-from jetcap.commands.options import echo_json, json_option, log, model_source_options, parse_json_object, parse_models
+from jetcap.commands.options import checkpoint_options, echo_json, json_option, log, model_source_options
 
 TOLERANCE_FORM = "OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]"
 
 
 def _tolerance_option(ctx, param, values):
     """``--tolerance OUTPUT=ATOL,RTOL[,MIN_COSINE[,OUTLIER_FRACTION[,OUTLIER_CAP]]]`` ->
-    {output: {atol, rtol, ...}}; the fields left out take ``Tolerance``'s defaults (no outliers; a
-    fraction without a cap gets ``DEFAULT_OUTLIER_CAP``)."""
+    {output: {atol, rtol, ...}}; the fields left out take the precision's min_cosine and no outlier
+    allowance (a fraction without a cap gets ``DEFAULT_OUTLIER_CAP``)."""
     fields = ("atol", "rtol", "min_cosine", "outlier_fraction", "outlier_cap")
     parsed = {}
     for value in values:
@@ -20,6 +22,10 @@ def _tolerance_option(ctx, param, values):
                 raise ValueError
         except ValueError:
             raise click.BadParameter("expected {}, got {!r}".format(TOLERANCE_FORM, value))
+        if not all(math.isfinite(x) for x in parts):
+            raise click.BadParameter("tolerances must be finite numbers, got {!r}".format(value))
+        if name in parsed:
+            raise click.BadParameter("{} is given twice".format(name))
         parsed[name] = dict(zip(fields, parts))
     return parsed
 
@@ -57,25 +63,12 @@ def command(bundle, backends, precisions, checkpoint, data, samples, seed, toler
     computes fails.  Exit 0 when every check passes, 1 on a numeric failure, 2 on a usage or
     environment error.
     """
-    from jetcap.util.fsio import write_bytes_atomic
+    from jetcap.util.fsio import check_output_file, write_bytes_atomic
     from jetcap.validate.gate import ValidateOptions, validate_bundle
 
-    options = {}
-    if trust_pickle:
-        options["trust_pickle"] = True
-    if code_path:
-        options["code_path"] = code_path
-    if models:
-        options["models"] = parse_models(models)
-    if model_args:
-        options["model_args"] = parse_json_object(model_args, "--model-args")
-    if adapter:
-        options["adapter"] = adapter
-    if word_map:
-        options["word_map"] = word_map
-    if options and not checkpoint:
-        raise click.UsageError("--model, --model-args, --adapter, --trust-pickle, --code-path and --word-map go "
-                               "with --checkpoint")
+    if junit:
+        check_output_file(junit, "--junit", keep_out_of=[bundle])
+    options = checkpoint_options(checkpoint, models, model_args, adapter, trust_pickle, code_path, word_map)
     opts = ValidateOptions(bundle, backends=list(backends) or "all", precisions=list(precisions) or "all",
                            checkpoint=checkpoint, data=data, samples=samples, tolerances=tolerances,
                            engine_cache=engine_cache, checkpoint_options=options, seed=seed, target=target,

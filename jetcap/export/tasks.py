@@ -278,14 +278,16 @@ class CaptionerExport(FamilyExport):
         images, names = self._images(config, opts, limit=TASK_IMAGES, seed=opts.seed + 1000, paths=paths)
         max_len = int(config.get("max_len", 20))
         greedy = subject.caption(images, max_len)
-        beam = subject.caption(images, max_len, beam_size=REFERENCE_BEAM)
+        # a beam's rows run in one step call: at most the bundle's max batch (--max-batch 2 checks beam 2)
+        beam_size = min(REFERENCE_BEAM, int(opts.max_batch))
+        beam = subject.caption(images, max_len, beam_size=beam_size)
         return {
             "task/images": images,
             "task/names": np.asarray(names),
             "task/greedy_tokens": _pad([h.tokens for h in greedy]),
             "task/greedy_scores": np.asarray([h.score for h in greedy], dtype=np.float64),
             "task/beam_tokens": _pad([h.tokens for h in beam]),
-            "task/beam_size": np.asarray(REFERENCE_BEAM),
+            "task/beam_size": np.asarray(beam_size),
             **task_source_entries(opts.calibration_data, held_out, len(names)),
         }
 
@@ -372,8 +374,13 @@ class ClassifierExport(FamilyExport):
         low = axes["T"]["min"]
         if paths is None and opts.calibration_data is not None:
             paths = list_inputs(opts.calibration_data, SEQUENCE_SUFFIXES, limit)
+        width = int(config["input_size"])
         if paths is not None:
             seqs = [load_sequence(p) for p in paths]
+            for path, seq in zip(paths, seqs):
+                if seq.shape[1] != width:
+                    raise UsageError("{} has {} features per frame, the model expects {}".format(
+                        path, seq.shape[1], width))
         else:
             from jetcap import samples
             from jetcap.samples import gestures
@@ -382,11 +389,12 @@ class ClassifierExport(FamilyExport):
             if len(seqs) < limit:
                 extra, _ = gestures.generate(limit - len(seqs), seed)
                 seqs += [np.asarray(s, dtype=np.float32) for s in extra]
-        width = int(config["input_size"])
+            if seqs and seqs[0].shape[1] != width:
+                # the shipped gestures are one hand (21 x 3); another layout (two hands: 126) gets seeded
+                # smooth sequences of its own width (pass --calibration-data for real ones)
+                seqs = synthetic_sequences(limit, width, low, high, seed)
         out = []
         for seq in seqs:
-            if seq.shape[1] != width:
-                raise UsageError("calibration sequence has {} features, the model expects {}".format(seq.shape[1], width))
             out.append(np.ascontiguousarray(seq[:high]) if len(seq) >= low else np.pad(seq, ((0, low - len(seq)), (0, 0))))
         return out
 
@@ -415,6 +423,19 @@ class ClassifierExport(FamilyExport):
             shortest = min(len(s) for s in seqs)
             seqs = [s[:shortest] for s in seqs]
         return {"model": [{"sequence": s[None]} for s in seqs]}
+
+
+def synthetic_sequences(count: int, width: int, low: int, high: int, seed: int) -> List[np.ndarray]:
+    """``count`` seeded keypoint-like ``(T, width)`` float32 sequences for a model of any frame width: each
+    feature a smooth random walk in [0, 1] (as normalised keypoint coordinates move), T spread over
+    ``[low, high]``."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(count):
+        length = int(low + (high - low) * (i + 0.5) / max(count, 1))
+        walk = np.cumsum(rng.normal(0.0, 0.02, size=(length, width)), axis=0) + rng.uniform(0.2, 0.8, size=width)
+        out.append(np.clip(walk, 0.0, 1.0).astype(np.float32))
+    return out
 
 
 def batch_axes(spec) -> Dict[str, int]:

@@ -149,7 +149,7 @@ def check_manifest(data, bundle_dir):
     if "graph_order" in data and data["graph_order"] is not None:
         order = _list(data["graph_order"], "'graph_order'")
         for index, name in enumerate(order):
-            if name not in graphs:
+            if not isinstance(name, str) or name not in graphs:
                 _fail("graph_order[{}]".format(index), "{!r} is not a graph of the bundle".format(name))
         if len(set(order)) != len(order):
             _fail("'graph_order'", "lists a graph twice")
@@ -157,7 +157,7 @@ def check_manifest(data, bundle_dir):
     if data.get("preprocessing") is not None:
         _check_preprocessing(data["preprocessing"])
     if data.get("vocabulary") is not None:
-        _check_vocabulary(data["vocabulary"])
+        _check_vocabulary(data["vocabulary"], family, graphs, data.get("decoder"))
     if data.get("labels") is not None:
         _check_labels(data["labels"], graphs if family == "classifier" else None)
     if data.get("decoding") is not None:
@@ -172,6 +172,7 @@ def check_manifest(data, bundle_dir):
         reference = _dict(data["reference"], "'reference'")
         bundle_file(bundle_dir, reference.get("path"), "reference.path")
         _sha(reference.get("sha256"), "reference.sha256")
+        _check_reference_cases(reference.get("cases"), graphs)
     if data.get("decoder") is not None:
         _check_decoder(data["decoder"])
     if data.get("source") is not None:
@@ -284,22 +285,62 @@ def _check_preprocessing(pre):
         _one_of(pre["layout"], ("NCHW",), "preprocessing.layout")
     if pre.get("scale") is not None:
         _number(pre["scale"], "preprocessing.scale", positive=True)
+        _bounded(pre["scale"], "preprocessing.scale", PIXEL_SCALE_RANGE)
     for key in ("mean", "std"):
         values = _list(pre.get(key), "preprocessing." + key)
         if len(values) not in (1, 3):
             _fail("preprocessing." + key, "must have 1 or 3 values, got {}".format(len(values)))
         for value in values:
             _number(value, "preprocessing." + key, positive=(key == "std"))
+            if key == "std":
+                _bounded(value, "preprocessing.std", PIXEL_STD_RANGE)
+            elif abs(value) > PIXEL_STD_RANGE[1]:
+                _fail("preprocessing.mean", "must be within +-{:g}, got {!r}".format(PIXEL_STD_RANGE[1], value))
 
 
-def _check_vocabulary(vocab):
+# pixel scale (1/255 or 1) and std (0.229 or 58.4) far outside these would overflow float32 or divide by ~0
+PIXEL_SCALE_RANGE = (1e-6, 1e3)
+PIXEL_STD_RANGE = (1e-6, 1e6)
+
+
+def _bounded(value, what, low_high):
+    if not low_high[0] <= value <= low_high[1]:
+        _fail(what, "must be between {:g} and {:g}, got {!r}".format(low_high[0], low_high[1], value))
+
+
+def _check_vocabulary(vocab, family=None, graphs=None, decoder=None):
     vocab = _dict(vocab, "'vocabulary'")
     itos = _list(vocab.get("itos"), "vocabulary.itos", 1)
     for index, word in enumerate(itos):
         if not isinstance(word, str):
             _fail("vocabulary.itos[{}]".format(index), "must be a string, got {!r}".format(word))
-    for name, index in _dict(vocab.get("specials", {}), "vocabulary.specials").items():
+    specials = _dict(vocab.get("specials", {}), "vocabulary.specials")
+    for name, index in specials.items():
         _int(index, "vocabulary.specials.{}".format(name), 0, len(itos) - 1)
+    if family != "captioner":
+        return
+    for name in ("start", "end"):
+        if name not in specials:
+            _fail("vocabulary.specials", "lacks {!r} (the captioner's {} token)".format(name, name))
+    if specials["start"] == specials["end"]:
+        _fail("vocabulary.specials", "start and end are the same token ({})".format(specials["start"]))
+    log_probs = (decoder or {}).get("log_probs", "log_probs") if isinstance(decoder, dict) else "log_probs"
+    for tensor in (graphs or {}).get("decoder_step", {}).get("outputs", []):
+        width = tensor["shape"][-1] if tensor.get("name") == log_probs and tensor.get("shape") else None
+        if _is_int(width) and width != len(itos):
+            _fail("vocabulary.itos", "has {} words, but the decoder step's {} has {}".format(
+                len(itos), log_probs, width))
+
+
+def _check_reference_cases(cases, graphs):
+    """``reference.cases``: for every graph, a non-empty list of ``{name, kind, ...}`` (the tensor checks)."""
+    cases = _dict(cases, "reference.cases")
+    for graph in graphs:
+        entries = _list(cases.get(graph), "reference.cases.{}".format(graph), 1)
+        for index, entry in enumerate(entries):
+            entry = _dict(entry, "reference.cases.{}[{}]".format(graph, index))
+            _text(entry.get("name"), "reference.cases.{}[{}].name".format(graph, index))
+            _text(entry.get("kind"), "reference.cases.{}[{}].kind".format(graph, index))
 
 
 def _check_labels(labels, graphs):

@@ -30,6 +30,19 @@ STEP = "step"
 REORDER = "reorder"
 
 
+def check_finite(hypotheses):
+    """``hypotheses`` (a list or one), raising BundleError when a score is NaN or infinite: a broken graph
+    or manifest values (preprocessing) that overflow, never an answer to print as a caption."""
+    from jetcap.errors import BundleError
+
+    for hypothesis in (hypotheses if isinstance(hypotheses, list) else [hypotheses]):
+        if not np.isfinite(hypothesis.score):
+            raise BundleError("the bundle's graphs produced a {} score: its decoder or encoder outputs are not "
+                              "finite numbers (a broken graph, or preprocessing values in the manifest that "
+                              "overflow)".format(hypothesis.score))
+    return hypotheses
+
+
 def run_search(search, session):
     """Drive a search generator (:func:`greedy_search`, :func:`beam_steps`) over one decoder session.
 

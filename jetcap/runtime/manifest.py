@@ -34,6 +34,7 @@ from jetcap.util.fsio import read_json
 FORMAT = "jetcap-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 32 << 20
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 # Variants for ONNX Runtime on a CPU only (the Jetson's ARM cores, x86 edge boxes, a Pi): int8-cpu is dynamic
 # u8s8 weight quantisation (MatMulInteger / DynamicQuantizeLinear), a form TensorRT does not build.
@@ -108,9 +109,15 @@ class Manifest(object):
         if not os.path.isfile(path):
             raise BundleError("{} has no {} (is it a jetcap bundle?)".format(bundle_dir, MANIFEST_NAME))
         try:
+            size = os.path.getsize(path)
+            if size > MAX_MANIFEST_BYTES:  # a vocabulary of 100 000 words is about 2 MB
+                raise BundleError("{} is {:.0f} MB, over the {} MB a manifest may have".format(
+                    path, size / 1e6, MAX_MANIFEST_BYTES >> 20))
             data = read_json(path)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise BundleError("{} is not valid JSON: {}".format(path, exc))
+        except (IOError, OSError) as exc:
+            raise BundleError("cannot read {}: {}".format(path, exc.strerror or exc))
         return cls(data, bundle_dir)
 
     def _check(self):
@@ -118,7 +125,7 @@ class Manifest(object):
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BundleError("manifest is not a {} manifest".format(FORMAT))
         version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
             raise BundleError("manifest format version {!r} is not supported by this jetcap (reads <= {})".format(
                 version, FORMAT_VERSION), hint="upgrade jetcap on this device")
         bundle_schema.check_manifest(data, self.bundle_dir)

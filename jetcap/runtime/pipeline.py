@@ -6,7 +6,7 @@ decoder state where the backend keeps it; :class:`ClassifierPipeline` turns logi
 """
 import numpy as np
 
-from jetcap.errors import UsageError
+from jetcap.errors import BundleError, UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
 from jetcap.runtime.decoder_protocol import DecoderProtocol
@@ -193,7 +193,7 @@ class CaptionPipeline(object):
                 for i in range(len(chunk)):
                     results.append(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size,
                                                         self.vocab.start_id, self.vocab.end_id, max_len))
-        return results
+        return decoding.check_finite(results)
 
     def text(self, hypothesis):
         return self.vocab.decode(hypothesis.tokens)
@@ -219,6 +219,9 @@ class ClassifierPipeline(object):
         """Class probabilities (float64) of one sequence."""
         sequence = self.check(sequence, name)
         logits = self.runner.infer({"sequence": sequence[None]})["logits"]
+        if not np.all(np.isfinite(logits)):
+            raise BundleError("the bundle's classifier produced logits that are not finite numbers (NaN or "
+                              "infinite) for {}: a broken graph".format(name))
         return softmax(logits)[0]
 
     def predict(self, sequence, name="sequence"):

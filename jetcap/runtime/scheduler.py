@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from jetcap.errors import UsageError
+from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.runtime.pipeline import HostDecoderSession, check_beam
@@ -267,7 +267,12 @@ class DecodeScheduler(object):
         except StopIteration as stop:
             job.op = None
             result = stop.value
-            job.request.finish(job.index, result[0] if isinstance(result, list) else result)
+            try:
+                result = decoding.check_finite(result[0] if isinstance(result, list) else result)
+            except JetcapError as exc:
+                job.request.finish(job.index, error=exc)
+                return
+            job.request.finish(job.index, result)
         except Exception as exc:  # noqa: BLE001 -- a failed search fails its own request only
             job.op = None
             job.request.finish(job.index, error=exc)

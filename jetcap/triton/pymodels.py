@@ -95,7 +95,7 @@ class CaptionerModel(_BundleModel):
         _BundleModel.initialize(self, args)
         runners = {"encoder": self.runner("encoder", "encoder_model"),
                    "decoder_step": self.runner("decoder_step", "decoder_model")}
-        self.pipeline = CaptionPipeline(self.manifest, runners)
+        self.pipeline = CaptionPipeline(self.manifest, runners, self.params.get("precision", "fp32"))
         self.preprocessing = self.manifest.preprocessing
         height, width = self.preprocessing["image_size"]
         self.image_shape = (3, int(height), int(width))

@@ -39,11 +39,41 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes the file 0600; a bundle written by one account is served by another: the mode a
+        # plain open() would have given (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path, option, keep_out_of=(), suffixes=None):
+    """UsageError unless ``path`` may be written by ``option``: its folder exists, it is not a folder, it is
+    not inside one of the folders ``keep_out_of`` (the bundle being read: ``--junit manifest.json`` would
+    destroy it), and it ends in one of ``suffixes`` when given."""
+    from jetcap.errors import UsageError
+
+    path = str(path)
+    if os.path.isdir(path):
+        raise UsageError("{} {} is a folder; give a file name".format(option, path))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError("{} {}: folder {} does not exist".format(option, path, folder))
+    real = os.path.realpath(path)
+    for protected in keep_out_of:
+        inside = os.path.realpath(str(protected))
+        if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
+            raise UsageError("{} {} is inside the bundle {}: write it elsewhere".format(option, path, protected))
+    if suffixes and not path.lower().endswith(tuple(suffixes)):
+        raise UsageError("{} {} must end in {}".format(option, path, " or ".join(suffixes)))
 
 
 def write_bytes_atomic(path, data):

@@ -16,7 +16,7 @@ from jetcap.util.fsio import list_inputs
 
 def task_from_folder(manifest, opts):
     """Task inputs and reference results for the files in ``opts.data``."""
-    beam_size = 3
+    beam_size = min(3, int(manifest.axes["batch"]["max"]))  # a beam runs in one step call
     if manifest.family == "captioner":
         paths = list_inputs(opts.data, IMAGE_SUFFIXES, opts.samples)
         images = preprocess.load_images(paths, manifest.preprocessing)

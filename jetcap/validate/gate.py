@@ -5,6 +5,7 @@ so a device without torch can validate; with ``checkpoint`` the PyTorch outputs 
 Every check is collected before reporting (see :mod:`jetcap.validate.report`).
 """
 import os
+import zipfile
 
 import numpy as np
 
@@ -102,6 +103,11 @@ def validate_bundle(opts, log=lambda message: None):
     precisions = manifest.precisions if opts.precisions in ("all", ["all"]) else list(opts.precisions)
     for precision in precisions:
         manifest.variant(precision)  # BundleError for a variant the bundle lacks
+    outputs = sorted(set(t["name"] for graph in manifest.graph_names for t in manifest.graph(graph)["outputs"]))
+    unknown = sorted(name for name in opts.tolerances if name not in outputs)
+    if unknown:  # a typo would otherwise leave the output at its default, silently
+        raise UsageError("--tolerance names {} not among the bundle's outputs ({})".format(
+            ", ".join(unknown), ", ".join(outputs)))
     reference = _load_reference(manifest)
     if opts.seed is not None and not opts.checkpoint:
         raise UsageError("--seed draws new random inputs, whose PyTorch reference needs --checkpoint")
@@ -160,7 +166,14 @@ def _load_reference(manifest):
     path = manifest.reference_path()
     if path is None or not os.path.isfile(path):
         raise UsageError("bundle has no reference data (reference.npz)", hint="re-export the bundle")
-    return load_npz(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            raise BundleError("the bundle's reference data {} is not an npz (zip) file".format(path),
+                              hint="re-export the bundle")
+        return load_npz(path)
+    except (IOError, OSError, ValueError, zipfile.BadZipFile) as exc:  # object arrays: ValueError, never unpickled
+        raise BundleError("cannot read the bundle's reference data {}: {}".format(
+            path, getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]), hint="re-export the bundle")
 
 
 def task_inputs(manifest, reference, opts):
@@ -170,7 +183,14 @@ def task_inputs(manifest, reference, opts):
         from jetcap.validate.data import task_from_folder
 
         return task_from_folder(manifest, opts)
-    limit = opts.samples
+    try:
+        return _stored_task(manifest, reference, opts.samples)
+    except KeyError as exc:
+        raise BundleError("the bundle's reference data lacks {} (the task-level inputs)".format(exc),
+                          hint="re-export the bundle")
+
+
+def _stored_task(manifest, reference, limit):
     if manifest.family == "captioner":
         names = [str(n) for n in reference["task/names"]]
         count = len(names) if limit is None else min(limit, len(names))
@@ -253,14 +273,28 @@ def _check_io(manifest, graph, runner, backend, precision, report):
 
 
 def _tensor_level(manifest, reference, graph, runner, backend, precision, tolerance, opts, report):
-    gated = tolerance_checker(tolerance, per_output=opts.tolerances)
+    base = Tolerance.from_any(tolerance)
+    # an override's fields left out: the precision's min_cosine, and no outlier allowance
+    overrides = dict((name, dict({"min_cosine": base.min_cosine}, **spec)) for name, spec in opts.tolerances.items())
+    gated = tolerance_checker(tolerance, per_output=overrides)
     ungated = tolerance_checker(UNGATED)
     results = {}
+    # the step's own top-k is checked against its log_probs (the reference stores the distribution only)
+    topk = (manifest.data.get("decoder") or {}).get("topk") or {}
+    derived = set(topk.get(key) for key in ("log_probs", "ids"))
     for case in manifest.data["reference"]["cases"][graph]:
         prefix = "sweep/{}/{}/".format(graph, case["name"])
         feed = dict((k[len(prefix) + 3:], v) for k, v in reference.items() if k.startswith(prefix + "in/"))
         expected = dict((k[len(prefix) + 4:], v) for k, v in reference.items() if k.startswith(prefix + "out/"))
         check = gated if tolerance_gates(precision, case["kind"]) else ungated
+        spec = manifest.graph(graph)
+        missing = ([t["name"] for t in spec["inputs"] if t["name"] not in feed]
+                   + [t["name"] for t in spec["outputs"] if t["name"] not in expected and t["name"] not in derived])
+        if missing:  # a reference that lost arrays must not pass by checking less
+            report.add(Check(backend, precision, graph, "reference.complete", len(missing), 0, "<=",
+                             detail="{}: reference.npz has no {}".format(case["name"], ", ".join(missing)),
+                             worst_input=case["name"]))
+            continue
         try:
             outputs = runner.infer(feed)
         except Exception as exc:  # a backend error on one case is a failed check, reported with the rest
@@ -281,7 +315,7 @@ def task_level(manifest, task, runners, backend, precision, report):
     agreements = []
     try:
         if manifest.family == "captioner":
-            pipeline = CaptionPipeline(manifest, runners)
+            pipeline = CaptionPipeline(manifest, runners, precision)
             greedy = [h.tokens for h in pipeline.caption(task["images"])]
             agreements.append(caption_agreement(greedy, task["greedy"]))
             report.extend(caption_checks(backend, precision, agreements[-1], thresholds, labels=task["names"]))

@@ -32,6 +32,11 @@ def load_reference_subject(manifest, checkpoint, checkpoint_options):
     from jetcap.models.sources import SourceOptions, resolve_source
 
     options = dict(checkpoint_options or {})
+    recorded = manifest.data.get("adapter") or {}
+    if recorded.get("file") and not options.get("adapter"):
+        raise UsageError("this bundle was exported with the adapter file {} (sha256 {}...): pass it again with "
+                         "--adapter PATH, so the reference runs your decoder the same way".format(
+                             recorded["file"], str(recorded.get("sha256", ""))[:12]))
     source = resolve_source(SourceOptions(
         checkpoint=checkpoint, family=manifest.family, models=dict(options.get("models") or {}),
         model_args=options.get("model_args"), trust_pickle=bool(options.get("trust_pickle")),

@@ -214,6 +214,38 @@ def test_unwritable_attention_map_is_one_line(captioner_bundle, images, tmp_path
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file where a directory should be")
     result = run(captioner_bundle, images[0], "--attention-map", blocker / "map.png")
-    assert result.exit_code == 2 and "cannot write the attention map" in result.stderr
+    assert result.exit_code == 2 and "does not exist" in result.stderr
     assert "Traceback" not in result.output
-    assert result.stdout.startswith(str(images[0]) + "\t")  # the caption was printed before
+    assert result.stdout == ""  # refused before any work
+
+
+def test_outputs_inside_the_bundle_are_refused(captioner_bundle, images, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(str(captioner_bundle), str(bundle))
+    manifest = (bundle / "manifest.json").read_bytes()
+    result = run(bundle, images[0], "--attention-map", bundle / "manifest.json")
+    assert result.exit_code == 2 and "is inside the bundle" in result.stderr
+    result = CliRunner().invoke(cli, ["validate", str(bundle), "--precision", "fp32", "--no-check",
+                                      "--junit", str(bundle / "manifest.json")])
+    assert result.exit_code == 2 and "is inside the bundle" in result.output
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    result = run(bundle, images[0], "--attention-map", tmp_path / "map.txt")
+    assert result.exit_code == 2 and "must end in .png" in result.stderr
+
+
+def test_captions_are_escaped_in_the_tab_separated_output(captioner_bundle, images, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(str(captioner_bundle), str(bundle))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    specials = set(manifest["vocabulary"]["specials"].values())
+    manifest["vocabulary"]["itos"] = [w if i in specials else "w{}\tFAKE\nLINE".format(i)
+                                      for i, w in enumerate(manifest["vocabulary"]["itos"])]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = run(bundle, images[0], images[1])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines) and "\\tFAKE\\nLINE" in lines[0]

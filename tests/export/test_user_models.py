@@ -423,3 +423,34 @@ def test_json_output_stays_json_when_the_exporter_fails(tmp_path):
     assert reply["exit_code"] == 2 and "fft" in reply["error"].lower()
     assert "Traceback" not in proc.stderr and len(proc.stderr) < 5000
     assert not (tmp_path / "b").exists()
+
+
+def test_a_two_hand_classifier_exports_without_data_and_benches_as_written(tmp_path):
+    """126 features per frame (2 hands x 21 x 3), not the shipped gestures' 63: the checks run on seeded
+    sequences of the model's own width, and bench times the user's code (--code-path / --model)."""
+    code = tmp_path / "two_hands.py"
+    code.write_text("import torch\n\nclass TwoHands(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.rnn = torch.nn.GRU(126, 16, batch_first=True)\n"
+                    "        self.fc = torch.nn.Linear(16, 4)\n\n"
+                    "    def forward(self, x):\n        out, _ = self.rnn(x)\n        return self.fc(out.mean(dim=1))\n")
+    torch.manual_seed(0)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import two_hands
+    finally:
+        sys.path.remove(str(tmp_path))
+    ckpt = tmp_path / "two_hands.pt"
+    torch.save({"state_dict": two_hands.TwoHands().state_dict(), "labels": ["a", "b", "c", "d"]}, str(ckpt))
+    bundle = tmp_path / "bundle"
+    model = ["--model", str(code) + ":TwoHands"]
+    result = _jetcap("export", ckpt, *model, "--max-len", "40", "-o", bundle)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["config"]["input_size"] == 126 and manifest["validation"]["fp32"]["passed"]
+    result = _jetcap("bench", bundle, "--checkpoint", ckpt, *model, "--only", "pytorch", "--only",
+                     "onnxruntime-fp32", "--repeat", "2", "--warmup", "0", "--cold-runs", "0",
+                     "--matmul-size", "16", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = [c["name"] for c in report["configurations"] if "error" not in c]
+    assert "pytorch" in names and "onnxruntime-fp32" in names, report["configurations"]

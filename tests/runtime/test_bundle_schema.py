@@ -176,3 +176,140 @@ def test_check_relative_path_rules():
     for bad in ("", "/abs", "a/../b", "a//b", "./a", "a\\b", "C:x", "a\0b", "..", "a/"):
         with pytest.raises(BundleError):
             bundle_schema.check_relative_path(bad, "p")
+
+
+def _rehash(bundle):
+    """Checksums of every variant file as they are now (a tampering that keeps the manifest consistent)."""
+    def change(data):
+        for variant in data["variants"].values():
+            for entry in variant["files"].values():
+                path = bundle / entry["path"]
+                entry["sha256"], entry["bytes"] = sha256_file(str(path)), path.stat().st_size
+    _edit(bundle, change)
+
+
+CAPTIONER_CASES = [
+    ("graph_order nested", _set("graph_order", [["encoder"]]), "graph_order[0]"),
+    ("no specials", _delete("vocabulary", "specials"), "lacks 'start'"),
+    ("end is start", _set("vocabulary", "specials", "end", 1), "start and end are the same token"),
+    ("itos short", lambda d: d["vocabulary"].update(itos=d["vocabulary"]["itos"][:5]), "has 5 words, but"),
+    ("no cases", _delete("reference", "cases"), "reference.cases must be an object"),
+    ("cases list", _set("reference", "cases", [1]), "reference.cases must be an object"),
+    ("empty cases", _set("reference", "cases", {"encoder": [], "decoder_step": []}), "at least 1 entry"),
+    ("version true", _set("format_version", True), "format version True"),
+    ("scale overflow", _set("preprocessing", "scale", 1e300), "preprocessing.scale must be between"),
+    ("std near 0", _set("preprocessing", "std", [1e-300, 1.0, 1.0]), "preprocessing.std must be between"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", CAPTIONER_CASES, ids=[c[0] for c in CAPTIONER_CASES])
+def test_captioner_entries_that_used_to_end_in_tracebacks(captioner_bundle, tmp_path, name, change, message):
+    bundle = _copy(captioner_bundle, tmp_path)
+    _edit(bundle, change)
+    with pytest.raises(BundleError) as info:
+        Manifest.load(bundle)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_graph_files_that_are_not_the_manifests_graphs_are_refused_at_load(captioner_bundle, tmp_path):
+    from jetcap.runtime.session import open_bundle
+
+    swapped = _copy(captioner_bundle, tmp_path, "swapped")
+    files = json.loads((swapped / "manifest.json").read_text())["variants"]["fp32"]["files"]
+    _edit(swapped, lambda d: d["variants"]["fp32"]["files"].update(
+        encoder=files["decoder_step"], decoder_step=files["encoder"]))
+    with pytest.raises(BundleError, match="is not the graph the manifest describes: inputs"):
+        open_bundle(swapped, backend="onnxruntime").close()
+    truncated = _copy(captioner_bundle, tmp_path, "truncated")
+    data = (truncated / "encoder.onnx").read_bytes()
+    (truncated / "encoder.onnx").write_bytes(data[:len(data) // 3])
+    _rehash(truncated)
+    with pytest.raises(BundleError, match="ONNX Runtime cannot load .*encoder.onnx"):
+        open_bundle(truncated, backend="onnxruntime").close()
+
+
+def _nan_classifier(path, width, classes):
+    """An ONNX classifier whose logits are NaN whatever the input (a broken graph)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceSum", ["sequence", "axis1"], ["summed"], keepdims=0),
+             helper.make_node("Slice", ["summed", "zero", "classes", "axis1"], ["first"]),
+             helper.make_node("Mul", ["first", "nan"], ["logits"])]
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([classes], np.int64), "classes"),
+             numpy_helper.from_array(np.array(np.nan, np.float32), "nan")]
+    graph = helper.make_graph(nodes, "nan", [helper.make_tensor_value_info("sequence", TensorProto.FLOAT,
+                                                                           ["batch", "T", width])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_nan_results_are_an_error_not_an_answer(classifier_bundle, captioner_bundle, tmp_path):
+    import numpy as np
+
+    from jetcap import samples
+    from jetcap.runtime.session import open_bundle
+
+    bundle = _copy(classifier_bundle, tmp_path, "nan")
+    manifest = Manifest.load(bundle)
+    spec = manifest.graph("model")
+    if [t["name"] for t in spec["outputs"]] != ["logits"]:  # keep the manifest's outputs: only logits
+        _edit(bundle, lambda d: d["graphs"]["model"].update(outputs=[t for t in d["graphs"]["model"]["outputs"]
+                                                                    if t["name"] == "logits"]))
+    _nan_classifier(bundle / "model.onnx", int(manifest.config["input_size"]), len(manifest.labels))
+    _rehash(bundle)
+    result = CliRunner().invoke(cli, ["predict", str(bundle), str(samples.sample_sequences()[0]),
+                                      "--precision", "fp32"])
+    assert result.exit_code == 2 and "not finite numbers" in result.output and "Traceback" not in result.output
+    with open_bundle(captioner_bundle, backend="onnxruntime") as session:
+        height, width = session.manifest.preprocessing["image_size"]
+        with pytest.raises(BundleError, match="produced a nan score"):
+            session.caption_pipeline().caption(np.full((2, 3, height, width), np.nan, np.float32))
+
+
+def test_validate_fails_a_reference_that_lost_arrays(captioner_bundle, tmp_path):
+    import numpy as np
+
+    bundle = _copy(captioner_bundle, tmp_path, "lost")
+    path = bundle / "reference.npz"
+    with np.load(str(path)) as data:
+        kept = dict((k, data[k]) for k in data.files if not k.endswith("/out/features"))
+    np.savez(str(path), **kept)
+    _edit(bundle, _set("reference", "sha256", sha256_file(str(path))))
+    result = CliRunner().invoke(cli, ["validate", str(bundle), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 1 and "reference.complete" in result.output and "has no features" in result.output
+    with np.load(str(path)) as data:
+        kept = dict((k, data[k]) for k in data.files if k != "task/names")
+    np.savez(str(path), **kept)
+    _edit(bundle, _set("reference", "sha256", sha256_file(str(path))))
+    result = CliRunner().invoke(cli, ["validate", str(bundle), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 2 and "lacks 'task/names'" in result.output
+
+
+def test_tolerance_overrides_are_checked(captioner_bundle):
+    runner = CliRunner()
+    base = ["validate", str(captioner_bundle), "--precision", "fp16", "--no-check"]
+    result = runner.invoke(cli, base + ["--tolerance", "nosuch=0.1,0.1"])
+    assert result.exit_code == 2 and "not among the bundle's outputs" in result.output
+    result = runner.invoke(cli, base + ["--tolerance", "log_probs=1,1", "--tolerance", "log_probs=2,2"])
+    assert result.exit_code == 2 and "given twice" in result.output
+    result = runner.invoke(cli, base + ["--tolerance", "log_probs=inf,0"])
+    assert result.exit_code == 2 and "finite" in result.output
+    result = runner.invoke(cli, base + ["--tolerance", "log_probs=10,10", "--json"])
+    checks = json.loads(result.stdout)["checks"]
+    cosine = [c for c in checks if c["name"] == "log_probs.cosine" and c["graph"] == "decoder_step"]
+    assert cosine and all(c["threshold"] == 0.999 for c in cosine)  # the precision's, not 0
+
+
+def test_exported_files_have_the_umasks_mode_not_mkstemps_0600(captioner_bundle):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("manifest.json", "reference.npz", "encoder.onnx"):
+        mode = os.stat(str(captioner_bundle / name)).st_mode & 0o777
+        assert mode == 0o666 & ~mask, (name, oct(mode))

@@ -1,6 +1,7 @@
 """ONNX Runtime backend (CPU everywhere; CUDA execution provider when present) (Python 3.6)."""
 import collections
 
+from jetcap.errors import BundleError, JetcapError
 from jetcap.runtime.backends.base import Runner
 from jetcap.util.lazy import require
 
@@ -104,8 +105,20 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
     def activate_impl(self):
-        self.session = make_session(self.path, self.providers, self.threads, self.spinning, self.nchwc,
-                                    self.fuse_qdq)
+        try:
+            session = make_session(self.path, self.providers, self.threads, self.spinning, self.nchwc,
+                                   self.fuse_qdq)
+        except JetcapError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as exc:  # ONNX Runtime's InvalidProtobuf, InvalidGraph, NoSuchFile, Fail ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BundleError("ONNX Runtime cannot load {}: {}".format(self.path, first[:300]),
+                              hint="a damaged or replaced graph file: re-export the bundle")
+        check_graph_io(self.path, self.io_spec, [(t.name, t.shape) for t in session.get_inputs()],
+                       [(t.name, t.shape) for t in session.get_outputs()])
+        self.session = session
 
     def infer_impl(self, feed):
         values = self.session.run(self.output_names, feed)
@@ -113,6 +126,35 @@ class OnnxRuntimeRunner(Runner):
 
     def deactivate_impl(self):
         self.session = None
+
+
+def check_graph_io(path, io_spec, inputs, outputs):
+    """BundleError unless a graph's ``inputs`` / ``outputs`` (``(name, shape)`` as the backend reads them
+    from the file) are the manifest's ``io_spec``: same input names, every manifest output present, same
+    ranks, and no fixed dimension that differs from a fixed dimension of the manifest.  A graph file
+    swapped for another (the decoder step in the encoder's place, a model of another size) is refused at
+    load, in one line, instead of failing somewhere inside the first inference."""
+    problems = []
+    have_in, have_out = dict(inputs), dict(outputs)
+    want_in = [(t["name"], t["shape"]) for t in io_spec["inputs"]]
+    if sorted(have_in) != sorted(name for name, _ in want_in):
+        problems.append("inputs {} where the manifest says {}".format(sorted(have_in), [n for n, _ in want_in]))
+    missing = [t["name"] for t in io_spec["outputs"] if t["name"] not in have_out]
+    if missing:
+        problems.append("no output {}".format(", ".join(missing)))
+    for name, want in want_in + [(t["name"], t["shape"]) for t in io_spec["outputs"]]:
+        got = have_in.get(name, have_out.get(name))
+        if got is None or want is None:
+            continue
+        if len(got) != len(want):
+            problems.append("{} has rank {}, the manifest says {}".format(name, len(got), len(want)))
+            continue
+        for axis, (g, w) in enumerate(zip(got, want)):
+            if isinstance(g, int) and isinstance(w, int) and g != w:
+                problems.append("{} axis {} is {}, the manifest says {}".format(name, axis, g, w))
+    if problems:
+        raise BundleError("{} is not the graph the manifest describes: {}".format(path, "; ".join(problems[:4])),
+                          hint="a damaged or replaced graph file: re-export the bundle")
 
 
 def spinning_policy(graphs, graph, spinning=None):
