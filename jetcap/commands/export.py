@@ -19,15 +19,15 @@ from jetcap.commands.options import (
               help="Variants to produce (repeatable); fp32 is always produced.  int8-cpu: dynamic INT8 for "
                    "ONNX Runtime on CPUs (not for TensorRT).")
 @click.option("--max-batch", type=int, default=8, show_default=True, help="Largest batch of the dynamic batch axis.")
-@click.option("--image-size", type=int, default=None,
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="Captioner input size (default: the checkpoint's); the profile's opt with --dynamic-image-size.")
 @click.option("--dynamic-image-size", is_flag=True,
               help="Captioner: encoder input height/width (and the feature-pixel axis num_pixels) dynamic over "
                    "--min-image-size..--max-image-size; the runtime still resizes to --image-size.  Needs a "
                    "captioner without adaptive pooling (grid none).")
-@click.option("--min-image-size", type=int, default=None,
+@click.option("--min-image-size", type=click.IntRange(min=1), default=None,
               help="Smallest square input side with --dynamic-image-size [default: max(32, image size / 2)].")
-@click.option("--max-image-size", type=int, default=None,
+@click.option("--max-image-size", type=click.IntRange(min=1), default=None,
               help="Largest square input side with --dynamic-image-size [default: 2 x image size].")
 @click.option("--mean", default=None, metavar="R,G,B",
               help="Captioner input normalisation mean, when the checkpoint does not store it [default: ImageNet, "
@@ -98,6 +98,7 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
     from pathlib import Path
 
     from jetcap.errors import JetcapError
+
     from jetcap.export import ExportOptions, export_bundle
     from jetcap.export.bundle import PartialBundle
 
@@ -125,6 +126,10 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
         mean=parse_triple(mean, "--mean"), std=parse_triple(std, "--std"), caption_max_len=max_len,
         target=target, preflight=not no_check)
     try:
+        if target is not None:  # an unknown device: refused now, not after the whole export
+            from jetcap.check.targets import resolve_target
+
+            resolve_target(target=target)
         summary = export_bundle(opts, log=log)
     except PartialBundle as error:  # --keep-passing: the bundle is written, without the failed variants
         if as_json:

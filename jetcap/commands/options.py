@@ -1,5 +1,6 @@
 """Click options shared by several commands (Python 3.6)."""
 import json
+import math
 
 import click
 
@@ -65,8 +66,9 @@ def parse_triple(value, option):
         numbers = tuple(float(v) for v in value.split(","))
     except ValueError:
         numbers = ()
-    if len(numbers) != 3:
-        raise click.BadParameter("expected three comma-separated numbers, got {!r}".format(value), param_hint=option)
+    if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter("expected three comma-separated finite numbers, got {!r}".format(value),
+                                 param_hint=option)
     return numbers
 
 

@@ -22,7 +22,7 @@ def command(bundle, files, backend, precision, top, engine_cache, max_memory_mb,
 
     Prints FILE<TAB>LABEL<TAB>top probabilities per file on stdout and the backend, precision and timing
     on stderr; --json prints per file {file, label, index, probabilities, top, backend, precision,
-    latency_ms}.  A sequence longer than the bundle's largest T (its positional encoding), of the wrong
+    latency_ms}.  A sequence longer than the bundle's largest T (its T axis), of the wrong
     width or with NaN/Inf values is refused (exit 2) before the model is loaded.
     """
     from jetcap.runtime.inference import predict_sequences, read_sequences

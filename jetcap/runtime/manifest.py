@@ -108,6 +108,8 @@ class Manifest(object):
             raise BundleError("bundle directory not found: {}".format(bundle_dir))
         if not os.path.isfile(path):
             raise BundleError("{} has no {} (is it a jetcap bundle?)".format(bundle_dir, MANIFEST_NAME))
+        if not os.path.realpath(path).startswith(os.path.realpath(bundle_dir).rstrip(os.sep) + os.sep):
+            raise BundleError("{} leads outside the bundle (a link to {})".format(path, os.path.realpath(path)))
         try:
             size = os.path.getsize(path)
             if size > MAX_MANIFEST_BYTES:  # a vocabulary of 100 000 words is about 2 MB
@@ -177,6 +179,12 @@ class Manifest(object):
         try:
             return self.data["variants"][precision]
         except KeyError:
+            failed = (self.data.get("failed_variants") or {}).get(precision)
+            if isinstance(failed, dict):  # a partial bundle (export --keep-passing): say why it is not there
+                reasons = [str(f) for f in failed.get("failures") or []][:1]
+                raise BundleError("the {} variant failed its checks at export and was left out of this bundle "
+                                  "(has: {}){}".format(precision, ", ".join(self.precisions),
+                                                       ": " + reasons[0][:200] if reasons else ""))
             raise BundleError("bundle has no {} variant (has: {})".format(precision, ", ".join(self.precisions)),
                               hint="re-export with --precision {}".format(precision))
 

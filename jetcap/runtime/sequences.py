@@ -109,7 +109,7 @@ def _load_npy(path, name, max_len, width):
     if len(shape) != 2:
         raise UsageError("{} has shape {}, expected (T, F)".format(name, shape))
     if max_len is not None and shape[0] > max_len:
-        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its positional encoding)".format(
+        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
             name, shape[0], max_len), hint="trim or split the sequence")
     if width is not None and shape[1] != width:
         raise UsageError("{} has {} features per frame, the model expects {}".format(name, shape[1], width))
@@ -151,7 +151,7 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     if array.shape[0] < min_len:
         raise UsageError("{} has {} frames, the model needs at least {}".format(name, array.shape[0], min_len))
     if max_len is not None and array.shape[0] > max_len:
-        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its positional encoding)".format(
+        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
             name, array.shape[0], max_len), hint="trim or split the sequence")
     if not np.all(np.isfinite(array)):
         raise UsageError("{} contains NaN or infinite values".format(name))

@@ -71,7 +71,11 @@ class RequestHandler(BaseHTTPRequestHandler):
             short = self.responses.get(code, ("error",))[0]
         except AttributeError:
             short = "error"
-        payload = {"error": message or short, "detail": explain}
+        payload = {"error": message or short, "detail": explain or message or short}
+        # http.server resets the version to HTTP/0.9 before parsing, and answers a request line it could not
+        # parse without a status line (HTTP/0.9 style): this server speaks HTTP/1.0 to everyone
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
         command = getattr(self, "command", None)
         app = self.server.app
         app.log("request", method=command if command in HTTP_METHODS else "other",

@@ -105,3 +105,5 @@ def test_keep_passing_writes_the_variants_that_passed(tmp_path):
     captioned = run(["caption", str(out), str(images[0]), "--precision", "fp16"])
     assert captioned.exit_code == 0, captioned.output
     assert "\t" in captioned.output
+    missing = run(["caption", str(out), str(images[0]), "--precision", "int8"])
+    assert missing.exit_code == 2 and "int8 variant failed its checks at export" in missing.output

@@ -313,3 +313,12 @@ def test_exported_files_have_the_umasks_mode_not_mkstemps_0600(captioner_bundle)
     for name in ("manifest.json", "reference.npz", "encoder.onnx"):
         mode = os.stat(str(captioner_bundle / name)).st_mode & 0o777
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+def test_a_manifest_that_links_outside_the_bundle_is_refused(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    (bundle / "manifest.json").rename(outside)
+    os.symlink(str(outside), str(bundle / "manifest.json"))
+    with pytest.raises(BundleError, match="leads outside the bundle"):
+        Manifest.load(bundle)

@@ -293,3 +293,15 @@ def test_stop_closes_uploads_that_do_not_arrive_in_time(classifier_bundle, tmp_p
         assert time.time() - began < 6.0
     finally:
         stopping.kill()
+
+
+@pytest.mark.parametrize("line", [b"GET /health HTTP/2.0", b"GARBAGE", b"BREW /health HTTP/1.0"])
+def test_malformed_request_lines_get_a_status_line_and_a_detail(server, line):
+    sock = _slow(server, line + b"\r\n\r\n")
+    try:
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 "), answer[:100]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1].decode())["detail"]
