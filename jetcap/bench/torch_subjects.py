@@ -87,17 +87,18 @@ class _NoGrad(object):
 
 
 class TorchClassifier(object):
-    """The checkpoint's classifier in PyTorch eager mode (its ordinary forward, nn.MultiheadAttention)."""
+    """A classifier in PyTorch eager mode: ``logits_of(float32 array) -> numpy logits``, run under no_grad
+    (the built-in family's ordinary forward, or the user's forward with the output export picked)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, logits_of):
+        self.logits_of = logits_of
 
     def logits(self, sequences):
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.ascontiguousarray(sequences, dtype=np.float32)))[0].numpy()
+            return self.logits_of(np.ascontiguousarray(sequences, dtype=np.float32))
 
     def close(self):
-        self.model = None
+        self.logits_of = None
 
 
 class UserCodeCaptioner(object):
@@ -124,20 +125,6 @@ class UserCodeCaptioner(object):
         self.subject = None
 
 
-class UserCodeClassifier(object):
-    """The user's classifier in PyTorch eager mode: their ``forward``, the output export picked as logits."""
-
-    def __init__(self, subject):
-        self.subject = subject
-
-    def logits(self, sequences):
-        with torch.no_grad():
-            return self.subject.logits(np.ascontiguousarray(sequences, dtype=np.float32))
-
-    def close(self):
-        self.subject = None
-
-
 def open_torch_subject(manifest, checkpoint, reproject=False, threads=None, checkpoint_options=None):
     """Load ``checkpoint`` (checked against the bundle's configuration) as a PyTorch subject: jetcap's
     built-in families from the tensors, or the user's code with ``checkpoint_options`` (``--model``,
@@ -153,8 +140,8 @@ def open_torch_subject(manifest, checkpoint, reproject=False, threads=None, chec
             raise UsageError("pytorch-reproject times jetcap's built-in decoder; the user's code runs as pytorch")
         if manifest.family == "captioner":
             return UserCodeCaptioner(subject, manifest.decoding.get("max_len", 20))
-        return UserCodeClassifier(subject)
+        return TorchClassifier(subject.logits)
     model = subject.loaded.model.eval()
     if manifest.family == "captioner":
         return TorchCaptioner(model, manifest.vocabulary(), manifest.decoding.get("max_len", 20), reproject)
-    return TorchClassifier(model)
+    return TorchClassifier(lambda sequences: model(torch.from_numpy(sequences))[0].numpy())
