@@ -24,7 +24,7 @@ import shutil
 
 from jetcap.errors import BundleError, MissingDependencyError, UsageError
 from jetcap.runtime import bundle_schema
-from jetcap.runtime.manifest import MANIFEST_NAME, Manifest
+from jetcap.runtime.manifest import MANIFEST_NAME, Manifest, rows_independent
 from jetcap.triton import config as pbtxt
 from jetcap.util.fsio import atomic_directory, read_json, sha256_file
 
@@ -230,11 +230,17 @@ def _graph_model(root, model_name, manifest, graph, options, max_batch, plan):
     python = options.backend == "python-bls"
     config = pbtxt.model_config(model_name, [entry(t) for t in spec["inputs"]], outputs, max_batch,
                                 instance_count=options.instances, kind=kind, platform=platform,
-                                backend="python" if python else None, queue_delay_us=options.queue_delay_us,
+                                backend="python" if python else None, queue_delay_us=_batcher_delay(options),
                                 parameters={"graph": graph, "precision": options.precision,
                                             "bundle_dir": "bundle"} if python else None)
     _write(os.path.join(root, model_name, "config.pbtxt"), pbtxt.render(config))
     return dtypes
+
+
+def _batcher_delay(options):
+    """The dynamic batcher's queue delay, or None (no dynamic batcher) for a variant whose rows depend on
+    each other (int8-cpu: one activation scale per call), so Triton never merges two requests in one call."""
+    return options.queue_delay_us if rows_independent(options.precision) else None
 
 
 def _write(path, text):
@@ -301,7 +307,7 @@ def _python_model(root, name, manifest, options, max_batch, graph_models, dtypes
     else:
         raise BundleError("bundle family {!r} has no Triton model".format(manifest.family))
     config = pbtxt.model_config(name, inputs, outputs, max_batch, instance_count=options.instances, kind="KIND_CPU",
-                                backend="python", queue_delay_us=options.queue_delay_us, parameters=parameters)
+                                backend="python", queue_delay_us=_batcher_delay(options), parameters=parameters)
     _write(os.path.join(model_dir, "config.pbtxt"), pbtxt.render(config))
     _write(os.path.join(version_dir, "model.py"), MODEL_PY.format(family=manifest.family, base=base,
                                                                   mode=parameters["mode"]))

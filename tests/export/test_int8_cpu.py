@@ -99,3 +99,13 @@ def test_an_images_caption_never_depends_on_its_neighbours(cpu8_bundles):
             assert loop.stats["encoder"].snapshot()["mean_rows"] == 1.0
         finally:
             loop.close()
+
+
+def test_triton_repository_of_int8_cpu_never_merges_requests(cpu8_bundles, tmp_path):
+    from jetcap.triton.repository import RepositoryOptions, write_repository
+
+    for backend in ("onnxruntime", "python"):
+        repo = tmp_path / backend
+        write_repository(cpu8_bundles["captioner"], repo, RepositoryOptions(backend=backend, precision="int8-cpu"))
+        configs = list(repo.glob("*/config.pbtxt"))
+        assert configs and not any("dynamic_batching" in c.read_text() for c in configs), backend
