@@ -1,13 +1,16 @@
 """Caption vocabularies: word <-> id maps with the special tokens a decoder needs (Python 3.6)."""
 from jetcap.errors import UsageError
 
-# Accepted spellings of the special tokens, first one is canonical.
+# Accepted spellings of the special tokens, first one is canonical: Show-Attend-Tell's <start>/<end>,
+# seq2seq's <sos>/<eos> and <bos>, sentencepiece/fairseq's <s>/</s>, the Keras captioning tutorials'
+# startseq/endseq and TensorFlow's [start]/[end].
 SPECIAL_SPELLINGS = {
-    "start": ("<start>", "<SOS>", "<sos>", "<bos>", "<BOS>"),
-    "end": ("<end>", "<EOS>", "<eos>"),
+    "start": ("<start>", "<SOS>", "<sos>", "<bos>", "<BOS>", "<s>", "startseq", "[start]", "[START]"),
+    "end": ("<end>", "<EOS>", "<eos>", "</s>", "endseq", "[end]", "[END]"),
     "pad": ("<pad>", "<PAD>"),
-    "unk": ("<unk>", "<UNK>"),
+    "unk": ("<unk>", "<UNK>", "[UNK]"),
 }
+UNUSED = "<unused{}>"  # ids a word map leaves without a word (Keras' Tokenizer keeps 0 for padding)
 
 
 class Vocabulary(object):
@@ -15,14 +18,16 @@ class Vocabulary(object):
 
     Args:
         itos: list of words indexed by id.
-        specials: dict with keys ``start``, ``end``, ``pad`` and optionally ``unk`` mapping to ids.
+        specials: dict with keys ``start``, ``end`` and optionally ``pad`` and ``unk`` mapping to ids.
     """
 
     def __init__(self, itos, specials):
         self.itos = [str(w) for w in itos]
-        missing = [k for k in ("start", "end", "pad") if specials.get(k) is None]
+        missing = [k for k in ("start", "end") if specials.get(k) is None]
         if missing:
-            raise UsageError("vocabulary lacks the special token(s): " + ", ".join(missing))
+            raise UsageError("vocabulary lacks the special token(s) {} (accepted spellings: {})".format(
+                ", ".join(missing), "; ".join("{}: {}".format(k, " ".join(SPECIAL_SPELLINGS[k])) for k in missing)),
+                hint="rename them in the word map")
         for key, idx in specials.items():
             if idx is not None and not 0 <= int(idx) < len(self.itos):
                 raise UsageError("special token {} has id {} outside the vocabulary of {}".format(key, idx, len(self.itos)))
@@ -39,7 +44,8 @@ class Vocabulary(object):
 
     @property
     def pad_id(self):
-        return self.specials["pad"]
+        """The padding id, or None when the vocabulary has none (a decoder never needs to emit one)."""
+        return self.specials.get("pad")
 
     @property
     def unk_id(self):
@@ -54,7 +60,7 @@ class Vocabulary(object):
         if not isinstance(word_map, dict) or not word_map:
             raise UsageError("a word map must be a non-empty {word: id} mapping")
         size = max(int(v) for v in word_map.values()) + 1
-        itos = ["<unused{}>".format(i) for i in range(size)]
+        itos = [UNUSED.format(i) for i in range(size)]
         for word, idx in word_map.items():
             itos[int(idx)] = str(word)
         return cls.from_itos(itos)
@@ -70,6 +76,8 @@ class Vocabulary(object):
                 if spelling in lookup:
                     specials[key] = lookup[spelling]
                     break
+        if "pad" not in specials and itos and itos[0] == UNUSED.format(0):
+            specials["pad"] = 0  # Keras' Tokenizer: word ids from 1, 0 is padding
         return cls(itos, specials)
 
     @classmethod
@@ -101,7 +109,7 @@ class Vocabulary(object):
             idx = int(idx)
             if idx == self.end_id:
                 break
-            if idx in (self.start_id, self.pad_id):
+            if idx == self.start_id or idx == self.pad_id:
                 continue
             words.append(self.itos[idx])
         return " ".join(words)
