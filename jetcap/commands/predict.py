@@ -18,7 +18,10 @@ from jetcap.commands.options import (backend_option, echo_json, json_option, log
 @click.option("-v", "--verbose", is_flag=True, help="Also log the memory estimate and resident-memory growth.")
 @json_option
 def command(bundle, files, backend, precision, top, engine_cache, max_memory_mb, verbose, as_json):
-    """Classify keypoint sequences FILES (.npy or JSON, shape (T, F)) with the classifier BUNDLE.
+    """Classify keypoint sequences FILES (.npy or JSON) with the classifier BUNDLE.
+
+    A sequence is (T, F), or (T, hands, joints, xyz) and the like with F values per frame (flattened
+    row-major, as ``x.reshape(T, -1)``).
 
     Prints FILE<TAB>LABEL<TAB>top probabilities per file on stdout and the backend, precision and timing
     on stderr; --json prints per file {file, label, index, probabilities, top, backend, precision,

@@ -106,6 +106,8 @@ def _load_npy(path, name, max_len, width):
             name))
     if dtype.kind not in "biuf":
         raise UsageError("{} is not a readable sequence: it holds {} values, not numbers".format(name, dtype))
+    if len(shape) > 2 and width is not None and _frame_size(shape) == width:
+        shape = (shape[0], width)  # (T, hands, joints, xyz): flattened per frame below
     if len(shape) != 2:
         raise UsageError("{} has shape {}, expected (T, F)".format(name, shape))
     if max_len is not None and shape[0] > max_len:
@@ -115,15 +117,25 @@ def _load_npy(path, name, max_len, width):
         raise UsageError("{} has {} features per frame, the model expects {}".format(name, shape[1], width))
     if 0 in shape:
         return np.zeros(shape, dtype=np.float32)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False).reshape(shape)
+
+
+def _frame_size(shape):
+    size = 1
+    for dim in shape[1:]:
+        size *= int(dim)
+    return size
 
 
 def _check_numbers(rows, name):
     """UsageError unless the nested lists ``rows`` (parsed JSON) hold only numbers: numpy would otherwise
     read ``"1"`` and ``true`` as 1.0."""
-    for row in rows:
-        for value in (row if isinstance(row, (list, tuple)) else (row,)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+    stack = [rows]
+    while stack:
+        for value in stack.pop():
+            if isinstance(value, (list, tuple)):
+                stack.append(value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UsageError("{} holds a {} value ({}), not a number".format(
                     name, type(value).__name__, json.dumps(value)[:20] if isinstance(value, (str, bool)) or
                     value is None else "[...]"))
@@ -144,6 +156,8 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
         array = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise UsageError("{} is not numeric: {}".format(name, exc))
+    if array.ndim > 2 and width is not None and _frame_size(array.shape) == width:
+        array = array.reshape(array.shape[0], width)  # (T, hands, joints, xyz) -> (T, F), row-major
     if array.ndim != 2:
         raise UsageError("{} has shape {}, expected (T, F)".format(name, array.shape))
     if width is not None and array.shape[1] != width:

@@ -109,9 +109,21 @@ def test_large_decodes_take_turns_and_small_ones_do_not_wait():
     assert done["large"] == (5000, 5000)
 
 
-@pytest.mark.parametrize("value", ['"1"', "true", "null", "[1.0]"])
+@pytest.mark.parametrize("value", ['"1"', "true", "null", "{}"])
 def test_sequence_values_must_be_numbers(tmp_path, value):
     path = tmp_path / "s.json"
     path.write_text('[[0.5, {}]]'.format(value))
     with pytest.raises(UsageError, match="not a number"):
         load_sequence(path)
+
+
+def test_keypoints_with_their_own_axes_are_flattened_per_frame(tmp_path):
+    frames = np.random.RandomState(0).rand(40, 2, 21, 3).astype(np.float32)  # (T, hands, joints, xyz)
+    path = tmp_path / "two_hands.npy"
+    np.save(str(path), frames)
+    assert np.array_equal(load_sequence(path, width=126), frames.reshape(40, 126))
+    from jetcap.runtime.sequences import check_sequence
+
+    assert np.array_equal(check_sequence(frames.tolist(), width=126), frames.reshape(40, 126))
+    with pytest.raises(UsageError, match="expected"):
+        load_sequence(path, width=63)
