@@ -3,7 +3,7 @@ import json
 
 import click
 
-from jetcap.commands.options import backend_option, log, max_memory_option, precision_option
+from jetcap.commands.options import backend_option, log, max_memory_option, precision_option, tsv_field
 
 
 @click.command("caption-stream")
@@ -75,7 +75,7 @@ def command(bundle, source, every, backend, precision, beam, max_len, engine_cac
     def print_changes(record):
         if record["caption"] != previous[0]:
             previous[0] = record["caption"]
-            click.echo("{}\t{:.3f}\t{}".format(record["frame"], record["timestamp"], record["caption"]))
+            click.echo("{}\t{:.3f}\t{}".format(record["frame"], record["timestamp"], tsv_field(record["caption"])))
 
     summary = run_stream(bundle, options, log=log, on_caption=None if as_json else print_changes)
     if as_json:

@@ -232,3 +232,27 @@ def format_bytes(count):
         if abs(value) < 1024.0:
             break
     return "{:.1f} {}".format(value, unit)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def pin_mmap_threshold(threshold=MMAP_THRESHOLD_BYTES):
+    """Fix glibc's mmap threshold at ``threshold`` bytes; True when glibc took it (False elsewhere).
+
+    glibc serves allocations above the threshold with their own mmap, returned to the system on free,
+    but by default it raises the threshold to the size of each such block freed (up to 32 MiB on 64-bit),
+    so a server that decoded one 36-megapixel image serves the next from its heap, which it rarely gives
+    back: RSS ratchets up request by request.  A fixed threshold also turns that adjustment off.  This is
+    what ``MALLOC_MMAP_THRESHOLD_`` does, for a process already started.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (or no C library to ask): nothing to pin
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1

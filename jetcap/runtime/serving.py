@@ -418,8 +418,8 @@ class ModelState(object):
     # -- inference jobs (run on a worker thread) ----------------------------------------------------
     def caption(self, image_bytes, beam_size, max_len):
         """Decode, preprocess and caption one encoded image -> ``{caption, tokens, score, backend, precision}``."""
-        image = decode_image(image_bytes, self.options.max_pixels, self._large_decodes)
-        array = preprocess.preprocess_image(image, self.manifest.preprocessing)[None]
+        array = decode_image(image_bytes, self.options.max_pixels, self._large_decodes,
+                             preprocessing=self.manifest.preprocessing)[None]
         if self.scheduler is not None:
             hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
         else:
@@ -500,22 +500,28 @@ def warmup_image(preprocessing):
     return buffer.getvalue()
 
 
-def decode_image(data, max_pixels, large_decodes=None):
-    """An RGB PIL image from encoded bytes; UsageError for anything that is not a readable image within
-    ``max_pixels`` (Pillow's own decompression-bomb refusal and odd decoder failures included).
+def decode_image(data, max_pixels, large_decodes=None, preprocessing=None):
+    """An RGB PIL image from encoded bytes (with ``preprocessing``, the manifest's entry: the float32 CHW
+    array the model takes); UsageError for anything that is not a readable image within ``max_pixels``
+    (Pillow's own decompression-bomb refusal and odd decoder failures included).
 
-    ``large_decodes``: a lock held while decoding an image whose decode needs over
+    ``large_decodes``: a lock held while decoding (and resizing) an image whose decode needs over
     :data:`LARGE_DECODE_BYTES` (a 70 KB PNG can hold 36 16-bit megapixels), so concurrent requests
     cannot multiply that peak: the workers' other decodes go on beside it.
     """
     if not data:
         raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
+
+    def decode(image):
+        image = preprocess.decode_image(image)
+        return image if preprocessing is None else preprocess.preprocess_image(image, preprocessing)
+
     try:
         image = preprocess.peek_image(io.BytesIO(data), max_pixels)
         if large_decodes is None or preprocess.decode_bytes(image) <= LARGE_DECODE_BYTES:
-            return preprocess.decode_image(image)
+            return decode(image)
         with large_decodes:
-            return preprocess.decode_image(image)
+            return decode(image)
     except JetcapError:
         raise
     except Exception as exc:  # Pillow raises DecompressionBombError, struct.error ... on hostile input

@@ -35,6 +35,7 @@ from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.video import (OVERLAY_FOURCC, WINDOW_NAME, CaptureThread, FrameQueue, OverlayWriter,
                                   check_display, check_output_path, check_outputs_apart, draw_caption,
                                   open_capture, parse_source)
+from jetcap.util.fsio import check_output_file
 from jetcap.util.lazy import require
 
 MIB = 1 << 20
@@ -296,6 +297,7 @@ class StreamRunner(object):
         for path, option in ((options.jsonl, "--jsonl"), (options.overlay, "--overlay")):
             if path is not None:
                 check_output_path(path, option)
+                check_output_file(path, option, keep_out_of=[self.bundle])
         self.source = parse_source(options.source)
         check_outputs_apart(self.source, {"--jsonl": options.jsonl, "--overlay": options.overlay})
         if options.loop and self.source.live:

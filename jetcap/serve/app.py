@@ -131,6 +131,8 @@ class EngineServer(Endpoints):
             raise UsageError("cannot listen on {}:{}: {}".format(self.options.host, self.options.port, exc))
         self.dispatcher.start()
         self.guard.start()
+        # large decodes must give their memory back (docs/SERVING.md, "memory")
+        self.log("malloc", mmap_threshold_pinned=memory.pin_mmap_threshold())
         self._serve_thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                               name="jetcap-http")
         self._serve_thread.daemon = True

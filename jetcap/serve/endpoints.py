@@ -13,8 +13,8 @@ from jetcap import __version__
 from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import metrics
 from jetcap.runtime.serving import QueueFull
-from jetcap.serve.parsing import (HttpError, content_length, int_option, parse_header_params, parse_multipart,
-                                  parse_predict_body, read_body, scrub)
+from jetcap.serve.parsing import (BODY_CHUNK, HttpError, content_length, int_option, parse_header_params,
+                                  parse_multipart, parse_predict_body, read_body, scrub)
 
 RETRY_AFTER_QUEUE = 1
 RETRY_AFTER_MEMORY = 5
@@ -39,6 +39,8 @@ def continue_upload(handler):
     gets its final answer instead, so the client never sends the body.
     """
     expect = (handler.headers.get("Expect") or "").strip().lower()
+    if expect and expect != "100-continue":
+        raise HttpError(417, "expectation failed", "only Expect: 100-continue is understood here")
     if expect == "100-continue" and handler.request_version == "HTTP/1.1":
         handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         handler.wfile.flush()
@@ -115,18 +117,18 @@ class Endpoints(object):
             self.metrics_rejected.inc(reason="memory")
             raise HttpError(503, "memory guard: shedding load", self.guard.reason, {"Retry-After": RETRY_AFTER_MEMORY})
         length = content_length(handler.headers, self.options.max_body_bytes)
-        try:
-            self.buffers.reserve(length)
-        except HttpError:
-            self.metrics_rejected.inc(reason="buffers")
-            raise
-        try:
-            continue_upload(handler)
-            body = read_body(handler.rfile, length, self.options.body_seconds(length),
-                             min_rate=self.options.min_body_rate, grace=self.options.header_timeout)
+        with self.buffers.reservation() as reservation:
+            try:
+                reservation.take(min(length, BODY_CHUNK))  # room for the first chunk, or 503 before 100-continue
+                continue_upload(handler)
+                body = read_body(handler.rfile, length, self.options.body_seconds(length),
+                                 min_rate=self.options.min_body_rate, grace=self.options.header_timeout,
+                                 reservation=reservation)
+            except HttpError as exc:
+                if exc.status == 503:
+                    self.metrics_rejected.inc(reason="buffers")
+                raise
             return self._run(handler, path, family, body, query)
-        finally:
-            self.buffers.release(length)
 
     def _run(self, handler, path, family, body, query):
         try:

@@ -117,8 +117,10 @@ def parse_predict_body(body):
 class BodyBudget(object):
     """Bytes of request bodies being received or held, all connections together (at most ``limit``).
 
-    A request reserves its whole ``Content-Length`` before its body is read, so 40 slow uploads of
-    8 MiB cannot add 320 MB of RSS behind the memory guard's back.
+    A request reserves its body as it arrives, a chunk ahead of the bytes read (:meth:`reservation`), so
+    40 slow uploads of 8 MiB cannot add 320 MB of RSS behind the memory guard's back, and a connection
+    that declares 8 MiB and sends nothing holds one chunk, not 8 MiB: filling the budget takes sending
+    it, at the minimum rate or faster.
     """
 
     def __init__(self, limit):
@@ -141,6 +143,30 @@ class BodyBudget(object):
     def release(self, length):
         with self._lock:
             self.held = max(0, self.held - length)
+
+    def reservation(self):
+        """A :class:`Reservation` of this budget (a context manager that releases what it took)."""
+        return Reservation(self)
+
+
+class Reservation(object):
+    """The part of a :class:`BodyBudget` one request holds; ``with`` releases all of it."""
+
+    def __init__(self, budget):
+        self.budget = budget
+        self.held = 0
+
+    def take(self, length):
+        """Reserve ``length`` more bytes; HttpError 503 "busy receiving" when they do not fit now."""
+        self.budget.reserve(length)
+        self.held += length
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.budget.release(self.held)
+        self.held = 0
 
 
 def content_length(headers, max_body_bytes):
@@ -165,26 +191,38 @@ def parse_length(raw):
     return int(raw) if _DECIMAL.match(raw) else None
 
 
-def read_body(reader, length, seconds, min_rate=None, grace=0.0):
+BODY_CHUNK = 64 << 10  # a body is reserved in the budget this much ahead of the bytes read (64 connections: 4 MiB)
+
+
+def read_body(reader, length, seconds, min_rate=None, grace=0.0, reservation=None):
     """Read exactly ``length`` body bytes from ``reader`` (a DeadlineReader) within ``seconds``, arriving at
-    ``min_rate`` bytes/s or faster after ``grace`` seconds (None: only the deadline).
+    ``min_rate`` bytes/s or faster after ``grace`` seconds (None: only the deadline), each chunk reserved in
+    ``reservation`` (a :class:`Reservation`, or None; what it already holds counts) before it is read.
 
     Raises RequestDeadline (408) when the deadline passes or the body falls below the rate, HttpError 400
-    when the client stops early.  The reader's phase is "request" afterwards (the body is in).
+    when the client stops early, HttpError 503 when the budget has no room for the next chunk (the rest
+    of the body is drained).  The reader's phase is "request" afterwards (the body is in).
     """
     import socket
 
     from jetcap.serve.connection import RequestDeadline
 
     reader.set_deadline("body", seconds, min_rate=min_rate, grace=grace)
+    parts, got = [], 0
     try:
-        body = reader.read(length)
+        while got < length:
+            want = min(BODY_CHUNK, length - got)
+            if reservation is not None and got + want > reservation.held:
+                reservation.take(got + want - reservation.held)  # 503 when no room: the rest is drained
+            chunk = reader.read(want)
+            parts.append(chunk)
+            got += len(chunk)
+            if len(chunk) < want:
+                break
     except socket.timeout:
         raise RequestDeadline("body", reader.idle_timeout)
-    except RequestDeadline:
-        raise
-    if len(body) < length:
-        raise HttpError(400, "bad request", "body ended after {} of {} bytes".format(len(body), length),
+    if got < length:
+        raise HttpError(400, "bad request", "body ended after {} of {} bytes".format(got, length),
                         body_read=True)
     reader.phase = "request"  # no longer receiving: neither a stalled upload to evict nor one to stop
-    return body
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -55,10 +55,11 @@ def _umask():
     return mask
 
 
-def check_output_file(path, option, keep_out_of=(), suffixes=None):
+def check_output_file(path, option, keep_out_of=(), suffixes=None, not_any_of=()):
     """UsageError unless ``path`` may be written by ``option``: its folder exists, it is not a folder, it is
     not inside one of the folders ``keep_out_of`` (the bundle being read: ``--junit manifest.json`` would
-    destroy it), and it ends in one of ``suffixes`` when given."""
+    destroy it), it is none of the input files ``not_any_of`` (links included), and it ends in one of
+    ``suffixes`` when given."""
     from jetcap.errors import UsageError
 
     path = str(path)
@@ -72,6 +73,9 @@ def check_output_file(path, option, keep_out_of=(), suffixes=None):
         inside = os.path.realpath(str(protected))
         if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
             raise UsageError("{} {} is inside the bundle {}: write it elsewhere".format(option, path, protected))
+    for source in not_any_of:
+        if os.path.exists(path) and os.path.exists(str(source)) and os.path.samefile(path, str(source)):
+            raise UsageError("{} {} is one of the inputs ({}): write it elsewhere".format(option, path, source))
     if suffixes and not path.lower().endswith(tuple(suffixes)):
         raise UsageError("{} {} must end in {}".format(option, path, " or ".join(suffixes)))
 
@@ -191,6 +195,7 @@ def atomic_directory(path, force=False, replaceable=is_jetcap_output):
                              "replaces only those".format(path), hint="choose another output or remove it yourself")
     tag = "{}-{}-".format(os.path.basename(path), os.getpid())
     tmp = tempfile.mkdtemp(prefix=".tmp-" + tag, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep another account (the server's) out
     try:
         yield tmp
         new = tempfile.mkdtemp(prefix=".new-" + tag, dir=parent)

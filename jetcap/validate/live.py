@@ -32,6 +32,11 @@ def load_reference_subject(manifest, checkpoint, checkpoint_options):
     from jetcap.models.sources import SourceOptions, resolve_source
 
     options = dict(checkpoint_options or {})
+    source_entry = manifest.data.get("source") or {}
+    if source_entry.get("kind") == "user code" and not (options.get("models") or options.get("trust_pickle")):
+        raise UsageError("this bundle was exported from your code ({}): pass the export's --model (or "
+                         "--trust-pickle) and --code-path with --checkpoint".format(
+                             str(source_entry.get("model") or "user code")[:200]))
     recorded = manifest.data.get("adapter") or {}
     if recorded.get("file") and not options.get("adapter"):
         raise UsageError("this bundle was exported with the adapter file {} (sha256 {}...): pass it again with "

@@ -233,6 +233,11 @@ def test_outputs_inside_the_bundle_are_refused(captioner_bundle, images, tmp_pat
     assert (bundle / "manifest.json").read_bytes() == manifest
     result = run(bundle, images[0], "--attention-map", tmp_path / "map.txt")
     assert result.exit_code == 2 and "must end in .png" in result.stderr
+    picture = tmp_path / "in.png"
+    picture.write_bytes(open(str(images[0]), "rb").read())
+    result = run(bundle, picture, "--attention-map", picture)
+    assert result.exit_code == 2 and "is one of the inputs" in result.stderr
+    assert picture.read_bytes() == open(str(images[0]), "rb").read()
 
 
 def test_captions_are_escaped_in_the_tab_separated_output(captioner_bundle, images, tmp_path):

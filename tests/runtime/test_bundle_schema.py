@@ -314,6 +314,7 @@ def test_exported_files_have_the_umasks_mode_not_mkstemps_0600(captioner_bundle)
     for name in ("manifest.json", "reference.npz", "encoder.onnx"):
         mode = os.stat(str(captioner_bundle / name)).st_mode & 0o777
         assert mode == 0o666 & ~mask, (name, oct(mode))
+    assert os.stat(str(captioner_bundle)).st_mode & 0o777 == 0o777 & ~mask  # mkdtemp's 0700 would lock others out
 
 
 def test_a_manifest_that_links_outside_the_bundle_is_refused(classifier_bundle, tmp_path):

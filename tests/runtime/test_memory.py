@@ -136,3 +136,12 @@ def test_memory_module_imports_without_torch():
     code = "import sys, jetcap.runtime.memory as m; m.read_memory_info(); assert 'torch' not in sys.modules"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60)
+
+
+def test_the_mmap_threshold_is_pinned_where_glibc_runs():
+    import platform
+
+    from jetcap.runtime.memory import pin_mmap_threshold
+
+    pinned = pin_mmap_threshold()
+    assert pinned is (platform.libc_ver()[0] == "glibc")

@@ -252,3 +252,5 @@ def test_an_output_that_is_the_source_is_refused_before_anything_is_written(bund
         with pytest.raises(UsageError, match=message):
             stream(bundle, str(source), **kwargs)
     assert open(str(source), "rb").read() == before and not (tmp_path / "o.avi").exists()
+    with pytest.raises(UsageError, match="--jsonl .* is inside the bundle"):
+        stream(bundle, str(source), jsonl=os.path.join(str(bundle), "manifest.json"))

@@ -156,8 +156,9 @@ def test_body_over_the_limit_is_a_readable_413_for_urllib(server):
 
 
 def test_buffered_bodies_are_budgeted(server):
-    # two connections announce 1 MiB each (the 2 MiB budget) and send nothing more: a third gets 503
-    held = [_slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1048576\r\n\r\n[") for _ in range(2)]
+    # two connections send all but the last byte of 1 MiB each (the 2 MiB budget): a third gets 503
+    held = [_slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1048576\r\n\r\n" + b" " * 1048575)
+            for _ in range(2)]
     try:
         time.sleep(0.3)
         status, head, payload = server.request("POST", "/predict", _sequence_body(server), timeout=10)
@@ -305,3 +306,19 @@ def test_malformed_request_lines_get_a_status_line_and_a_detail(server, line):
         sock.close()
     assert answer.startswith(b"HTTP/1.0 "), answer[:100]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1].decode())["detail"]
+
+
+def test_declaring_a_body_and_sending_nothing_holds_one_chunk_not_the_budget(server):
+    """Connections that declare 1 MiB and send nothing (reconnecting as their grace ends) would hold the
+    whole budget if the declared length were reserved: only the first chunk is, so others still upload."""
+    from jetcap.serve.parsing import BODY_CHUNK
+
+    idle = [_slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1048576\r\n\r\n") for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        assert server.metrics()[("jetcap_request_body_bytes_buffered", ())] == 3 * BODY_CHUNK
+        status, _, payload = server.request("POST", "/predict", _sequence_body(server), timeout=10)
+        assert status == 200, payload
+    finally:
+        for sock in idle:
+            sock.close()
