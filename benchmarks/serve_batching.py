@@ -1,7 +1,7 @@
 """serve-engine throughput with requests batched across clients, against the sequential rate.
 
     .venv/bin/python benchmarks/serve_batching.py BUNDLE [--data DIR] [--requests 64] [--clients 8]
-        [--threads 2] [--json OUT.json] [--skip-no-batching]
+        [--threads 2] [--json OUT.json] [--skip-no-batching] [--precision fp32]
 
 For ``--batching`` and ``--no-batching``: one server process on 127.0.0.1 (port 0), then ``--requests``
 captions sent by 1 client (the sequential batch-1 rate) and by ``--clients`` concurrent clients;
@@ -81,6 +81,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-no-batching", action="store_true", help="measure the batching server only")
+    parser.add_argument("--precision", default="fp32", help="the bundle variant served (default fp32)")
     args = parser.parse_args()
     images = load_images(args.data)
     rows, reference = [], None
@@ -89,7 +90,8 @@ def main():
     for flags in modes:
         mode = " ".join(f.lstrip("-") for f in flags)
         server = ServerProcess(args.bundle, flags + ["--max-concurrency", str(args.clients), "--queue", "64",
-                                             "--threads", str(args.threads)], "/tmp/jetcap-serve-batching.log")
+                                             "--threads", str(args.threads), "--precision", args.precision],
+                               "/tmp/jetcap-serve-batching.log")
         try:
             server.wait_ready()
             for clients in (1, args.clients):

@@ -109,3 +109,23 @@ def test_triton_repository_of_int8_cpu_never_merges_requests(cpu8_bundles, tmp_p
         write_repository(cpu8_bundles["captioner"], repo, RepositoryOptions(backend=backend, precision="int8-cpu"))
         configs = list(repo.glob("*/config.pbtxt"))
         assert configs and not any("dynamic_batching" in c.read_text() for c in configs), backend
+
+
+def test_serve_engine_never_batches_int8_cpu_requests_together(cpu8_bundles, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jetcap import samples
+    from tests.runtime.test_server import Server
+
+    server = Server(cpu8_bundles["captioner"], ["--precision", "int8-cpu", "--threads", "1"], tmp_path / "s.log")
+    try:
+        server.wait_listening()
+        assert server.wait_loaded() == "ready"
+        images = [p.read_bytes() for p in samples.sample_images()][:8]
+        alone = [server.request("POST", "/caption", image)[2] for image in images]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda image: server.request("POST", "/caption", image)[2], images * 3))
+        assert [(r["tokens"], r["score"]) for r in together] == [(r["tokens"], r["score"]) for r in alone] * 3
+        assert any(r.get("event") == "batching" and r.get("enabled") is False for r in server.log_records())
+    finally:
+        server.kill()
