@@ -545,7 +545,8 @@ class StreamRunner(object):
                 summary.stop_reason = self.stop_reason
             else:
                 summary.stop_reason = thread.end_reason or self.stop_reason or "stopped"
-            if thread.error is not None or (thread.vanished and not signal_name and self.stop_reason is None):
+            if thread.error is not None or ((thread.vanished or thread.damaged) and not signal_name
+                                            and self.stop_reason is None):
                 summary.exit_code = 1
         if self.latencies:
             summary.latency_p50_ms = percentile(self.latencies, 50)

@@ -298,6 +298,8 @@ class CaptureThread(threading.Thread):
         frames_read: source frames taken so far.
         end_reason: why it stopped ("end of file", "max frames", "source vanished", "stopped", ...).
         vanished: a live source stopped delivering frames.
+        damaged: a file ended well before the frame count its header declares, or a frame of it could
+            not be decoded (the run ends with exit code 1: a truncated or corrupt file is not a clean end).
         error: an exception raised while reading (the run ends with exit code 1), else None.
     """
 
@@ -320,7 +322,11 @@ class CaptureThread(threading.Thread):
         self.loops = 0
         self.end_reason = None
         self.vanished = False
+        self.damaged = False
         self.error = None
+        self._pass_start = 0  # frames_read when the current pass over a file began (--loop)
+        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT) if not source.live else 0
+        self.declared_frames = int(declared) if declared and declared == declared and 0 < declared < 1e9 else 0
         self.released = threading.Event()
         self._stop_requested = threading.Event()
 
@@ -348,10 +354,18 @@ class CaptureThread(threading.Thread):
             self.vanished = True
             self.end_reason = "source vanished (no frame for {:.1f} s)".format(0.1 * LIVE_READ_RETRIES)
             return False
+        read = self.frames_read - self._pass_start
+        # containers estimate the count (duration x fps): a frame or 2 % short is still a whole file
+        if self.declared_frames and read < self.declared_frames * 0.98 - 1:
+            self.damaged = True
+            self.end_reason = "the file ended after {} of the {} frames its header declares (truncated or " \
+                              "corrupt?)".format(read, self.declared_frames)
+            return False
         if self.loop and self.reopen is not None and self.frames_read > 0:
             self.capture.release()
             self.capture = self.reopen()
             self.loops += 1
+            self._pass_start = self.frames_read
             if self.capture.grab():
                 return True
         self.end_reason = "end of file"
@@ -385,6 +399,7 @@ class CaptureThread(threading.Thread):
                     ok, image = self.capture.retrieve()
                     if not ok or image is None:
                         self.vanished = self.source.live
+                        self.damaged = not self.source.live
                         self.end_reason = "frame {} could not be decoded".format(index)
                         return
                     if not self._offer(index, image, now):

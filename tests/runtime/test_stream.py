@@ -254,3 +254,17 @@ def test_an_output_that_is_the_source_is_refused_before_anything_is_written(bund
     assert open(str(source), "rb").read() == before and not (tmp_path / "o.avi").exists()
     with pytest.raises(UsageError, match="--jsonl .* is inside the bundle"):
         stream(bundle, str(source), jsonl=os.path.join(str(bundle), "manifest.json"))
+
+
+def test_a_truncated_file_is_not_a_clean_end(bundle, tmp_path):
+    path = write_video(tmp_path / "whole.avi", frames=24)
+    data = open(path, "rb").read()
+    cut = str(tmp_path / "cut.avi")
+    with open(cut, "wb") as handle:
+        handle.write(data[:len(data) // 2])
+    summary, records, _ = stream(bundle, cut)
+    assert summary.exit_code == 1 and "of the 24 frames its header declares" in summary.stop_reason, \
+        summary.to_dict()
+    assert 0 < len(records) < 24
+    whole, _, _ = stream(bundle, path)
+    assert whole.exit_code == 0 and whole.stop_reason == "end of file"
