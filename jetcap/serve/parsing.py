@@ -176,6 +176,9 @@ def content_length(headers, max_body_bytes):
     raw = headers.get("Content-Length")
     if raw is None:
         raise HttpError(411, "length required", "POST needs a Content-Length header")
+    every = headers.get_all("Content-Length") if hasattr(headers, "get_all") else [raw]
+    if len(set(value.strip() for value in every)) > 1:  # a proxy and this server could frame it differently
+        raise HttpError(400, "bad request", "conflicting Content-Length headers")
     length = parse_length(raw)
     if length is None:
         raise HttpError(400, "bad request", "invalid Content-Length {!r}".format(raw.strip()[:40]))

@@ -322,3 +322,13 @@ def test_declaring_a_body_and_sending_nothing_holds_one_chunk_not_the_budget(ser
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_conflicting_content_lengths_are_400(server):
+    sock = _slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n[1,2]")
+    try:
+        sock.settimeout(10)
+        answer = _read_until_closed(sock)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.0 400") and b"conflicting Content-Length" in answer, answer[:300]
