@@ -104,12 +104,12 @@ def _load_npy(path, name, max_len, width):
     if dtype.hasobject:
         raise UsageError("{} is not a readable sequence: it holds Python objects (pickles are never loaded)".format(
             name))
-    if dtype.kind not in "biuf":
+    if dtype.kind not in "iuf":  # booleans are not coordinates (JSON true/false is refused too)
         raise UsageError("{} is not a readable sequence: it holds {} values, not numbers".format(name, dtype))
     if len(shape) > 2 and width is not None and _frame_size(shape) == width:
         shape = (shape[0], width)  # (T, hands, joints, xyz): flattened per frame below
     if len(shape) != 2:
-        raise UsageError("{} has shape {}, expected (T, F)".format(name, shape))
+        raise UsageError("{} has shape {}, expected (T, F){}".format(name, shape, _wanted(width)))
     if max_len is not None and shape[0] > max_len:
         raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
             name, shape[0], max_len), hint="trim or split the sequence")
@@ -118,6 +118,11 @@ def _load_npy(path, name, max_len, width):
     if 0 in shape:
         return np.zeros(shape, dtype=np.float32)
     return np.load(path, mmap_mode="r", allow_pickle=False).reshape(shape)
+
+
+def _wanted(width):
+    return "" if width is None else " with F = {} (or frames of {} values, e.g. (T, hands, joints, xyz))".format(
+        width, width)
 
 
 def _frame_size(shape):
@@ -159,7 +164,7 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     if array.ndim > 2 and width is not None and _frame_size(array.shape) == width:
         array = array.reshape(array.shape[0], width)  # (T, hands, joints, xyz) -> (T, F), row-major
     if array.ndim != 2:
-        raise UsageError("{} has shape {}, expected (T, F)".format(name, array.shape))
+        raise UsageError("{} has shape {}, expected (T, F){}".format(name, array.shape, _wanted(width)))
     if width is not None and array.shape[1] != width:
         raise UsageError("{} has {} features per frame, the model expects {}".format(name, array.shape[1], width))
     if array.shape[0] < min_len:

@@ -290,6 +290,7 @@ class ModelState(object):
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
         self._large_decodes = threading.Lock()  # images over LARGE_DECODE_BYTES decode one at a time
+        self._large_waiting = 0
         self._thread = None
         self.scheduler = None  # the DecodeScheduler when caption requests share the model's calls
         self.batch_stats = {}  # {graph: BatchStats} of the scheduler
@@ -420,10 +421,38 @@ class ModelState(object):
         return int(self.manifest.decoding.get("max_len") or 20)
 
     # -- inference jobs (run on a worker thread) ----------------------------------------------------
-    def caption(self, image_bytes, beam_size, max_len):
-        """Decode, preprocess and caption one encoded image -> ``{caption, tokens, score, backend, precision}``."""
-        array = decode_image(image_bytes, self.options.max_pixels, self._large_decodes,
-                             preprocessing=self.manifest.preprocessing)[None]
+    def prepare_large(self, image_bytes, wait_seconds):
+        """The preprocessed array of an image whose decode needs over :data:`LARGE_DECODE_BYTES`, decoded
+        on the calling (request) thread once no other such image is decoding; None for any other image
+        (a worker decodes it).  Large images wait here, not on a worker, so they cannot take every worker
+        from the small requests; at most ``max_concurrency`` wait (QueueFull beyond, and after
+        ``wait_seconds``)."""
+        image = peek_encoded(image_bytes, self.options.max_pixels)
+        if preprocess.decode_bytes(image) <= LARGE_DECODE_BYTES:
+            return None
+        with self._lock:
+            if self._large_waiting >= self.options.max_concurrency:
+                raise QueueFull("{} large images (over {} MiB decoded) are waiting to decode".format(
+                    self._large_waiting, LARGE_DECODE_BYTES >> 20))
+            self._large_waiting += 1
+        try:
+            if not self._large_decodes.acquire(True, wait_seconds):
+                raise QueueFull("a large image waited {} s to decode".format(wait_seconds))
+            try:
+                return decode_image(image_bytes, self.options.max_pixels,
+                                    preprocessing=self.manifest.preprocessing)[None]
+            finally:
+                self._large_decodes.release()
+        finally:
+            with self._lock:
+                self._large_waiting -= 1
+
+    def caption(self, image_bytes, beam_size, max_len, array=None):
+        """Decode, preprocess and caption one encoded image (or caption ``array``, one already prepared by
+        :meth:`prepare_large`) -> ``{caption, tokens, score, backend, precision}``."""
+        if array is None:
+            array = decode_image(image_bytes, self.options.max_pixels, self._large_decodes,
+                                 preprocessing=self.manifest.preprocessing)[None]
         if self.scheduler is not None:
             hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
         else:
@@ -502,6 +531,19 @@ def warmup_image(preprocessing):
     buffer = io.BytesIO()
     Image.new("RGB", (int(width), int(height)), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def peek_encoded(data, max_pixels):
+    """The image in ``data`` opened from its header (see :func:`jetcap.runtime.preprocess.peek_image`);
+    UsageError for anything that is not an image within ``max_pixels``."""
+    if not data:
+        raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
+    try:
+        return preprocess.peek_image(io.BytesIO(data), max_pixels)
+    except JetcapError:
+        raise
+    except Exception as exc:  # Pillow raises DecompressionBombError, struct.error ... on hostile input
+        raise UsageError("the request body is not a usable image: {}: {}".format(type(exc).__name__, exc))
 
 
 def decode_image(data, max_pixels, large_decodes=None, preprocessing=None):

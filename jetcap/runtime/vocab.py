@@ -7,7 +7,7 @@ from jetcap.errors import UsageError
 SPECIAL_SPELLINGS = {
     "start": ("<start>", "<SOS>", "<sos>", "<bos>", "<BOS>", "<s>", "startseq", "[start]", "[START]"),
     "end": ("<end>", "<EOS>", "<eos>", "</s>", "endseq", "[end]", "[END]"),
-    "pad": ("<pad>", "<PAD>"),
+    "pad": ("<pad>", "<PAD>", ""),  # "": TensorFlow's TextVectorization pads with the empty string
     "unk": ("<unk>", "<UNK>", "[UNK]"),
 }
 UNUSED = "<unused{}>"  # ids a word map leaves without a word (Keras' Tokenizer keeps 0 for padding)

@@ -214,7 +214,9 @@ def read_body(reader, length, seconds, min_rate=None, grace=0.0, reservation=Non
     parts, got = [], 0
     try:
         while got < length:
-            want = min(BODY_CHUNK, length - got)
+            # 64 KiB ahead at first, then as much as has arrived (doubling): an idle connection holds 64 KiB,
+            # and a big body is read in a few large reads, not a hundred small ones
+            want = min(max(BODY_CHUNK, got), length - got)
             if reservation is not None and got + want > reservation.held:
                 reservation.take(got + want - reservation.held)  # 503 when no room: the rest is drained
             chunk = reader.read(want)

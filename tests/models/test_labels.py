@@ -183,7 +183,7 @@ def test_word_map_with_gaps_fills_unused_ids():
 @pytest.mark.parametrize("word_index, start, end, pad", [
     ({"startseq": 1, "endseq": 2, "a": 3, "cat": 4}, 1, 2, 0),   # a Keras Tokenizer's word_index: 0 is padding
     ({"<s>": 0, "</s>": 1, "cat": 2}, 0, 1, None),               # sentencepiece / fairseq: no padding word
-    ({"[start]": 2, "[end]": 3, "": 0, "[UNK]": 1, "cat": 4}, 2, 3, None),  # TensorFlow's TextVectorization
+    ({"[start]": 2, "[end]": 3, "": 0, "[UNK]": 1, "cat": 4}, 2, 3, 0),  # TensorFlow's TextVectorization: "" pads
 ])
 def test_other_tutorials_special_tokens(word_index, start, end, pad):
     vocab = vocabulary_from_value(word_index, "test")

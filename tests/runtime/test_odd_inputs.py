@@ -1,6 +1,7 @@
 """Odd images and sequences: EXIF orientation, 16-bit grayscale, huge .npy, hostile JSON, TSV labels."""
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -127,3 +128,36 @@ def test_keypoints_with_their_own_axes_are_flattened_per_frame(tmp_path):
     assert np.array_equal(check_sequence(frames.tolist(), width=126), frames.reshape(40, 126))
     with pytest.raises(UsageError, match="expected"):
         load_sequence(path, width=63)
+
+
+def test_large_images_decode_on_the_request_thread_and_a_bounded_number_waits(captioner_bundle):
+    import threading
+
+    from jetcap.runtime import serving
+    from jetcap.runtime.serving import ModelState, QueueFull
+    from jetcap.serve.options import ServeOptions
+
+    def png(width, height):
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    state = ModelState(captioner_bundle, ServeOptions(max_concurrency=1), serving.JsonLog(io.StringIO()))
+    state.load()
+    try:
+        small, large = png(64, 64), png(5000, 5000)
+        assert state.prepare_large(small, 5) is None  # a worker decodes it
+        height, width = state.manifest.preprocessing["image_size"]
+        assert state.prepare_large(large, 5).shape == (1, 3, height, width)
+        with state._large_decodes:  # another large image is decoding
+            waiting = threading.Thread(target=lambda: state.prepare_large(large, 5))
+            waiting.start()
+            time.sleep(0.2)
+            with pytest.raises(QueueFull, match="large images"):  # max_concurrency = 1 already waits
+                state.prepare_large(large, 5)
+        waiting.join(30)
+        with state._large_decodes:
+            with pytest.raises(QueueFull, match="waited 0.2 s"):
+                state.prepare_large(large, 0.2)
+    finally:
+        state.close()
