@@ -54,6 +54,16 @@ def _sequence_body(server):
     return json.dumps({"sequence": [[0.0] * model["input_size"]] * model["sequence_length"]["min"]}).encode()
 
 
+def _exchange(server, raw):
+    """Send the raw request bytes ``raw`` and return everything the server answers before closing."""
+    sock = _slow(server, raw)
+    try:
+        sock.settimeout(10)
+        return _read_until_closed(sock)
+    finally:
+        sock.close()
+
+
 def _read_until_closed(sock, limit=65536):
     """Everything the server sends before closing (head and body may come in separate segments)."""
     chunks = []
@@ -240,12 +250,7 @@ def test_a_trickled_body_is_cut_at_the_minimum_rate_not_at_its_whole_deadline(se
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
 def test_a_non_ascii_content_length_gets_one_400_or_405(server, method):
-    sock = _slow(server, method.encode() + b" /predict HTTP/1.0\r\nContent-Length: \xb2\r\n\r\n")
-    try:
-        sock.settimeout(10)
-        answer = _read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = _exchange(server, method.encode() + b" /predict HTTP/1.0\r\nContent-Length: \xb2\r\n\r\n")
     assert answer.count(b"HTTP/1.") == 1, answer  # never a second response on the same connection
     assert answer.startswith(b"HTTP/1.0 400" if method == "POST" else b"HTTP/1.0 405"), answer
 
@@ -265,12 +270,8 @@ def test_expect_100_continue_is_answered_before_the_body(server):
         sock.close()
     assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
     # refused before its body: the final answer comes instead of 100, so the client never sends the body
-    sock = _slow(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n")
-    try:
-        sock.settimeout(10)
-        answer = _read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = _exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                               b"Content-Length: 5000000\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 413") and b"100 Continue" not in answer
 
 
@@ -298,12 +299,7 @@ def test_stop_closes_uploads_that_do_not_arrive_in_time(classifier_bundle, tmp_p
 
 @pytest.mark.parametrize("line", [b"GET /health HTTP/2.0", b"GARBAGE", b"BREW /health HTTP/1.0"])
 def test_malformed_request_lines_get_a_status_line_and_a_detail(server, line):
-    sock = _slow(server, line + b"\r\n\r\n")
-    try:
-        sock.settimeout(10)
-        answer = _read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = _exchange(server, line + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 "), answer[:100]
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1].decode())["detail"]
 
@@ -313,11 +309,13 @@ def test_declaring_a_body_and_sending_nothing_holds_one_chunk_not_the_budget(ser
     whole budget if the declared length were reserved: only the first chunk is, so others still upload."""
     from jetcap.serve.parsing import BODY_CHUNK
 
+    body = _sequence_body(server)
+    _wait_slots_free(server)  # connections of earlier tests are released
     idle = [_slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 1048576\r\n\r\n") for _ in range(3)]
     try:
         time.sleep(0.3)
         assert server.metrics()[("jetcap_request_body_bytes_buffered", ())] == 3 * BODY_CHUNK
-        status, _, payload = server.request("POST", "/predict", _sequence_body(server), timeout=10)
+        status, _, payload = server.request("POST", "/predict", body, timeout=10)
         assert status == 200, payload
     finally:
         for sock in idle:
@@ -325,10 +323,5 @@ def test_declaring_a_body_and_sending_nothing_holds_one_chunk_not_the_budget(ser
 
 
 def test_conflicting_content_lengths_are_400(server):
-    sock = _slow(server, b"POST /predict HTTP/1.0\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n[1,2]")
-    try:
-        sock.settimeout(10)
-        answer = _read_until_closed(sock)
-    finally:
-        sock.close()
+    answer = _exchange(server, b"POST /predict HTTP/1.0\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n[1,2]")
     assert answer.startswith(b"HTTP/1.0 400") and b"conflicting Content-Length" in answer, answer[:300]
