@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from jetcap.errors import UsageError
 from jetcap.runtime import memory, metrics
 from jetcap.runtime.loader import current_rss_bytes
+from jetcap.runtime.manifest import rows_independent
 from jetcap.runtime.serving import Dispatcher, JsonLog, MemoryGuard, ModelState
 from jetcap.serve.connection import PROBE_PATHS, EngineHTTPServer, RequestDeadline, drain_and_close
 from jetcap.serve.endpoints import ENDPOINTS, Endpoints, allowed_methods
@@ -146,7 +147,8 @@ class EngineServer(Endpoints):
             self.say(warning)
         self.log("listening", url=self.url, bundle=self.bundle, backend=self.options.backend,
                  precision=self.options.precision, max_concurrency=self.options.max_concurrency,
-                 batching=self.options.batching,
+                 # int8-cpu requests never share a call (runtime/manifest.py rows_independent)
+                 batching=bool(self.options.batching and rows_independent(self.options.precision)),
                  queue=self.options.queue)
         return self.url
 
