@@ -72,6 +72,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         if opts.image_size:
             config["image_size"] = int(opts.image_size)
             given["image_size"] = "--image-size"
+        if opts.caption_max_len and source.family == "captioner":  # the checkpoint's is only the default
+            config["max_len"] = int(opts.caption_max_len)
+            given["max_len"] = "--max-len"
         subject = BuiltinSubject(source, task.configure(config, opts), given)
     else:
         subject = make_subject(source, opts)

@@ -97,3 +97,11 @@ def test_dynamo_exporter_opset_18_captioner(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["export"]["opset"] == 18 and manifest["export"]["exporter"] == "dynamo"
+
+
+def test_max_len_overrides_the_built_in_captioners_own(tmp_path):
+    out = tmp_path / "short"
+    result = CliRunner().invoke(cli, ["export", str(samples.captioner_checkpoint()), "--max-len", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decoding"]["max_len"] == 5 and manifest["config_sources"]["max_len"] == "--max-len"
