@@ -66,6 +66,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
         source = resolve_source(source_options(opts))
     log("model source: {}: {}".format(source.kind, source.description))
     if is_builtin(source):
+        if opts.output is not None:  # a choice the rebuilt family has not: say so rather than ignore it
+            raise UsageError("--output picks one output of your model's forward (with --model or --trust-pickle); "
+                             "the built-in {} family exports its own logits".format(source.family))
         task = family_export(source.family)
         config = dict(source.builtin.config)
         given = {k: "--" + k.replace("_", "-") for k in opts.hints}

@@ -43,6 +43,9 @@ def test_existing_bundle_needs_force(tmp_path):
     (["--exporter", "dynamo", "--opset", "13"], "torchscript"),
     (["--max-len", "500"], "positional encoding"),
     (["--int8-task-samples", "0"], "--int8-task-samples must be >= 1"),
+    (["--output", "nosuch"], "the built-in classifier family exports its own logits"),
+    (["--target", "bogus"], "unknown target"),
+    (["--image-size", "0"], "0 is not in the range"),
 ])
 def test_bad_options_exit_2(tmp_path, args, message):
     result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / "b")] + args)
