@@ -125,19 +125,18 @@ class DecodeScheduler(object):
         runners: ``{"encoder": runner, "decoder_step": runner}``, activated; only the scheduler's thread
             calls them from now on.
         max_batch: rows per call (default: the bundle's ``axes.batch.max``).
-        shared_calls: requests share encoder and decoder-step calls (default True).  False for a variant
-            whose rows depend on each other (``int8-cpu``: one activation scale per call): each request's
-            rows then run in calls of their own, interleaved with the others' by the same loop.
+
+    A variant whose rows depend on each other (``int8-cpu``, :func:`jetcap.runtime.manifest.rows_independent`)
+    must not be served by this loop: its requests would get captions that depend on their neighbours.
     """
 
-    def __init__(self, manifest, runners, max_batch=None, shared_calls=True):
+    def __init__(self, manifest, runners, max_batch=None):
         self.manifest = manifest
         self.encoder = runners["encoder"]
         self.step = runners["decoder_step"]
         self.protocol = DecoderProtocol.from_manifest(manifest)
         self.vocab = manifest.vocabulary()
         self.max_batch = max(1, int(max_batch or manifest.axes["batch"]["max"]))
-        self.shared_calls = bool(shared_calls)
         self.encoder_axes = batch_axes(manifest.graph("encoder")["outputs"])
         self.step_axes = batch_axes(manifest.graph("decoder_step")["outputs"])
         if self.encoder_axes is None or self.step_axes is None:
@@ -219,10 +218,6 @@ class DecodeScheduler(object):
         return admitted
 
     def _encode(self, jobs):
-        if not self.shared_calls and len(jobs) > 1:
-            for job in jobs:
-                self._encode([job])
-            return
         started = time.time()
         try:
             encoded = self.encoder.infer({"images": np.concatenate([job.image for job in jobs])})
@@ -301,7 +296,7 @@ class DecodeScheduler(object):
     def _step_all(self):
         groups, group, rows = [], [], 0
         for job in self._active:
-            if group and (rows + job.rows > self.max_batch or not self.shared_calls):
+            if group and rows + job.rows > self.max_batch:
                 groups.append(group)
                 group, rows = [], 0
             group.append(job)

@@ -22,6 +22,7 @@ import numpy as np
 from jetcap.errors import InsufficientMemoryError, JetcapError, UsageError
 from jetcap.runtime import bundle_schema, memory, preprocess
 from jetcap.runtime.loader import current_rss_bytes
+from jetcap.runtime.manifest import rows_independent
 from jetcap.util.lazy import require
 
 # memory guard: recover only once memory is this fraction better than the threshold (no flapping)
@@ -346,8 +347,6 @@ class ModelState(object):
                 self.session = session
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
-            from jetcap.runtime.manifest import rows_independent
-
             batching = self.family == "captioner" and self.options.batching
             if batching and not rows_independent(session.precision):
                 # requests may not share calls; the workers' own concurrent calls then serve more than one
@@ -403,7 +402,8 @@ class ModelState(object):
         """One inference through exactly the path a request takes (decode, preprocess, model, result), so
         ``/ready`` = 200 means every endpoint of the family can answer."""
         if self.family == "captioner":
-            self.caption(warmup_image(self.manifest.preprocessing), self.default_beam(), self.default_max_len())
+            self.caption(self.prepare(warmup_image(self.manifest.preprocessing), self.options.timeout),
+                         self.default_beam(), self.default_max_len())
         else:
             length = max(self.pipeline.min_len, min(self.pipeline.max_len, int(self.manifest.axes["T"]["opt"])))
             self.predict(np.zeros((length, self.pipeline.width), dtype=np.float32).tolist())
@@ -421,15 +421,15 @@ class ModelState(object):
         return int(self.manifest.decoding.get("max_len") or 20)
 
     # -- inference jobs (run on a worker thread) ----------------------------------------------------
-    def prepare_large(self, image_bytes, wait_seconds):
-        """The preprocessed array of an image whose decode needs over :data:`LARGE_DECODE_BYTES`, decoded
-        on the calling (request) thread once no other such image is decoding; None for any other image
-        (a worker decodes it).  Large images wait here, not on a worker, so they cannot take every worker
-        from the small requests; at most ``max_concurrency`` wait (QueueFull beyond, and after
-        ``wait_seconds``)."""
-        image = peek_encoded(image_bytes, self.options.max_pixels)
+    def prepare(self, image_bytes, wait_seconds):
+        """``image_bytes`` ready for a worker, on the request's thread: opened from its header (refused there
+        when it is not an image within ``--max-pixels``), and when its decode needs over
+        :data:`LARGE_DECODE_BYTES` also decoded and preprocessed here, once no other such image is decoding.
+        Large images so wait among themselves, never on a worker the small requests need; at most
+        ``max_concurrency`` of them wait (QueueFull beyond, and after ``wait_seconds``)."""
+        image = open_encoded(image_bytes, self.options.max_pixels)
         if preprocess.decode_bytes(image) <= LARGE_DECODE_BYTES:
-            return None
+            return image  # a worker decodes it
         with self._lock:
             if self._large_waiting >= self.options.max_concurrency:
                 raise QueueFull("{} large images (over {} MiB decoded) are waiting to decode".format(
@@ -439,20 +439,17 @@ class ModelState(object):
             if not self._large_decodes.acquire(True, wait_seconds):
                 raise QueueFull("a large image waited {} s to decode".format(wait_seconds))
             try:
-                return decode_image(image_bytes, self.options.max_pixels,
-                                    preprocessing=self.manifest.preprocessing)[None]
+                return decode_opened(image, self.manifest.preprocessing)
             finally:
                 self._large_decodes.release()
         finally:
             with self._lock:
                 self._large_waiting -= 1
 
-    def caption(self, image_bytes, beam_size, max_len, array=None):
-        """Decode, preprocess and caption one encoded image (or caption ``array``, one already prepared by
-        :meth:`prepare_large`) -> ``{caption, tokens, score, backend, precision}``."""
-        if array is None:
-            array = decode_image(image_bytes, self.options.max_pixels, self._large_decodes,
-                                 preprocessing=self.manifest.preprocessing)[None]
+    def caption(self, prepared, beam_size, max_len):
+        """Caption one image as :meth:`prepare` gave it (decoded and preprocessed here when it was not yet)
+        -> ``{caption, tokens, score, backend, precision}``."""
+        array = prepared if isinstance(prepared, np.ndarray) else decode_opened(prepared, self.manifest.preprocessing)
         if self.scheduler is not None:
             hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
         else:
@@ -533,9 +530,10 @@ def warmup_image(preprocessing):
     return buffer.getvalue()
 
 
-def peek_encoded(data, max_pixels):
-    """The image in ``data`` opened from its header (see :func:`jetcap.runtime.preprocess.peek_image`);
-    UsageError for anything that is not an image within ``max_pixels``."""
+def open_encoded(data, max_pixels):
+    """The image in the encoded bytes ``data``, opened from its header only (see
+    :func:`jetcap.runtime.preprocess.peek_image`); UsageError for anything that is not an image within
+    ``max_pixels`` (Pillow's own decompression-bomb refusal and odd decoder failures included)."""
     if not data:
         raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
     try:
@@ -546,29 +544,12 @@ def peek_encoded(data, max_pixels):
         raise UsageError("the request body is not a usable image: {}: {}".format(type(exc).__name__, exc))
 
 
-def decode_image(data, max_pixels, large_decodes=None, preprocessing=None):
-    """An RGB PIL image from encoded bytes (with ``preprocessing``, the manifest's entry: the float32 CHW
-    array the model takes); UsageError for anything that is not a readable image within ``max_pixels``
-    (Pillow's own decompression-bomb refusal and odd decoder failures included).
-
-    ``large_decodes``: a lock held while decoding (and resizing) an image whose decode needs over
-    :data:`LARGE_DECODE_BYTES` (a 70 KB PNG can hold 36 16-bit megapixels), so concurrent requests
-    cannot multiply that peak: the workers' other decodes go on beside it.
-    """
-    if not data:
-        raise UsageError("empty image: send the encoded image as the request body or as the form field 'image'")
-
-    def decode(image):
-        image = preprocess.decode_image(image)
-        return image if preprocessing is None else preprocess.preprocess_image(image, preprocessing)
-
+def decode_opened(image, preprocessing):
+    """The float32 ``(1, 3, H, W)`` model input of an image :func:`open_encoded` opened; UsageError when its
+    pixel data cannot be decoded."""
     try:
-        image = preprocess.peek_image(io.BytesIO(data), max_pixels)
-        if large_decodes is None or preprocess.decode_bytes(image) <= LARGE_DECODE_BYTES:
-            return decode(image)
-        with large_decodes:
-            return decode(image)
+        return preprocess.preprocess_image(preprocess.decode_image(image), preprocessing)[None]
     except JetcapError:
         raise
-    except Exception as exc:  # Pillow raises DecompressionBombError, struct.error ... on hostile input
+    except Exception as exc:  # struct.error, zlib errors ... in a hostile file's pixel data
         raise UsageError("the request body is not a usable image: {}: {}".format(type(exc).__name__, exc))

@@ -184,12 +184,12 @@ class Endpoints(object):
         # a beam's rows run in one decoder-step call: at most the bundle's max batch (its TensorRT profiles)
         beam = int_option(values, "beam", model.default_beam(), 1, min(self.options.max_beam, model.max_batch()))
         max_len = int_option(values, "max_len", model.default_max_len(), 1, self.options.max_len_limit)
-        try:  # a large image decodes here, on this request's thread, not on a worker
-            array = model.prepare_large(image, self.options.timeout)
+        try:  # opened here; a large image also decodes here, on this request's thread, not on a worker
+            prepared = model.prepare(image, self.options.timeout)
         except QueueFull as exc:
             self.metrics_rejected.inc(reason="queue_full")
             raise HttpError(503, "busy", str(exc), {"Retry-After": RETRY_AFTER_QUEUE}, body_read=True)
-        return lambda: model.caption(image, beam, max_len, array=array)
+        return lambda: model.caption(prepared, beam, max_len)
 
     def _predict_job(self, body):
         sequence = parse_predict_body(body)

@@ -65,11 +65,8 @@ def test_tensorrt_build_refuses_and_check_skips(cpu8_bundles):
 
 def test_an_images_caption_never_depends_on_its_neighbours(cpu8_bundles):
     """int8-cpu quantises each call's activations with one scale over its rows: images are captioned one per
-    call, alone or many at once, through the pipeline and through the serving loop."""
-    import threading
-
+    call, alone or many at once (serve-engine: test_serve_engine_never_batches_int8_cpu_requests_together)."""
     from jetcap.runtime.manifest import Manifest
-    from jetcap.runtime.scheduler import DecodeScheduler
     from jetcap.runtime.session import open_bundle
     from jetcap.util.npz import load_npz
 
@@ -80,25 +77,6 @@ def test_an_images_caption_never_depends_on_its_neighbours(cpu8_bundles):
         alone = [pipeline.caption(images[i:i + 1])[0] for i in range(len(images))]
         together = pipeline.caption(images)
         assert [(h.tokens, h.score) for h in together] == [(h.tokens, h.score) for h in alone]
-        loop = DecodeScheduler(session.manifest, session.runners, shared_calls=False)
-        try:
-            served = [None] * len(images)
-            barrier = threading.Barrier(len(images))
-
-            def run(i):
-                barrier.wait(10)
-                served[i] = loop.caption(images[i:i + 1])[0]
-
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(images))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(120)
-            assert [(h.tokens, h.score) for h in served] == [(h.tokens, h.score) for h in alone]
-            assert loop.stats["decoder_step"].snapshot()["mean_rows"] == 1.0  # greedy: one row per call
-            assert loop.stats["encoder"].snapshot()["mean_rows"] == 1.0
-        finally:
-            loop.close()
 
 
 def test_triton_repository_of_int8_cpu_never_merges_requests(cpu8_bundles, tmp_path):

@@ -82,34 +82,6 @@ def test_a_large_16_bit_image_is_scaled_in_blocks_with_the_same_values():
     assert (rgb == expected[:, :, None]).all()
 
 
-def test_large_decodes_take_turns_and_small_ones_do_not_wait():
-    import threading
-
-    from jetcap.runtime import preprocess, serving
-
-    def png(width, height):
-        buffer = io.BytesIO()
-        Image.new("RGB", (width, height)).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    large, small = png(5000, 5000), png(64, 64)  # 25 Mpx x 3 bytes: over LARGE_DECODE_BYTES
-    assert preprocess.decode_bytes(preprocess.peek_image(io.BytesIO(large))) > serving.LARGE_DECODE_BYTES
-    lock = threading.Lock()
-    done = {}
-
-    def decode(name, data):
-        done[name] = serving.decode_image(data, preprocess.DEFAULT_MAX_PIXELS, lock).size
-
-    with lock:  # another large decode is running
-        waiting = threading.Thread(target=decode, args=("large", large))
-        waiting.start()
-        decode("small", small)
-        waiting.join(1.0)
-        assert "small" in done and "large" not in done
-    waiting.join(60)
-    assert done["large"] == (5000, 5000)
-
-
 @pytest.mark.parametrize("value", ['"1"', "true", "null", "{}"])
 def test_sequence_values_must_be_numbers(tmp_path, value):
     path = tmp_path / "s.json"
@@ -146,18 +118,22 @@ def test_large_images_decode_on_the_request_thread_and_a_bounded_number_waits(ca
     state.load()
     try:
         small, large = png(64, 64), png(5000, 5000)
-        assert state.prepare_large(small, 5) is None  # a worker decodes it
+        assert not isinstance(state.prepare(small, 5), np.ndarray)  # opened only: a worker decodes it
         height, width = state.manifest.preprocessing["image_size"]
-        assert state.prepare_large(large, 5).shape == (1, 3, height, width)
+        assert state.prepare(large, 5).shape == (1, 3, height, width)
         with state._large_decodes:  # another large image is decoding
-            waiting = threading.Thread(target=lambda: state.prepare_large(large, 5))
+            waiting = threading.Thread(target=lambda: state.prepare(large, 5))
             waiting.start()
             time.sleep(0.2)
             with pytest.raises(QueueFull, match="large images"):  # max_concurrency = 1 already waits
-                state.prepare_large(large, 5)
+                state.prepare(large, 5)
+            began = time.time()
+            small_prepared = state.prepare(small, 5)  # a small image never waits for the large ones
+            assert time.time() - began < 1.0
+            assert state.caption(small_prepared, 1, 5)["tokens"]
         waiting.join(30)
         with state._large_decodes:
             with pytest.raises(QueueFull, match="waited 0.2 s"):
-                state.prepare_large(large, 0.2)
+                state.prepare(large, 0.2)
     finally:
         state.close()
