@@ -33,8 +33,7 @@ from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import memory, preprocess
 from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.video import (OVERLAY_FOURCC, WINDOW_NAME, CaptureThread, FrameQueue, OverlayWriter,
-                                  check_display, check_output_path, check_outputs_apart, draw_caption,
-                                  open_capture, parse_source)
+                                  check_display, draw_caption, open_capture, parse_source)
 from jetcap.util.fsio import check_output_file
 from jetcap.util.lazy import require
 
@@ -294,12 +293,14 @@ class StreamRunner(object):
         options = self.options
         manifest = Manifest.load(self.bundle)
         expect_family(manifest, "captioner", command="predict")
+        self.source = parse_source(options.source)
+        # outputs: checked before the source is opened, never the video read, another output or the bundle
+        others = {self.source.target if self.source.kind in ("file", "pipe", "device") else None:
+                  "the video being read"}
         for path, option in ((options.jsonl, "--jsonl"), (options.overlay, "--overlay")):
             if path is not None:
-                check_output_path(path, option)
-                check_output_file(path, option, keep_out_of=[self.bundle])
-        self.source = parse_source(options.source)
-        check_outputs_apart(self.source, {"--jsonl": options.jsonl, "--overlay": options.overlay})
+                check_output_file(path, option, keep_out_of=[self.bundle], not_any_of=others)
+                others = dict(others, **{str(path): "the {} file".format(option)})
         if options.loop and self.source.live:
             raise UsageError("--loop only applies to a video file, not to {}".format(self.source.describe()))
         self.cv2 = require("cv2")

@@ -153,41 +153,6 @@ def open_capture(cv2, source, quiet=True):
     return capture
 
 
-def check_output_path(path, option):
-    """UsageError unless ``path`` can be created or overwritten (its folder exists and is writable)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError("cannot write {} {}: it is a directory".format(option, path))
-    if not os.path.isdir(folder):
-        raise UsageError("cannot write {} {}: folder {} does not exist".format(option, path, folder))
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UsageError("cannot write {} {}: permission denied".format(option, path))
-
-
-def check_outputs_apart(source, outputs):
-    """UsageError when an output file (``{option: path}``, None skipped) is SOURCE itself (a link to it
-    included) or another output: writing it would destroy the video being read, or interleave two outputs."""
-    named = [(option, path) for option, path in sorted(outputs.items()) if path is not None]
-    source_path = source.target if source.kind in ("file", "pipe", "device") else None
-    for index, (option, path) in enumerate(named):
-        if source_path is not None and _same_file(path, source_path):
-            raise UsageError("{} {} is the video being read ({}): choose another file".format(
-                option, path, source.describe()))
-        for other_option, other in named[index + 1:]:
-            if _same_file(path, other):
-                raise UsageError("{} and {} name the same file {}".format(option, other_option, path))
-
-
-def _same_file(a, b):
-    a, b = str(a), str(b)
-    if os.path.exists(a) and os.path.exists(b):
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            pass
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def check_display(cv2):
     """UsageError unless a window can be shown: a display must exist and OpenCV must have a GUI."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):

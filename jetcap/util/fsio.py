@@ -55,27 +55,42 @@ def _umask():
     return mask
 
 
-def check_output_file(path, option, keep_out_of=(), suffixes=None, not_any_of=()):
-    """UsageError unless ``path`` may be written by ``option``: its folder exists, it is not a folder, it is
-    not inside one of the folders ``keep_out_of`` (the bundle being read: ``--junit manifest.json`` would
-    destroy it), it is none of the input files ``not_any_of`` (links included), and it ends in one of
+def same_file(a, b):
+    """True when paths ``a`` and ``b`` name one file (links and ``..`` included; compared by path when one
+    does not exist yet)."""
+    a, b = str(a), str(b)
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_file(path, option, keep_out_of=(), suffixes=None, not_any_of=None):
+    """UsageError unless ``path`` may be written by ``option``, checked before any work: its folder exists
+    and is writable, it is not a folder, it is not inside one of the folders ``keep_out_of`` (the bundle
+    being read: ``--junit manifest.json`` would destroy it), it is none of the files ``not_any_of``
+    (``{path: what it is}``: the inputs, another output; links included), and it ends in one of
     ``suffixes`` when given."""
     from jetcap.errors import UsageError
 
     path = str(path)
     if os.path.isdir(path):
-        raise UsageError("{} {} is a folder; give a file name".format(option, path))
+        raise UsageError("cannot write {} {}: it is a directory".format(option, path))
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UsageError("{} {}: folder {} does not exist".format(option, path, folder))
+        raise UsageError("cannot write {} {}: folder {} does not exist".format(option, path, folder))
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError("cannot write {} {}: permission denied".format(option, path))
     real = os.path.realpath(path)
     for protected in keep_out_of:
         inside = os.path.realpath(str(protected))
         if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
             raise UsageError("{} {} is inside the bundle {}: write it elsewhere".format(option, path, protected))
-    for source in not_any_of:
-        if os.path.exists(path) and os.path.exists(str(source)) and os.path.samefile(path, str(source)):
-            raise UsageError("{} {} is one of the inputs ({}): write it elsewhere".format(option, path, source))
+    for other, what in (not_any_of or {}).items():
+        if other is not None and same_file(path, other):
+            raise UsageError("{} {} is {}: write it elsewhere".format(option, path, what))
     if suffixes and not path.lower().endswith(tuple(suffixes)):
         raise UsageError("{} {} must end in {}".format(option, path, " or ".join(suffixes)))
 
