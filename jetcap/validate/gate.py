@@ -11,6 +11,7 @@ import numpy as np
 
 from jetcap.errors import BundleError, JetcapError, MissingDependencyError, UsageError
 from jetcap.runtime import bundle_schema
+from jetcap.runtime.backends.base import io_mismatches
 from jetcap.runtime.manifest import Manifest, tensorrt_refusal
 from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
 from jetcap.util.isolate import probe_onnx_session
@@ -255,19 +256,7 @@ def _check_io(manifest, graph, runner, backend, precision, report):
                   "outputs": [(t.name, t.shape) for t in session.get_outputs()]}
     else:
         actual = describe()
-    problems = []
-    for side in ("inputs", "outputs"):
-        expected = manifest.graph(graph)[side]
-        names = [n for n, _ in actual[side]]
-        if names != [t["name"] for t in expected]:
-            problems.append("{} are {}, manifest says {}".format(side, names, [t["name"] for t in expected]))
-            continue
-        for (name, shape), tensor in zip(actual[side], expected):
-            for axis, (got, want) in enumerate(zip(shape, tensor["shape"])):
-                if isinstance(want, str) and isinstance(got, int) and got > 0:
-                    problems.append("dynamic axis {!r} of {} is fixed to {} in the graph".format(want, name, got))
-                elif isinstance(want, int) and isinstance(got, int) and got != want:
-                    problems.append("{} axis {} is {}, manifest says {}".format(name, axis, got, want))
+    problems = io_mismatches(manifest.graph(graph), actual["inputs"], actual["outputs"], exact=True)
     report.add(Check(backend, precision, graph, "io.names_shapes", len(problems), 0, "<=",
                      detail="; ".join(problems) if problems else "names and dynamic axes as in the manifest"))
 

@@ -92,3 +92,35 @@ class Runner(object):
 
     def deactivate_impl(self):
         raise NotImplementedError
+
+
+def io_mismatches(io_spec, inputs, outputs, exact=True):
+    """How a graph's I/O as a backend reads it (``inputs`` / ``outputs``: ``[(name, shape)]``) differs from
+    the manifest's ``io_spec`` (a list of one-line problems; empty when it matches).
+
+    Every manifest tensor must be there with its rank, and no fixed dimension may differ from a fixed
+    dimension of the manifest.  ``exact`` (the gate's ``io.names_shapes``): also the same names in the same
+    order, and no dynamic axis frozen to a size.  Without it (the check at load) the graph may have more
+    outputs, in any order: what matters there is that the file is the graph the manifest describes.
+    """
+    problems = []
+    for side, actual in (("inputs", inputs), ("outputs", outputs)):
+        names, wanted = [name for name, _ in actual], [tensor["name"] for tensor in io_spec[side]]
+        unexpected = exact and names != wanted or (side == "inputs" and sorted(names) != sorted(wanted))
+        if unexpected or any(name not in names for name in wanted):
+            problems.append("{} are {}, the manifest says {}".format(side, names, wanted))
+            continue
+        shapes = dict(actual)
+        for tensor in io_spec[side]:
+            got, want = shapes[tensor["name"]], tensor["shape"]
+            if got is None or want is None:
+                continue
+            if len(got) != len(want):
+                problems.append("{} has rank {}, the manifest says {}".format(tensor["name"], len(got), len(want)))
+                continue
+            for axis, (g, w) in enumerate(zip(got, want)):
+                if exact and isinstance(w, str) and isinstance(g, int) and g > 0:
+                    problems.append("dynamic axis {!r} of {} is fixed to {} in the graph".format(w, tensor["name"], g))
+                elif isinstance(w, int) and isinstance(g, int) and g != w:
+                    problems.append("{} axis {} is {}, the manifest says {}".format(tensor["name"], axis, g, w))
+    return problems

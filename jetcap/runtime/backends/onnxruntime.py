@@ -2,7 +2,7 @@
 import collections
 
 from jetcap.errors import BundleError, JetcapError
-from jetcap.runtime.backends.base import Runner
+from jetcap.runtime.backends.base import Runner, io_mismatches
 from jetcap.util.lazy import require
 
 # ONNX Runtime's NCHWc layout transformer crashes (segfault) on some FP16 graphs (see FACTS.md), so it is
@@ -134,24 +134,7 @@ def check_graph_io(path, io_spec, inputs, outputs):
     ranks, and no fixed dimension that differs from a fixed dimension of the manifest.  A graph file
     swapped for another (the decoder step in the encoder's place, a model of another size) is refused at
     load, in one line, instead of failing somewhere inside the first inference."""
-    problems = []
-    have_in, have_out = dict(inputs), dict(outputs)
-    want_in = [(t["name"], t["shape"]) for t in io_spec["inputs"]]
-    if sorted(have_in) != sorted(name for name, _ in want_in):
-        problems.append("inputs {} where the manifest says {}".format(sorted(have_in), [n for n, _ in want_in]))
-    missing = [t["name"] for t in io_spec["outputs"] if t["name"] not in have_out]
-    if missing:
-        problems.append("no output {}".format(", ".join(missing)))
-    for name, want in want_in + [(t["name"], t["shape"]) for t in io_spec["outputs"]]:
-        got = have_in.get(name, have_out.get(name))
-        if got is None or want is None:
-            continue
-        if len(got) != len(want):
-            problems.append("{} has rank {}, the manifest says {}".format(name, len(got), len(want)))
-            continue
-        for axis, (g, w) in enumerate(zip(got, want)):
-            if isinstance(g, int) and isinstance(w, int) and g != w:
-                problems.append("{} axis {} is {}, the manifest says {}".format(name, axis, g, w))
+    problems = io_mismatches(io_spec, inputs, outputs, exact=False)
     if problems:
         raise BundleError("{} is not the graph the manifest describes: {}".format(path, "; ".join(problems[:4])),
                           hint="a damaged or replaced graph file: re-export the bundle")
