@@ -151,17 +151,19 @@ def plan_memory(device, version, per_precision, workspace_mb, max_axes, onnx_byt
                          for g, parsed in zip(graphs, onnx_bytes[precision]))
         runtime = context + weights + activations + io
         advice = []
+        no_libraries = "build with `jetcap build --no-tactic-libraries` (no cuBLAS/cuDNN): saves about {} MB".format(
+            libraries)
         fits_build, fits_runtime = build_peak <= budget, runtime <= budget
         if not fits_runtime or runtime > 0.85 * budget:
             advice.append("export a smaller max batch / sequence length (activations grow with the max profile)")
             if precision == "fp32":
                 advice.append("run the fp16 variant (half the weights and activations)")
             if libraries_on:
-                advice.append("build without the cuBLAS/cuDNN tactic sources: saves about {} MB".format(libraries))
+                advice.append(no_libraries)
         if not fits_build or build_peak > 0.85 * budget:
             advice.append("build with a smaller --workspace-mb (now {})".format(workspace_mb))
             if libraries_on:
-                advice.append("build without the cuBLAS/cuDNN tactic sources: saves about {} MB".format(libraries))
+                advice.append(no_libraries)
             advice.append("stop the desktop (headless boot frees about 1 GB) and add swap for the build")
         verdict = "fits" if fits_build and fits_runtime else (
             "build does NOT fit" if not fits_build and fits_runtime else

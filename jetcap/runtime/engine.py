@@ -138,13 +138,34 @@ def store(cache_dir, graph, precision, fields, engine_data, extra=None):
     return CachedEngine(path, side, sidecar)
 
 
-def record_device_memory(cached, device_memory_bytes):
-    """Remember an engine's device memory (known once deserialized) in its sidecar, for later estimates."""
+def tactic_libraries_of(sidecar, version):
+    """Whether an engine (its sidecar dict) loads the cuBLAS/cuDNN tactic libraries at run time: the
+    sidecar's ``tactic_libraries``, or where it is absent or None (engines built before it was recorded,
+    or at the default) the default of TensorRT ``version``."""
+    from jetcap.check.memory import context_mb
+
+    value = sidecar.get("tactic_libraries")
+    if value is None:
+        return context_mb(tuple(version))[2]
+    return bool(value)
+
+
+def record_device_memory(cached, device_memory_bytes, log=None):
+    """Remember an engine's device memory (known once deserialized) in its sidecar, for later estimates.
+
+    Returns the :class:`CachedEngine` with the value.  A cache this process cannot write (built by another
+    user, e.g. ``sudo jetcap build`` for a service account; a read-only mount) keeps the value in memory
+    only, said through ``log``: the engines load all the same."""
     sidecar = dict(cached.sidecar)
     if sidecar.get("device_memory_bytes") == int(device_memory_bytes):
         return cached
     sidecar["device_memory_bytes"] = int(device_memory_bytes)
-    write_json_atomic(cached.sidecar_path, sidecar)
+    try:
+        write_json_atomic(cached.sidecar_path, sidecar)
+    except OSError as exc:
+        if log is not None:
+            log("note: cannot record the engine's device memory in {} ({}); kept for this process only".format(
+                cached.sidecar_path, exc.strerror or exc))
     return CachedEngine(cached.path, cached.sidecar_path, sidecar)
 
 
@@ -268,9 +289,23 @@ def network_input_names(network):
     return [network.get_input(index).name for index in range(network.num_inputs)]
 
 
-def build_serialized_engine(builder, network, plan, version, workspace, profiles, timing_cache=None):
-    # type: (trt.Builder, trt.INetworkDefinition, trt_api.BuildPlan, Tuple[int, ...], int, Dict[str, Sequence[Sequence[int]]], Optional[trt.ITimingCache]) -> Tuple[bytes, Optional[trt.ITimingCache]]
-    """Configure (flags, workspace, one optimization profile, timing cache) and build.
+def set_tactic_libraries(config, libraries):
+    # type: (trt.IBuilderConfig, Optional[bool]) -> None
+    """Turn the cuBLAS/cuDNN tactic sources on or off (None: leave the release's default)."""
+    if libraries is None:
+        return
+    bits = [int(getattr(trt.TacticSource, name)) for name in trt_api.LIBRARY_TACTIC_SOURCES
+            if hasattr(trt.TacticSource, name)]
+    mask = trt_api.tactic_sources_mask(config.get_tactic_sources(), bits, libraries)
+    if not config.set_tactic_sources(mask):
+        raise EngineBuildError("TensorRT refused the tactic sources {:#x}".format(mask),
+                               hint="build without --tactic-libraries/--no-tactic-libraries")
+
+
+def build_serialized_engine(builder, network, plan, version, workspace, profiles, timing_cache=None,
+                            tactic_libraries=None):
+    # type: (trt.Builder, trt.INetworkDefinition, trt_api.BuildPlan, Tuple[int, ...], int, Dict[str, Sequence[Sequence[int]]], Optional[trt.ITimingCache], Optional[bool]) -> Tuple[bytes, Optional[trt.ITimingCache]]
+    """Configure (flags, workspace, tactic sources, one optimization profile, timing cache) and build.
 
     Returns:
         ``(engine bytes, the timing cache as the build left it)`` (None when no cache was given).
@@ -283,6 +318,7 @@ def build_serialized_engine(builder, network, plan, version, workspace, profiles
     set_workspace(config, version, workspace)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    set_tactic_libraries(config, tactic_libraries)
     profile = builder.create_optimization_profile()
     for name, (smallest, typical, largest) in profiles.items():
         profile.set_shape(name, trt.Dims(list(smallest)), trt.Dims(list(typical)), trt.Dims(list(largest)))
@@ -312,8 +348,8 @@ def _load_timing_cache(builder, path):
 
 def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WORKSPACE_MB, cache_dir=None,
                   timing_cache=None, force=False, allow_int8_without_fast_int8=False, graphs=None, log=None,
-                  verbose=False):
-    # type: (str, str, int, Optional[str], Optional[str], bool, bool, Optional[List[str]], Optional[Callable[[str], Any]], bool) -> Dict[str, Any]
+                  verbose=False, tactic_libraries=None):
+    # type: (str, str, int, Optional[str], Optional[str], bool, bool, Optional[List[str]], Optional[Callable[[str], Any]], bool, Optional[bool]) -> Dict[str, Any]
     """Build (or find in the cache) one TensorRT engine per graph of the bundle.
 
     Args:
@@ -327,6 +363,10 @@ def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WOR
         graphs: graph names to build (default: all).
         log: callable receiving progress lines (default: silent).
         verbose: TensorRT's verbose log.
+        tactic_libraries: let the builder use cuBLAS/cuDNN kernels (True/False; None: the release's
+            default, on before TensorRT 8.5).  Engines built without them do not load those libraries at
+            run time (about 400 MB less of a Nano's RAM); the sidecar records it, and a cached engine
+            built the other way is rebuilt.
     Returns:
         ``{bundle, precision, tensorrt, api, gpu, compute_capability, cache_dir, engines: [{graph, path,
         cached, seconds, bytes, onnx}], warnings}``.
@@ -364,6 +404,7 @@ def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WOR
     log("TensorRT {} ({} API) on {} (SM {}); engines in {}".format(
         trt_api.format_version(version), generation, gpu.name if gpu else "an unknown GPU",
         platform.format_compute_capability(capability), cache_dir))
+    libraries = tactic_libraries_of({"tactic_libraries": tactic_libraries}, version)
     results = []
     total_start = time.time()
     for graph in graphs or manifest.graph_names:
@@ -372,6 +413,9 @@ def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WOR
         profiles = manifest.profile(graph)
         fields = engine_key_fields(onnx_sha, version, gpu.name if gpu else None, capability, precision, profiles)
         cached, reason = check_cache(cache_dir, graph, precision, fields)
+        if cached is not None and not force and tactic_libraries_of(cached.sidecar, version) != libraries:
+            cached, reason = None, "the cached engine was built {} the cuBLAS/cuDNN tactic sources".format(
+                "with" if not libraries else "without")
         if cached is not None and not force:
             log("{}: cached engine {} (use --force to rebuild)".format(graph, cached.path))
             results.append({"graph": graph, "path": cached.path, "cached": True, "seconds": 0.0,
@@ -381,16 +425,21 @@ def build_engines(bundle_dir, precision="fp16", workspace_mb=trt_api.DEFAULT_WOR
             graph, precision, os.path.relpath(onnx_path, manifest.bundle_dir),
             "forced" if cached is not None else reason, workspace >> 20))
         start = time.time()
-        network, _parser = parse_onnx(builder, onnx_path, version, logger)
-        data, timing = build_serialized_engine(builder, network, plan, version, workspace, profiles, timing)
+        network, parser = parse_onnx(builder, onnx_path, version, logger)
+        data, timing = build_serialized_engine(builder, network, plan, version, workspace, profiles, timing,
+                                               tactic_libraries)
+        # the parser owns the network's weights: drop both (parser first) before the next graph is parsed,
+        # so a Nano never holds two graphs' parsed weights at once
+        del parser, network
         seconds = time.time() - start
         stored = store(cache_dir, graph, precision, fields, data, extra={
             "built_seconds": round(seconds, 3), "workspace_mb": workspace >> 20, "flags": list(plan.flags),
-            "onnx_variant": plan.onnx_variant, "api": generation,
+            "onnx_variant": plan.onnx_variant, "api": generation, "tactic_libraries": libraries,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())})
         log("{}: built in {:.1f} s -> {} ({:.1f} MB)".format(graph, seconds, stored.path, len(data) / 1e6))
         results.append({"graph": graph, "path": stored.path, "cached": False, "seconds": round(seconds, 3),
                         "bytes": len(data), "onnx": onnx_path})
+        del data  # the serialized engine, stored: not kept in RAM while the next graph builds
     if timing is not None and timing_cache:
         write_bytes_atomic(timing_cache, bytes(timing.serialize()))
         log("timing cache saved to {}".format(timing_cache))

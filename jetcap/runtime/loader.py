@@ -23,9 +23,10 @@ from jetcap.runtime.manifest import Manifest, resolve_shape
 
 MIB = 1 << 20
 
-# What the runtimes themselves take besides the model (measured orders of magnitude, not exact):
-# the CUDA context plus TensorRT/cuDNN/cuBLAS libraries on JetPack 4.6 take a few hundred MiB of the
-# Nano's shared RAM; onnxruntime with a small model ~140 MB RSS in total (FACTS.md).
+# What the runtimes themselves take besides the model (measured orders of magnitude, not exact): the
+# CUDA context plus TensorRT (and cuBLAS/cuDNN where the release loads them) come from
+# :func:`tensorrt_runtime_bytes`, the pre-flight's figures; onnxruntime with a small model ~140 MB RSS in
+# total (FACTS.md).  TENSORRT_RUNTIME_BYTES is the figure for an unknown release.
 TENSORRT_RUNTIME_BYTES = 300 * MIB
 ONNXRUNTIME_RUNTIME_BYTES = 64 * MIB
 ONNX_FILE_FACTOR = 2.0        # ORT holds the weights and its optimized copy of the graph
@@ -313,6 +314,16 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
     return loaded
 
 
+def tensorrt_runtime_bytes(version, tactic_libraries=None):
+    """Bytes the CUDA context and TensorRT take in a process of TensorRT ``version`` (a tuple), besides the
+    engines: the pre-flight's context figure (:func:`jetcap.check.memory.context_mb`), with cuBLAS and
+    cuDNN when the engines use those tactic sources (``tactic_libraries``; None: the release's default).
+    TensorRT 8.2 on JetPack 4.6: 650 MB with them (its default), 250 MB without."""
+    from jetcap.check.memory import MB, context_mb
+
+    return int(context_mb(tuple(version), tactic_libraries)[0] * MB)
+
+
 def estimate_tensorrt_engines(manifest, cached_engines, runtime_bytes=TENSORRT_RUNTIME_BYTES):
     """:class:`MemoryEstimate` of the engines ``{graph: CachedEngine}`` (sidecar device memory when recorded)."""
     engines = []
@@ -356,6 +367,7 @@ def load_tensorrt(bundle, precision="fp16", max_memory_mb=None, cache_dir=None, 
     """
     from jetcap.runtime import engine as engine_cache
     from jetcap.runtime import platform
+    from jetcap.runtime.backends import trt_api
     from jetcap.runtime.backends.tensorrt import CudaDevice, TensorRTRunner
 
     log = log or _quiet
@@ -373,7 +385,10 @@ def load_tensorrt(bundle, precision="fp16", max_memory_mb=None, cache_dir=None, 
     available, available_text = tensorrt_available_memory(integrated, info, free_device)
     budget = _budget_bytes(max_memory_mb)
     what = "the {} engine(s) {} of {}".format(precision, ", ".join(graphs), manifest.bundle_dir)
-    estimate = estimate_tensorrt_engines(manifest, cached)
+    version = trt_api.tensorrt_version()
+    runtime_bytes = tensorrt_runtime_bytes(version, any(engine_cache.tactic_libraries_of(found.sidecar, version)
+                                                        for found in cached.values()))
+    estimate = estimate_tensorrt_engines(manifest, cached, runtime_bytes)
     decision = require_fits(estimate, available, budget, "tensorrt", what=what, available_text=available_text)
     rss_before = current_rss_bytes()
     runners = collections.OrderedDict()
@@ -384,8 +399,8 @@ def load_tensorrt(bundle, precision="fp16", max_memory_mb=None, cache_dir=None, 
             runner.activate()
             runners[graph] = runner
             if runner.device_memory_bytes is not None:
-                cached[graph] = engine_cache.record_device_memory(cached[graph], runner.device_memory_bytes)
-            estimate = estimate_tensorrt_engines(manifest, cached)
+                cached[graph] = engine_cache.record_device_memory(cached[graph], runner.device_memory_bytes, log)
+            estimate = estimate_tensorrt_engines(manifest, cached, runtime_bytes)
             decision = require_fits(estimate, available, budget, "tensorrt", what=what, available_text=available_text)
     except BaseException:
         for runner in runners.values():

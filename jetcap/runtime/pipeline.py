@@ -4,6 +4,8 @@
 runs the encoder once per image batch and the shared numpy search over the decoder step, keeping the
 decoder state where the backend keeps it; :class:`ClassifierPipeline` turns logits into labels.
 """
+import contextlib
+
 import numpy as np
 
 from jetcap.errors import BundleError, UsageError
@@ -147,6 +149,18 @@ def make_decoder_session(runner, initial, protocol):
     return HostDecoderSession(runner, initial, protocol)
 
 
+@contextlib.contextmanager
+def closing_session(session):
+    """The decoder session for the block, then its ``close()`` where it has one (TensorRT's device buffers
+    are freed at once, on the thread that used them, not whenever the garbage collector runs)."""
+    try:
+        yield session
+    finally:
+        close = getattr(session, "close", None)
+        if close is not None:
+            close()
+
+
 class CaptionPipeline(object):
     """Caption preprocessed images with an encoder runner and a decoder-step runner.
 
@@ -187,12 +201,14 @@ class CaptionPipeline(object):
             chunk = images[start:start + self.image_batch]
             encoded = self.encode(chunk)
             if beam_size == 1:
-                results.extend(decoding.greedy_decode(self.decoder_session(encoded), len(chunk),
-                                                      self.vocab.start_id, self.vocab.end_id, max_len))
+                with closing_session(self.decoder_session(encoded)) as session:
+                    results.extend(decoding.greedy_decode(session, len(chunk), self.vocab.start_id,
+                                                          self.vocab.end_id, max_len))
             else:
                 for i in range(len(chunk)):
-                    results.append(decoding.beam_search(self.decoder_session(encoded, [i]), beam_size,
-                                                        self.vocab.start_id, self.vocab.end_id, max_len))
+                    with closing_session(self.decoder_session(encoded, [i])) as session:
+                        results.append(decoding.beam_search(session, beam_size, self.vocab.start_id,
+                                                            self.vocab.end_id, max_len))
         return decoding.check_finite(results)
 
     def text(self, hypothesis):

@@ -33,7 +33,7 @@ def test_help_lists_the_options():
     result = CliRunner().invoke(cli, ["build", "--help"])
     assert result.exit_code == 0
     for option in ("--precision", "--workspace-mb", "--engine-cache", "--timing-cache", "--force",
-                   "--allow-slow-int8", "--json"):
+                   "--allow-slow-int8", "--no-tactic-libraries", "--json"):
         assert option in result.output
     assert re.search(r"\[default:\s+fp16\]", result.output)
 

@@ -115,6 +115,28 @@ def test_record_device_memory(tmp_path):
     assert again is not None and again.sidecar["device_memory_bytes"] == 12345
 
 
+def test_record_device_memory_in_a_cache_it_cannot_write_keeps_the_value(tmp_path):
+    # engines built by another user (sudo jetcap build) or on a read-only mount: the engines still load
+    stored = engine.store(str(tmp_path / "cache"), "model", "fp16", fields(), b"abc")
+    (tmp_path / "a-file").write_text("not a folder")  # as unwritable as a read-only mount, even for root
+    gone = stored._replace(sidecar_path=str(tmp_path / "a-file" / "model.json"))
+    lines = []
+    updated = engine.record_device_memory(gone, 12345, lines.append)
+    assert updated.sidecar["device_memory_bytes"] == 12345
+    assert len(lines) == 1 and "kept for this process only" in lines[0]
+
+
+@pytest.mark.parametrize("sidecar, version, expected", [
+    ({}, (8, 2, 1), True),                               # JetPack 4.6: cuBLAS/cuDNN tactic sources on by default
+    ({"tactic_libraries": None}, (8, 2, 1), True),
+    ({"tactic_libraries": False}, (8, 2, 1), False),     # jetcap build --no-tactic-libraries
+    ({}, (10, 3, 0), False),                             # off by default since 10
+    ({"tactic_libraries": True}, (10, 3, 0), True),
+])
+def test_tactic_libraries_of(sidecar, version, expected):
+    assert engine.tactic_libraries_of(sidecar, version) is expected
+
+
 def test_engine_fields_for_uses_the_variant_the_plan_parses(tmp_path):
     bundle, _ = tiny_bundle.make_linear_bundle(str(tmp_path / "b"))
     manifest = Manifest.load(bundle)

@@ -45,6 +45,14 @@ def test_estimate_engine_memory_parts():
     assert estimate.total_bytes == subtotal + parts["margin"]
 
 
+def test_tensorrt_runtime_bytes_follow_the_release_and_the_tactic_libraries():
+    # the loader counts what the pre-flight counts: cuBLAS + cuDNN loaded by TensorRT 8.2's engines by default
+    assert loader.tensorrt_runtime_bytes((8, 2, 1)) == 650 * 10 ** 6
+    assert loader.tensorrt_runtime_bytes((8, 2, 1), tactic_libraries=False) == 250 * 10 ** 6
+    assert loader.tensorrt_runtime_bytes((10, 3, 0)) == 250 * 10 ** 6
+    assert loader.tensorrt_runtime_bytes((8, 2, 1)) > loader.TENSORRT_RUNTIME_BYTES
+
+
 def test_estimate_onnx_memory_parts():
     estimate = loader.estimate_onnx_memory([{"name": "model", "file_bytes": 10 * MIB, "io_bytes": MIB}])
     parts = dict(estimate.parts)

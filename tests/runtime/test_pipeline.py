@@ -64,6 +64,42 @@ def test_batches_beyond_the_max_batch_match_single_images(caption_session, capti
     assert [h.tokens for h in batched] == [h.tokens for h in singles]
 
 
+class _Closing(object):
+    """A decoder session that records its close() (TensorRT's sessions free device buffers there)."""
+
+    def __init__(self, inner, closed):
+        self.inner, self.closed = inner, closed
+        self.topk, self.vocab_size = inner.topk, inner.vocab_size
+
+    def step(self, prev):
+        return self.inner.step(prev)
+
+    def step_topk(self, prev):
+        return self.inner.step_topk(prev)
+
+    def reorder(self, rows):
+        self.inner.reorder(rows)
+
+    def close(self):
+        self.closed.append(self)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_caption_closes_every_decoder_session_it_opens(caption_session, captioner_reference, monkeypatch, beam):
+    pipeline = caption_session.caption_pipeline()
+    opened, closed = [], []
+    make = pipeline.decoder_session
+
+    def decoder_session(encoded, rows=None):
+        opened.append(_Closing(make(encoded, rows), closed))
+        return opened[-1]
+
+    monkeypatch.setattr(pipeline, "decoder_session", decoder_session)
+    images = captioner_reference["task/images"][:2]
+    hypotheses = pipeline.caption(images, beam_size=beam)
+    assert len(hypotheses) == 2 and opened and closed == opened
+
+
 def test_host_and_bound_decoder_sessions_agree(caption_session, captioner_reference):
     from jetcap.runtime import decoding
     from jetcap.runtime.pipeline import OrtBoundDecoderSession

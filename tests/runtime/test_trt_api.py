@@ -86,6 +86,16 @@ def test_int8_parses_qdq_onnx():
     assert plan.flags == ["INT8"]
     plan = trt_api.build_plan(STRONGLY_TYPED, "int8", fast_fp16=True, fast_int8=True)
     assert (plan.onnx_variant, plan.flags, plan.strongly_typed) == ("int8", [], True)
+    # TensorRT 11 has no FP16 flag beside INT8: the float layers of the Q/DQ graph run as typed, in FP32
+    assert len(plan.warnings) == 1 and "FP32" in plan.warnings[0]
+
+
+def test_tactic_sources_mask():
+    default = 0b11011  # e.g. CUBLAS (0), CUBLAS_LT (1), CUDNN (3), EDGE_MASK_CONVOLUTIONS (4)
+    assert trt_api.tactic_sources_mask(default, [0, 1, 3], None) == default
+    assert trt_api.tactic_sources_mask(default, [0, 1, 3], False) == 0b10000
+    assert trt_api.tactic_sources_mask(0b10000, [0, 1, 3], True) == 0b11011
+    assert trt_api.tactic_sources_mask(default, [], False) == default  # a release without those sources
 
 
 def test_fp32_sets_no_flags():

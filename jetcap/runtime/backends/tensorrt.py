@@ -210,9 +210,15 @@ class CudaDevice(object):
             return tuple(self.cuda.mem_get_info())
 
     def release(self):
-        """Destroy the stream and drop this object's reference to the primary context."""
+        """Destroy the stream and drop this object's reference to the primary context.
+
+        pycuda releases a context only where it is current (from another thread than the one that
+        retained it, ``detach`` skips the release with nothing but a warning), so it is pushed first;
+        ``detach`` of the current context also pops it.
+        """
         with self.current():
             self.stream = None
+        self.context.push()
         self.context.detach()
 
 
@@ -249,16 +255,25 @@ class DeviceBuffer(object):
         if dtype is not None:
             self.dtype = np.dtype(dtype)
         if self.nbytes > self.capacity:
-            self.allocation.free()
-            self.capacity = self.nbytes
-            self.allocation = self.device.cuda.mem_alloc(self.capacity)
+            with self.device.current():
+                self.allocation.free()
+                self.capacity = self.nbytes
+                self.allocation = self.device.cuda.mem_alloc(self.capacity)
         return self
 
     def free(self):
-        """Release the allocation."""
-        if self.allocation is not None:
-            self.allocation.free()
-            self.allocation = None
+        """Release the allocation, with the device's context current: pycuda frees an allocation from a
+        thread where its context is not current only with a warning, leaving the memory allocated (a
+        request thread dropping a decoder session would leak its buffers on every request)."""
+        allocation, self.allocation = self.allocation, None
+        if allocation is not None:
+            with self.device.current():
+                allocation.free()
+
+    def __del__(self):
+        # a buffer dropped without free() (a decoder session nobody closed) is freed the same way
+        if getattr(self, "allocation", None) is not None:
+            self.free()
 
 
 class HostStaging(object):

@@ -142,11 +142,37 @@ def build_plan(generation, precision, fast_fp16=None, fast_int8=None, force=Fals
             return BuildPlan(precision, generation, "fp16", [], True, warnings)
         return BuildPlan(precision, generation, "fp32", ["FP16"], False, warnings)
     if strongly_typed:
+        warnings.append("a strongly typed INT8 build runs every layer outside the Q/DQ pairs in the graph's own "
+                        "float type, FP32 here (earlier releases also had the FP16 flag): compare its speed "
+                        "with the fp16 engine's (jetcap bench)")
         return BuildPlan(precision, generation, "int8", [], True, warnings)
     flags = ["INT8"]
     if fast_fp16 is not False:
         flags.append("FP16")
     return BuildPlan(precision, generation, "int8", flags, False, warnings)
+
+
+# The tactic sources that load a whole library into the process at run time: on by default before
+# TensorRT 8.5 (cuBLAS + cuDNN: about 400 MB of a Nano's shared RAM, jetcap.check.memory), off by default
+# since 10.  Names a release lacks are skipped.
+LIBRARY_TACTIC_SOURCES = ("CUBLAS", "CUBLAS_LT", "CUDNN")
+
+
+def tactic_sources_mask(mask, library_bits, libraries):
+    """The builder's tactic-source bit mask with the library sources on or off.
+
+    Args:
+        mask: the builder config's default mask (``IBuilderConfig.get_tactic_sources()``).
+        library_bits: the bit positions of :data:`LIBRARY_TACTIC_SOURCES` in this release.
+        libraries: True (on), False (off) or None (``mask`` unchanged: the release's default).
+    """
+    mask = int(mask)
+    if libraries is None:
+        return mask
+    bits = 0
+    for position in library_bits:
+        bits |= 1 << int(position)
+    return mask | bits if libraries else mask & ~bits
 
 
 def workspace_bytes(workspace_mb):
