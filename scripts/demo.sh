@@ -28,7 +28,7 @@ jetcap predict "$OUT/classifier" "$SAMPLES"/sequences/*.npy
 echo "== your model, as written: a Lightning captioner (2-layer nn.LSTM decoder) exported from its own code"
 echo "   with an adapter file, then captioned without torch (checkpoints built by tests/export/user_models)"
 REPOS=tests/export/user_models
-python "$REPOS/build_checkpoints.py" "$OUT/user" > /dev/null
+python "$REPOS/build_checkpoints.py" "$OUT/user" lightning > /dev/null
 jetcap export "$OUT/user/lightning/last.ckpt" --code-path "$REPOS/lightning_repo" --model lit_caption:CaptionNet \
   --adapter "$REPOS/lightning_repo/jetcap_adapter.py" --word-map "$OUT/user/lightning/vocab.json" --image-size 64 \
   --calibration-data "$OUT/user/calibration" --precision fp16 -o "$OUT/lightning" --force 2>&1 | grep -v "pre-flight:"

@@ -29,7 +29,8 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
 
     Prints IMAGE<TAB>CAPTION per image on stdout and the backend, precision and timing on stderr;
     --json prints per image {image, caption, tokens, score, backend, precision, latency_ms}.  Images are
-    preprocessed as the bundle's manifest says and batched up to the bundle's largest batch.
+    preprocessed as the bundle's manifest says and batched up to the bundle's largest batch (int8-cpu: one
+    image per call, so that no caption depends on its neighbours).
     Exit 0 on success, 2 on bad input (unreadable/oversized image, not a captioner bundle, too little memory).
     """
     from jetcap.errors import UsageError
@@ -52,6 +53,7 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
     with open_bundle(manifest, backend=backend, precision=precision, engine_cache=engine_cache,
                      max_memory_mb=max_memory_mb, log=log if verbose else None) as session:
         results, hypotheses = caption_images(session, batch, beam_size=beam, max_len=max_len)
+        image_batch = session.caption_pipeline().image_batch
     if as_json:
         echo_json(results)
     else:
@@ -66,5 +68,5 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
             log("attention map: " + path)
     total_ms = sum(r["latency_ms"] for r in results)
     log("{}: {} image(s) in batches of up to {}, {:.1f} ms per image (total {:.1f} ms, loading {:.2f} s)".format(
-        session.describe(), len(results), manifest.axes["batch"]["max"], total_ms / len(results), total_ms,
+        session.describe(), len(results), image_batch, total_ms / len(results), total_ms,
         session.load_seconds))

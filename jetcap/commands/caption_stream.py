@@ -27,7 +27,8 @@ from jetcap.commands.options import backend_option, log, max_memory_option, prec
                    "can have, at most 1536 MiB: the original Nano app's 2.5-GB-of-4 warning].")
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Write one JSON line per captioned frame: frame, timestamp (seconds into a file, wall time "
-                   "for a live source), caption, score, latency_ms; flushed per line.")
+                   "for a live source), caption, score, latency_ms, batch (frames captioned in the same call); "
+                   "flushed per line.")
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None, metavar="OUT.mp4|OUT.avi",
               help="Write the video with the current caption drawn on it (mp4v for .mp4, MJPG for .avi).")
 @click.option("--display", is_flag=True,

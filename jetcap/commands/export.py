@@ -23,8 +23,9 @@ from jetcap.commands.options import (
               help="Captioner input size (default: the checkpoint's); the profile's opt with --dynamic-image-size.")
 @click.option("--dynamic-image-size", is_flag=True,
               help="Captioner: encoder input height/width (and the feature-pixel axis num_pixels) dynamic over "
-                   "--min-image-size..--max-image-size; the runtime still resizes to --image-size.  Needs a "
-                   "captioner without adaptive pooling (grid none).")
+                   "--min-image-size..--max-image-size; the runtime still resizes to --image-size.  Needs jetcap's "
+                   "built-in captioner family without adaptive pooling (grid none); models from your own code "
+                   "export at one image size.")
 @click.option("--min-image-size", type=click.IntRange(min=1), default=None,
               help="Smallest square input side with --dynamic-image-size [default: max(32, image size / 2)].")
 @click.option("--max-image-size", type=click.IntRange(min=1), default=None,

@@ -83,8 +83,9 @@ def model_source_options(command):
                      help="Constructor arguments for --model: an object, or {part: object} "
                           "[default: the checkpoint's config / Lightning hyper_parameters]."),
         click.option("--adapter", type=click.Path(dir_okay=False), default=None, metavar="FILE.py",
-                     help="Captioner: a file saying how one decoder step of your model is wired "
-                          "(docs/EXPORT.md, 'Adapters') [default: the built-in Show-Attend-Tell adapter]."),
+                     help="Captioner: a file saying how one decoder step of your model is wired (docs/EXPORT.md, "
+                          "'Captioners: the decoder step and adapters') [default: the built-in Show-Attend-Tell "
+                          "adapter]."),
         click.option("--trust-pickle", is_flag=True,
                      help="Use the whole pickled modules in the checkpoint, with their own forward (executes code "
                           "from the file: only for files you trust)."),

@@ -89,6 +89,9 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
     extras = dict(task.manifest_extras(subject, config), **subject.manifest_extras())
     for warning in subject.warnings:
         log("warning: " + warning)
+    for note in source.notes:  # how the checkpoint was read: its warnings are the user's to see
+        if note.startswith("warning: "):
+            log(note)
     for check in subject.checks:
         log("check: {} - {}: {}".format(check["check"], check["status"], check["detail"]))
     timings: Dict[str, float] = {}

@@ -544,8 +544,14 @@ class ClassifierSubject(ExportSubject):
             self.note_value("input_size", first[1], "in-size of the first layer {}".format(first[0]))
         bound = positional_bound(self.model)
         found = first_stored(stored, MAX_LEN_KEYS)
-        if bound is not None:
-            self.note_value("max_len", bound[1], "length of the positional-encoding buffer {}".format(bound[0]))
+        if bound is not None and max_len is not None and int(max_len) > bound[1]:
+            raise UsageError("--max-len {} is beyond the model's positional encoding {} of {} frames".format(
+                max_len, bound[0], bound[1]), hint="pass --max-len {} or less".format(bound[1]))
+        if bound is not None and max_len is not None:
+            self.note_value("max_len", int(max_len), "--max-len (the positional encoding {} holds {})".format(
+                bound[0], bound[1]))
+        elif bound is not None:
+            self.note_value("max_len", bound[1], "length of the positional-encoding table {}".format(bound[0]))
         elif found is not None and isinstance(found[1], int):
             self.note_value("max_len", int(found[1]), "checkpoint config {!r}".format(found[0]))
         elif max_len is not None:
@@ -682,9 +688,14 @@ def first_layer_input(model) -> Optional[Tuple[str, int]]:
 
 
 def positional_bound(model) -> Optional[Tuple[str, int]]:
-    """``(buffer name, length)`` of a positional-encoding buffer (``pe``/``pos``...) bounding T."""
-    for name, buffer in model.named_buffers():
+    """``(name, length)`` of a positional-encoding table bounding T: a buffer (sinusoidal ``pe``) or a
+    learned parameter (``pos``, ``pos_embedding``, ...) of at least two dimensions; an ``nn.Embedding``
+    of positions counts by its weight's name."""
+    tables = list(model.named_buffers()) + list(model.named_parameters())
+    for name, buffer in tables:
         leaf = name.rsplit(".", 1)[-1].lower()
+        if leaf == "weight" and "." in name:  # nn.Embedding(max_len, dim) named pos_embedding, positions...
+            leaf = name.rsplit(".", 2)[-2].lower()
         if buffer.dim() >= 2 and ("pe" == leaf or leaf.startswith("pos") or "positional" in name.lower()):
             dims = [int(d) for d in buffer.shape[:-1] if int(d) > 1]
             if dims:

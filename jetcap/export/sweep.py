@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from jetcap.errors import UsageError
 from jetcap.models.registry import GraphSpec, Tolerance
 from jetcap.util.lazy import require
 
@@ -37,8 +38,15 @@ def real_batch(pool: Dict[str, np.ndarray], spec: GraphSpec, case: Dict[str, int
 def torch_outputs(module, spec: GraphSpec, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Run the PyTorch graph module on a numpy feed."""
     torch = require("torch")
-    with torch.no_grad():
-        outs = module(*[torch.from_numpy(feed[n]) for n in spec.input_names])
+    try:
+        with torch.no_grad():
+            outs = module(*[torch.from_numpy(feed[n]) for n in spec.input_names])
+    except Exception as exc:  # the user's forward, at a shape of the exported range: one line, not a traceback
+        shapes = ", ".join("{} {}".format(n, tuple(feed[n].shape)) for n in spec.input_names)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UsageError("the model's forward fails on {}: {}: {}".format(shapes, type(exc).__name__, first),
+                         hint="a shape beyond what the model runs: export the range it does (--max-len, "
+                              "--max-batch, --image-size)") from None
     if not isinstance(outs, (tuple, list)):
         outs = (outs,)
     return {n: o.numpy() for n, o in zip(spec.output_names, outs)}

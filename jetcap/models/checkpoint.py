@@ -20,7 +20,8 @@ from torch import nn
 from jetcap.errors import CheckpointError, InsufficientMemoryError, UsageError
 from jetcap.models import registry
 from jetcap.models.checkpoint_file import RawCheckpoint, declared_size, read_checkpoint
-from jetcap.models.labels import LABEL_KEYS, check_label_count, labels_from_checkpoint, labels_from_file
+from jetcap.models.labels import (LABEL_KEYS, check_label_count, labels_from_checkpoint, labels_from_file,
+                                 side_labels_warning)
 from jetcap.models.registry import ModelFamily
 from jetcap.models.state_dict import (
     FitReport, compare, dequantize, extract_state_dict, fold_pruning, low_precision_count, non_tensor_entries,
@@ -402,6 +403,13 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
         labels_path = _resolve(labels, base)
         labels_list = labels_from_file(labels_path)
         check_label_count(labels_list, config.get("num_classes"), "labels file {}".format(labels_path))
+        try:
+            found_labels = _first_found(labels_from_checkpoint, extracted.entries)
+        except UsageError:  # an entry jetcap cannot read: the side file is what the user gives instead
+            found_labels = None
+        warning = side_labels_warning(labels_list, found_labels, "--labels {}".format(labels_path))
+        if warning:
+            notes.append(warning)
         layout.append("labels file")
     elif wants_labels:
         found_labels = _first_found(labels_from_checkpoint, extracted.entries)

@@ -195,6 +195,18 @@ def labels_from_checkpoint(entries: Mapping[str, Any]) -> Optional[tuple]:
     return None
 
 
+def side_labels_warning(side: Sequence[str], found: Optional[tuple], side_name: str) -> Optional[str]:
+    """The warning (a ``"warning: "`` note, which export prints) when a side file's class names ``side``
+    contradict the checkpoint's own ``found`` (``(labels, key)`` of :func:`labels_from_checkpoint`, None
+    when it has none): the side file wins, as asked, but if it is the wrong file every answer is printed
+    under another class's name.  None when they agree."""
+    if found is None or list(found[0]) == list(side):
+        return None
+    return ("warning: {} names the classes otherwise than the checkpoint does ({}: {}...); the file's names are "
+            "used: leave out --labels for the checkpoint's own, in their training order".format(
+                side_name, found[1], ", ".join(str(x) for x in list(found[0])[:4])))
+
+
 def labels_from_file(path: Path) -> List[str]:
     """Class names from a side file: JSON (list or map), ``.pkl``/``.pickle`` (LabelEncoder, list, map,
     read with the restricted unpickler), ``.npy`` (array of names, no pickle) or text (one per line)."""

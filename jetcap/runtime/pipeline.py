@@ -8,7 +8,7 @@ import contextlib
 
 import numpy as np
 
-from jetcap.errors import BundleError, UsageError
+from jetcap.errors import UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
 from jetcap.runtime.decoder_protocol import DecoderProtocol
@@ -236,8 +236,12 @@ class ClassifierPipeline(object):
         sequence = self.check(sequence, name)
         logits = self.runner.infer({"sequence": sequence[None]})["logits"]
         if not np.all(np.isfinite(logits)):
-            raise BundleError("the bundle's classifier produced logits that are not finite numbers (NaN or "
-                              "infinite) for {}: a broken graph".format(name))
+            # a model may have no answer for some inputs (one that masks all-zero frames, given nothing
+            # else): refused for this input only; a broken graph fails the server's warm-up on the bundle's
+            # own reference input, and validate
+            raise UsageError("the classifier's logits for {} are not finite numbers (NaN or infinite): the model "
+                             "has no answer for this input (e.g. a clip whose every frame it masks out), or its "
+                             "graph is broken (jetcap validate)".format(name))
         return softmax(logits)[0]
 
     def predict(self, sequence, name="sequence"):

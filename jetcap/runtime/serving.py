@@ -405,8 +405,8 @@ class ModelState(object):
             self.caption(self.prepare(warmup_image(self.manifest.preprocessing), self.options.timeout),
                          self.default_beam(), self.default_max_len())
         else:
-            length = max(self.pipeline.min_len, min(self.pipeline.max_len, int(self.manifest.axes["T"]["opt"])))
-            self.predict(np.zeros((length, self.pipeline.width), dtype=np.float32).tolist())
+            self.predict(warmup_sequence(self.manifest, self.pipeline.min_len, self.pipeline.max_len,
+                                         self.pipeline.width).tolist())
 
     def default_beam(self):
         """The bundle's decoding beam size (1 when it has none), as ``jetcap caption`` uses it."""
@@ -528,6 +528,24 @@ def warmup_image(preprocessing):
     buffer = io.BytesIO()
     Image.new("RGB", (int(width), int(height)), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def warmup_sequence(manifest, min_len, max_len, width):
+    """The sequence the classifier's warm-up request sends: one of the bundle's own reference inputs (a
+    sequence the export checked against the user's PyTorch model), the one nearest the profile's opt length
+    within ``min_len..max_len``; without reference data, seeded noise.  Never all zeros: a model that masks
+    all-zero frames (missing hands) may well answer NaN for a clip of nothing but those, and a warm-up
+    that fails leaves the server unready for good."""
+    opt = max(min_len, min(max_len, int(manifest.axes["T"]["opt"])))
+    path = manifest.reference_path()
+    if path is not None:
+        with np.load(path, allow_pickle=False) as reference:
+            found = [reference[name][0] for name in reference.files
+                     if name.endswith("/in/sequence") and reference[name].ndim == 3]
+        found = [array for array in found if min_len <= array.shape[0] <= max_len and array.shape[1] == width]
+        if found:
+            return np.asarray(min(found, key=lambda array: abs(array.shape[0] - opt)), dtype=np.float32)
+    return np.random.RandomState(0).uniform(-1.0, 1.0, (opt, width)).astype(np.float32)
 
 
 def open_encoded(data, max_pixels):

@@ -1,8 +1,8 @@
 """Train the sample models that jetcap ships (needs torch and torchvision).
 
-    python -m jetcap.samples.train captioner  [--minutes 15] [--out PATH] [--seed 0] [--steps N]
-    python -m jetcap.samples.train classifier [--minutes 10] [--out PATH] [--seed 0] [--steps N]
-    python -m jetcap.samples.train samples    # (re)write the sample images/sequences/samples.json
+    python -m jetcap.samples.train captioner  [--minutes 60] [--out PATH] [--seed 0] [--steps N]
+    python -m jetcap.samples.train classifier [--minutes 30] [--out PATH] [--seed 0] [--steps N]
+    python -m jetcap.samples.train samples    [--out DIR]  # (re)write the sample images/sequences/samples.json
 
 Both models are built through the model registry, trained on data generated on the fly
 (:mod:`jetcap.samples.shapes`, :mod:`jetcap.samples.gestures`) with a fixed, seeded step schedule
@@ -374,12 +374,20 @@ def write_samples(directory: Optional[str] = None) -> Dict[str, Any]:
 
 # -- command line -------------------------------------------------------------------------------------
 
+# Wall-clock safety limits of the command line (captioner, classifier), minutes: well above a run's length
+# (the seed-0 captioner measured 16.5 minutes on a 2-core machine, docs/SAMPLES.md), since a run the clock
+# stops is not reproducible.
+SAFETY_MINUTES = (60.0, 30.0)
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m jetcap.samples.train``."""
     parser = argparse.ArgumentParser(prog="python -m jetcap.samples.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=["captioner", "classifier", "samples"])
-    parser.add_argument("--minutes", type=float, default=None, help="wall-clock limit (captioner 15, classifier 10)")
-    parser.add_argument("--out", default=None, help="checkpoint path (default: the shipped one)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="wall-clock safety limit (captioner {:g}, classifier {:g}); a run it stops is not "
+                             "reproducible".format(*SAFETY_MINUTES))
+    parser.add_argument("--out", default=None,
+                        help="checkpoint path (default: the shipped one); for samples, the folder to write")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--steps", type=int, default=None, help="length of the step schedule")
     args = parser.parse_args(argv)
@@ -387,11 +395,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.steps is not None:
         options["steps"] = args.steps
     if args.model == "captioner":
-        metrics = train_captioner(minutes=15.0 if args.minutes is None else args.minutes, **options)
+        metrics = train_captioner(minutes=SAFETY_MINUTES[0] if args.minutes is None else args.minutes, **options)
     elif args.model == "classifier":
-        metrics = train_classifier(minutes=10.0 if args.minutes is None else args.minutes, **options)
+        metrics = train_classifier(minutes=SAFETY_MINUTES[1] if args.minutes is None else args.minutes, **options)
     else:
-        metrics = write_samples()
+        if args.minutes is not None or args.steps is not None or args.seed != 0:
+            parser.error("samples takes only --out (its inputs come from the fixed sample seed)")
+        metrics = write_samples(args.out)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 

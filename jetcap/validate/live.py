@@ -46,6 +46,7 @@ def load_reference_subject(manifest, checkpoint, checkpoint_options):
         checkpoint=checkpoint, family=manifest.family, models=dict(options.get("models") or {}),
         model_args=options.get("model_args"), trust_pickle=bool(options.get("trust_pickle")),
         code_path=options.get("code_path"), word_map=options.get("word_map"), labels=options.get("labels")))
+    _same_names(manifest, source)
     if is_builtin(source):
         loaded = source.builtin
         for key in ("vocab_size", "decoder_dim", "num_classes", "input_size", "hidden_size"):
@@ -56,6 +57,25 @@ def load_reference_subject(manifest, checkpoint, checkpoint_options):
     if manifest.family == "captioner" and source.vocab is None:
         source.vocab = manifest.vocabulary()
     return make_subject(source, _subject_options(manifest, options))
+
+
+def _same_names(manifest, source):
+    """ValidationFailed when the checkpoint (or the --labels / --word-map given with it) names its classes
+    or words otherwise than the bundle does: the same logits would then be printed as other signs."""
+    if manifest.family == "classifier":
+        ours, theirs, what = manifest.labels, source.labels, "class names"
+    else:
+        ours = manifest.vocabulary().itos
+        theirs, what = (source.vocab.itos if source.vocab is not None else None), "vocabulary"
+    if theirs is None or ours is None or list(theirs) == list(ours):
+        return
+    if len(theirs) != len(ours):
+        detail = "{} in the bundle, {} in the checkpoint".format(len(ours), len(theirs))
+    else:
+        index = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        detail = "id {} is {!r} in the bundle, {!r} in the checkpoint".format(index, ours[index], theirs[index])
+    raise ValidationFailed("the bundle's {} are not the checkpoint's ({}): the bundle would name its answers "
+                           "wrongly".format(what, detail))
 
 
 def _same_graphs(manifest, subject):

@@ -108,3 +108,90 @@ def test_max_len_overrides_the_built_in_captioners_own(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["decoding"]["max_len"] == 5 and manifest["config_sources"]["max_len"] == "--max-len"
+
+
+USER_CLASSIFIERS = '''
+import torch
+from torch import nn
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 16, 8) * 0.1)  # a learned table: 16 frames at most
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head((x + self.pos[:, : x.shape[1]]).mean(1))
+
+
+class HiddenLimit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.linspace(0, 1, 20)[:, None]  # not a buffer: nothing tells jetcap of 20 frames
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head((x * self.table[: x.shape[1]]).mean(1))
+'''
+
+
+@pytest.fixture(scope="module")
+def user_classifiers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user_classifiers")
+    (root / "slr_models.py").write_text(USER_CLASSIFIERS)
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module("slr_models")
+        for name in ("LearnedPositions", "HiddenLimit"):
+            torch.manual_seed(0)
+            torch.save(getattr(module, name)().state_dict(), str(root / (name + ".pt")))
+    finally:
+        sys.path.remove(str(root))
+        sys.modules.pop("slr_models", None)
+    return root
+
+
+def test_a_learned_positional_table_bounds_max_len(user_classifiers, tmp_path):
+    base = ["export", str(user_classifiers / "LearnedPositions.pt"), "--code-path", str(user_classifiers),
+            "--model", "slr_models:LearnedPositions", "--input-size", "8"]
+    result = run(base + ["-o", str(tmp_path / "long"), "--max-len", "32"])
+    assert result.exit_code == 2 and "beyond the model's positional encoding pos of 16 frames" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "long").exists()
+    result = run(base + ["-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["max"] == 16
+
+
+def test_a_forward_failing_inside_the_range_is_one_line(user_classifiers, tmp_path):
+    result = run(["export", str(user_classifiers / "HiddenLimit.pt"), "--code-path", str(user_classifiers),
+                  "--model", "slr_models:HiddenLimit", "--input-size", "8", "--max-len", "32",
+                  "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert "the model's forward fails on sequence (" in result.output and "--max-len" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "b").exists()
+
+
+def test_labels_that_contradict_the_checkpoint_warn_at_export_and_fail_validate(tmp_path, classifier_bundle):
+    ckpt = torch.load(str(samples.classifier_checkpoint()), weights_only=True)
+    shuffled = list(reversed(ckpt["classes"]))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(shuffled))
+    result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / "b"), "--labels", str(labels)])
+    assert result.exit_code == 0, result.output  # the file wins, as asked, and export says so
+    assert "warning: --labels {} names the classes otherwise than the checkpoint does".format(labels) in \
+        result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["labels"] == shuffled
+    assert any("otherwise than the checkpoint" in n for n in manifest["export"]["notes"])
+    # the checkpoint of another training run, its classes in another order: the bundle would misname every sign
+    ckpt["classes"] = shuffled
+    other = tmp_path / "other_run.pt"
+    torch.save(ckpt, str(other))
+    result = run(["validate", str(classifier_bundle), "--checkpoint", str(other), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 1, result.output
+    assert "class names are not the checkpoint's (id 0 is 'wave' in the bundle, 'point' in the checkpoint)" in \
+        result.output

@@ -43,8 +43,10 @@ def test_validate_caption_predict_cli(cpu8_bundles):
                                  "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
     image = sorted(Path(samples.__file__).parent.joinpath("data", "images").glob("*.png"))[0]
-    result = runner.invoke(cli, ["caption", str(cpu8_bundles["captioner"]), str(image), "--precision", "int8-cpu"])
+    result = runner.invoke(cli, ["caption", str(cpu8_bundles["captioner"]), str(image), str(image),
+                                 "--precision", "int8-cpu"])
     assert result.exit_code == 0, result.output
+    assert "2 image(s) in batches of up to 1," in result.stderr, result.stderr  # what it runs, not the manifest's max batch
     seq = sorted(Path(samples.__file__).parent.joinpath("data", "sequences").glob("*.npy"))[0]
     result = runner.invoke(cli, ["predict", str(cpu8_bundles["classifier"]), str(seq), "--precision", "int8-cpu"])
     assert result.exit_code == 0, result.output

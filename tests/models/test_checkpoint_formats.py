@@ -99,6 +99,10 @@ def test_side_label_encoder_pickle_overrides_the_checkpoint(tmp_path, classifier
     loaded = load_checkpoint("ckpt.pt", labels="encoder.pkl", base_dir=tmp_path)
     assert loaded.labels == ["x", "y", "z"]
     assert loaded.path == path
+    assert [n for n in loaded.notes if n.startswith("warning: ")] == [
+        "warning: --labels {} names the classes otherwise than the checkpoint does (classes: {}...); the file's "
+        "names are used: leave out --labels for the checkpoint's own, in their training order".format(
+            tmp_path / "encoder.pkl", ", ".join(CLASSES[:4]))]
 
 
 def test_encoder_decoder_entries_with_word_map_and_config(tmp_path, captioner_ref, images):

@@ -229,15 +229,21 @@ def test_graph_files_that_are_not_the_manifests_graphs_are_refused_at_load(capti
         open_bundle(truncated, backend="onnxruntime").close()
 
 
-def _nan_classifier(path, width, classes):
-    """An ONNX classifier whose logits are NaN whatever the input (a broken graph)."""
+def _nan_classifier(path, width, classes, zeros_only=False):
+    """An ONNX classifier whose logits are NaN whatever the input (a broken graph), or with ``zeros_only``
+    for an all-zero clip only (0/0: a model normalising by what it sees, with nothing to see)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("ReduceSum", ["sequence", "axis1"], ["summed"], keepdims=0),
-             helper.make_node("Slice", ["summed", "zero", "classes", "axis1"], ["first"]),
-             helper.make_node("Mul", ["first", "nan"], ["logits"])]
+             helper.make_node("Slice", ["summed", "zero", "classes", "axis1"], ["first"])]
+    if zeros_only:
+        nodes += [helper.make_node("Abs", ["first"], ["magnitude"]),
+                  helper.make_node("ReduceSum", ["magnitude", "axis1"], ["norm"], keepdims=1),
+                  helper.make_node("Div", ["first", "norm"], ["logits"])]
+    else:
+        nodes.append(helper.make_node("Mul", ["first", "nan"], ["logits"]))
     inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
              numpy_helper.from_array(np.array([0], np.int64), "zero"),
              numpy_helper.from_array(np.array([classes], np.int64), "classes"),
@@ -272,6 +278,37 @@ def test_nan_results_are_an_error_not_an_answer(classifier_bundle, captioner_bun
         height, width = session.manifest.preprocessing["image_size"]
         with pytest.raises(BundleError, match="produced a nan score"):
             session.caption_pipeline().caption(np.full((2, 3, height, width), np.nan, np.float32))
+
+
+def test_a_classifier_without_an_answer_for_some_inputs_still_serves(classifier_bundle, tmp_path):
+    # a model that masks all-zero frames (missing hands) answers NaN for a clip of nothing else: that
+    # request is refused, the server warms up on the bundle's own reference input and stays ready
+    import io
+
+    import numpy as np
+
+    from jetcap.errors import UsageError
+    from jetcap.runtime.serving import JsonLog, ModelState
+    from jetcap.serve.options import ServeOptions
+
+    bundle = _copy(classifier_bundle, tmp_path, "zeros")
+    manifest = Manifest.load(bundle)
+    width = int(manifest.config["input_size"])
+    _edit(bundle, lambda d: d["graphs"]["model"].update(outputs=[t for t in d["graphs"]["model"]["outputs"]
+                                                                if t["name"] == "logits"]))
+    _nan_classifier(bundle / "model.onnx", width, len(manifest.labels), zeros_only=True)
+    _rehash(bundle)
+    model = ModelState(bundle, ServeOptions(port=0, precision="fp32"), JsonLog(io.StringIO()))
+    model.load()
+    try:
+        assert model.ready, model.reason
+        length = int(manifest.axes["T"]["opt"])
+        with pytest.raises(UsageError, match="not finite numbers.*no answer for this input"):
+            model.predict(np.zeros((length, width)).tolist())
+        assert model.predict(np.ones((length, width)).tolist())["label"] in manifest.labels
+        assert model.ready
+    finally:
+        model.close()
 
 
 def test_validate_fails_a_reference_that_lost_arrays(captioner_bundle, tmp_path):

@@ -1,6 +1,6 @@
 """Save checkpoints exactly the way the four repositories save them (run as a script, like training).
 
-    python build_checkpoints.py OUT_DIR
+    python build_checkpoints.py OUT_DIR [NAME ...]   # NAME: sat_relu, sat_tanh, lightning, signlang (default all)
 
 Writes: sat_relu/BEST_checkpoint.pth.tar (whole pickled encoder/decoder + optimizer) and
 sat_relu/WORDMAP.json; sat_tanh/model.pth ({'encoder': state_dict, 'decoder': state_dict}) and
@@ -175,9 +175,15 @@ def signlang(out):
 
 
 if __name__ == "__main__":
+    # build_checkpoints.py OUT [NAME ...]: every repository's checkpoint, or only those named
     root = os.path.abspath(sys.argv[1])  # the signlang script runs in its own folder
-    for name, build in (("sat_relu", sat_relu), ("sat_tanh", sat_tanh), ("lightning", lightning),
-                        ("signlang", signlang)):
+    builders = (("sat_relu", sat_relu), ("sat_tanh", sat_tanh), ("lightning", lightning), ("signlang", signlang))
+    unknown = set(sys.argv[2:]) - set(name for name, _ in builders)
+    if unknown:
+        sys.exit("unknown repositories {} (of {})".format(sorted(unknown), [name for name, _ in builders]))
+    for name, build in builders:
+        if sys.argv[2:] and name not in sys.argv[2:]:
+            continue
         folder = os.path.join(root, name)
         os.makedirs(folder, exist_ok=True)
         build(folder)
