@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -108,7 +108,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             with subject.export_context(spec.name):
                 export_graph(subject.graph_module(spec.name), spec, example, path, opts.opset, opts.exporter, axes)
             notes += tidy_graph(path, spec, simplify=opts.simplify)
-            _check_dynamic_axes(path, spec)
+            _check_dynamic_axes(path, spec, axes)
             files["fp32"][spec.name] = path
             timings["export_" + spec.name] = time.monotonic() - t0
             log("exported {} in {:.1f} s".format(path.name, timings["export_" + spec.name]))
@@ -374,12 +374,20 @@ def _graph_cases(sweep: List[Dict[str, int]], spec) -> List[Tuple[int, Dict[str,
     return out
 
 
-def _check_dynamic_axes(path: Path, spec) -> None:
-    """ExportError when an axis the spec declares dynamic was frozen to a number in the file."""
+def _check_dynamic_axes(path: Path, spec, axes: Optional[Mapping[str, Mapping[str, int]]] = None) -> None:
+    """ExportError when an axis the spec declares dynamic was frozen to a number in the file (with
+    ``axes``, the message tells a model of one window length, min = max, from an exporter's freeze)."""
     actual = graph_io(path)
     for side, tensors in (("inputs", spec.inputs), ("outputs", spec.outputs)):
         for tensor, entry in zip(tensors, actual[side]):
             for axis, name in tensor.dynamic_axes.items():
+                only = (axes or {}).get(name) or {}
+                if only and only.get("min") == only.get("max") == entry["shape"][axis]:
+                    raise ExportError("the model runs one {} of {} only (--min-len = --max-len): jetcap's bundles "
+                                      "keep {} dynamic, and a graph of one window is not supported".format(
+                                          name, entry["shape"][axis], name),
+                                      hint="export a forward that accepts other lengths (pad or crop clips to the "
+                                           "window in your pipeline before it)")
                 if isinstance(entry["shape"][axis], int) and entry["shape"][axis] > 0:
                     raise ExportError("the exporter froze dynamic axis {!r} of {} to {}".format(
                         name, tensor.name, entry["shape"][axis]), hint="export with batch >= 2 / another exporter")

@@ -517,8 +517,13 @@ class ClassifierSubject(ExportSubject):
     """A sequence classifier as the user's forward computes it: ``(batch, T, F)`` in."""
 
     def __init__(self, source: ModelSource, output: Optional[str] = None, input_size: Optional[int] = None,
-                 max_len: Optional[int] = None, seed: int = 0):
+                 max_len: Optional[int] = None, seed: int = 0, min_len: Optional[int] = None):
         super().__init__(source=source, family="classifier")
+        if max_len is not None and int(max_len) < 1:
+            raise UsageError("--max-len must be at least 1, got {}".format(max_len))
+        if min_len is not None and not 1 <= int(min_len) <= int(max_len or min_len):
+            raise UsageError("--min-len must be between 1 and the max length, got {}".format(min_len))
+        self.min_len_given = int(min_len) if min_len is not None else None
         model = source.model
         if isinstance(model, Mapping):
             if len(model) != 1:
@@ -528,6 +533,12 @@ class ClassifierSubject(ExportSubject):
         self.int8_keep_float = ()
         self._configure(input_size, max_len)
         self._probe(output, seed)
+        optional = optional_forward_arguments(model)
+        if optional:
+            self.warnings.append(
+                "the graph runs forward(x) with its optional argument(s) {} left at the default: give predict and "
+                "/predict each clip unpadded, its own T frames (padding frames would count as frames, where your "
+                "pipeline may pass the true lengths)".format(", ".join(optional)))
 
     def _configure(self, input_size, max_len) -> None:
         stored = self.source.stored
@@ -568,20 +579,24 @@ class ClassifierSubject(ExportSubject):
 
     def _probe(self, output: Optional[str], seed: int) -> None:
         high = int(self.config["max_len"])
-        t1 = max(4, min(high, 12))
-        t2 = t1 - 1 if t1 + 5 > high else t1 + 5
+        low = self.min_len_given or 1
+        t1 = max(low, min(high, 12) if low <= 12 else low)
+        # two lengths tell the T axis from fixed ones; a model of one length (--min-len = --max-len) gets one
+        t2 = t1 + 5 if t1 + 5 <= high else max(low, t1 - 1)
         try:
             out1, out2 = self._run(2, t1, seed), self._run(3, t2, seed + 1)
         except Exception as exc:  # the user's forward: one line
             raise UsageError("running the classifier's forward on (batch, T, {}) input failed: {}: {}".format(
                 self.config["input_size"], type(exc).__name__, _first_line(exc)),
-                hint="pass --input-size F if the feature count is wrong") from None
+                hint="pass --input-size F if the feature count is wrong, or --min-len/--max-len for the "
+                     "lengths it runs (tried T = {} and {})".format(t1, t2)) from None
         self.config["probe_len"] = t1
         shapes: Dict[str, Tuple[Any, ...]] = {}
         for (name, a), (_, b) in zip(out1, out2):
             dims: List[Any] = []
             for x, y in zip(a.shape, b.shape):
-                dims.append(int(x) if x == y else "batch" if (x, y) == (2, 3) else "T" if (x, y) == (t1, t2) else None)
+                dims.append(int(x) if x == y and not (t1 == t2 == x) else "batch" if (x, y) == (2, 3) else
+                            "T" if (x, y) == (t1, t2) else None)
             if a.dim() == b.dim() and None not in dims and "batch" in dims:
                 shapes[name] = tuple(dims)
         names = [n for n, _ in out1]
@@ -626,7 +641,15 @@ class ClassifierSubject(ExportSubject):
         return key
 
     def min_len_probe(self) -> None:
-        """The shortest T the forward accepts (convolutions/pooling may need a few frames)."""
+        """The shortest T the forward accepts (convolutions/pooling may need a few frames), from --min-len on."""
+        if self.min_len_given is not None:
+            try:
+                self._run(1, self.min_len_given)
+            except Exception as exc:  # the user's forward: one line
+                raise UsageError("the classifier's forward fails at --min-len {}: {}: {}".format(
+                    self.min_len_given, type(exc).__name__, _first_line(exc))) from None
+            self.note_value("min_len", self.min_len_given, "--min-len")
+            return
         for length in range(1, min(17, int(self.config["max_len"]) + 1)):
             try:
                 self._run(1, length)
@@ -685,6 +708,19 @@ def first_layer_input(model) -> Optional[Tuple[str, int]]:
         if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
             return name, int(module.input_size)
     return None
+
+
+def optional_forward_arguments(model) -> List[str]:
+    """Names of ``model.forward``'s arguments after the input that have defaults (``lengths=None``,
+    ``mask=None``): the exported graph takes the input alone, so they keep those defaults."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward inspect cannot read (a C extension): nothing to say
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters[1:] if p.kind in kinds and p.default is not inspect.Parameter.empty]
 
 
 def positional_bound(model) -> Optional[Tuple[str, int]]:
@@ -799,7 +835,7 @@ def make_subject(source: ModelSource, opts) -> ExportSubject:
             raise UsageError("--adapter describes a captioner's decoder step; this is a classifier")
         low, _, high = opts.seq_len
         classifier = ClassifierSubject(source, output=opts.output, input_size=opts.input_size, max_len=high,
-                                       seed=opts.seed)
+                                       seed=opts.seed, min_len=low)
         classifier.patch_plans  # noqa: B018 -- plan and prove the patches now, so their checks are logged
         return classifier
     if opts.output is not None:

@@ -376,11 +376,8 @@ class ClassifierExport(FamilyExport):
             paths = list_inputs(opts.calibration_data, SEQUENCE_SUFFIXES, limit)
         width = int(config["input_size"])
         if paths is not None:
-            seqs = [load_sequence(p) for p in paths]
-            for path, seq in zip(paths, seqs):
-                if seq.shape[1] != width:
-                    raise UsageError("{} has {} features per frame, the model expects {}".format(
-                        path, seq.shape[1], width))
+            # width: (T, hands, joints, xyz) files are flattened per frame, as predict and /predict do
+            seqs = [load_sequence(p, width=width) for p in paths]
         else:
             from jetcap import samples
             from jetcap.samples import gestures

@@ -40,7 +40,7 @@ def task_from_folder(manifest, opts):
     paths = list_inputs(opts.data, SEQUENCE_SUFFIXES, opts.samples)
     runners = open_onnxruntime(manifest, "fp32")
     pipeline = ClassifierPipeline(manifest, runners)
-    sequences = [pipeline.check(load_sequence(p), os.path.basename(p)) for p in paths]
+    sequences = [pipeline.check(load_sequence(p, width=pipeline.width), os.path.basename(p)) for p in paths]
     if opts.checkpoint:
         from jetcap.validate.live import load_reference_subject, torch_task_reference
 

@@ -125,6 +125,31 @@ class LearnedPositions(nn.Module):
         return self.head((x + self.pos[:, : x.shape[1]]).mean(1))
 
 
+class WithLengths(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, lengths=None):  # the training pipeline pads clips and passes their lengths
+        if lengths is not None:
+            mask = torch.arange(x.shape[1])[None, :, None] < lengths[:, None, None]
+            return self.head((x * mask).sum(1) / lengths[:, None])
+        return self.head(x.mean(1))
+
+
+class NeedsFrames(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 5)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # three conv + pool stages: 36 frames at the least
+        y = x.transpose(1, 2)
+        for _ in range(3):
+            y = nn.functional.max_pool1d(torch.relu(self.conv(y)), 2)
+        return self.head(y.mean(2))
+
+
 class HiddenLimit(nn.Module):
     def __init__(self):
         super().__init__()
@@ -146,7 +171,7 @@ def user_classifiers(tmp_path_factory):
     sys.path.insert(0, str(root))
     try:
         module = importlib.import_module("slr_models")
-        for name in ("LearnedPositions", "HiddenLimit"):
+        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames"):
             torch.manual_seed(0)
             torch.save(getattr(module, name)().state_dict(), str(root / (name + ".pt")))
     finally:
@@ -195,3 +220,43 @@ def test_labels_that_contradict_the_checkpoint_warn_at_export_and_fail_validate(
     assert result.exit_code == 1, result.output
     assert "class names are not the checkpoint's (id 0 is 'wave' in the bundle, 'point' in the checkpoint)" in \
         result.output
+
+
+def test_nested_keypoint_files_calibrate_and_validate_like_predict(tmp_path, classifier_bundle):
+    # (T, hands, joints, xyz) files, as MediaPipe pipelines save them: predict flattens them per frame, and
+    # so do export --calibration-data and validate --data
+    import numpy as np
+
+    folder = tmp_path / "nested"
+    folder.mkdir()
+    for i, path in enumerate(samples.sample_sequences()[:3]):
+        frames = np.load(str(path))
+        np.save(str(folder / "clip{}.npy".format(i)), frames.reshape(len(frames), 1, 21, 3))
+        (folder / "clip{}.json".format(i)).write_text(json.dumps(frames.reshape(len(frames), 1, 21, 3).tolist()))
+    result = run(["validate", str(classifier_bundle), "--data", str(folder), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 0, result.output
+    result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / "b"),
+                  "--calibration-data", str(folder), "--precision", "int8"])
+    assert result.exit_code in (0, 1), result.output  # the gate's verdict on 6 clips; never a shape refusal
+    assert "expected (T, F)" not in result.output and "Traceback" not in result.output
+
+
+def test_an_optional_forward_argument_left_at_its_default_is_said(user_classifiers, tmp_path):
+    result = run(["export", str(user_classifiers / "WithLengths.pt"), "--code-path", str(user_classifiers),
+                  "--model", "slr_models:WithLengths", "--input-size", "8", "--max-len", "32",
+                  "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "warning: the graph runs forward(x) with its optional argument(s) lengths left at the default" in \
+        result.output
+
+
+def test_min_len_sets_where_the_probe_starts(user_classifiers, tmp_path):
+    base = ["export", str(user_classifiers / "NeedsFrames.pt"), "--code-path", str(user_classifiers),
+            "--model", "slr_models:NeedsFrames", "--input-size", "8", "--max-len", "64"]
+    result = run(base + ["-o", str(tmp_path / "short")])
+    assert result.exit_code == 2 and "--min-len/--max-len" in result.output and "Traceback" not in result.output
+    result = run(base + ["--min-len", "40", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["min"] == 40
+    result = run(base + ["--max-len", "0", "-o", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "--max-len must be at least 1" in result.output
