@@ -101,6 +101,10 @@ def _load_npy(path, name, max_len, width):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
             raise UsageError("{} is not a readable sequence: .npy format version {}".format(name, version))
+        data_offset = handle.tell()
+    if os.path.getsize(path) < data_offset + _frame_size((1,) + tuple(shape)) * dtype.itemsize:
+        raise UsageError("{} is truncated: its header declares a {} array of {} that the file does not hold".format(
+            name, tuple(shape), dtype))
     if dtype.hasobject:
         raise UsageError("{} is not a readable sequence: it holds Python objects (pickles are never loaded)".format(
             name))
@@ -160,6 +164,9 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     try:
         array = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
+        if isinstance(array, (list, tuple)) and "inhomogeneous" in str(exc):
+            raise UsageError("{} has frames of different lengths: every frame needs the same number of "
+                             "values{}".format(name, "" if width is None else " ({})".format(width)))
         raise UsageError("{} is not numeric: {}".format(name, exc))
     if array.ndim > 2 and width is not None and _frame_size(array.shape) == width:
         array = array.reshape(array.shape[0], width)  # (T, hands, joints, xyz) -> (T, F), row-major

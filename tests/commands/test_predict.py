@@ -113,6 +113,11 @@ def bad_inputs(tmp_path, manifest, captioner_bundle):
     cases["ragged json"] = (None, text("ragged.json", "[[1, 2], [3]]"), "broken")
     cases["pickled npy"] = (None, npy("objects.npy", np.array([{"a": 1}], dtype=object)), "is not a readable sequence")
     cases["missing file"] = (None, tmp_path / "missing.npy", "sequence file not found")
+    whole = npy("whole.npy", np.zeros((frames, width), np.float32)).read_bytes()
+    (tmp_path / "truncated.npy").write_bytes(whole[:len(whole) // 2])  # a copy cut short
+    cases["truncated npy"] = (None, tmp_path / "truncated.npy", "is truncated: its header declares")
+    cases["uneven frames"] = (None, text("uneven.json", json.dumps([[0.0] * width, [0.0] * (width - 1)])),
+                              "has frames of different lengths")
     cases["captioner bundle"] = (captioner_bundle, samples.sample_sequences()[0],
                                  "is a captioner bundle, not a classifier")
     cases["not a bundle"] = (tmp_path, samples.sample_sequences()[0], "is it a jetcap bundle")
@@ -120,7 +125,7 @@ def bad_inputs(tmp_path, manifest, captioner_bundle):
 
 
 CASES = ["too long", "too short", "wrong width", "nan", "wrong rank", "not json", "ragged json", "pickled npy",
-         "missing file", "captioner bundle", "not a bundle"]
+         "missing file", "truncated npy", "uneven frames", "captioner bundle", "not a bundle"]
 
 
 @pytest.mark.parametrize("case", CASES)
