@@ -17,6 +17,9 @@ from jetcap.serve.parsing import (BODY_CHUNK, HttpError, content_length, int_opt
                                   parse_multipart, parse_predict_body, read_body, scrub)
 
 RETRY_AFTER_QUEUE = 1
+# bodies /predict refuses (415) rather than parse as JSON: a multipart form is never a sequence.  Other
+# types are read as JSON: curl -d sends application/x-www-form-urlencoded unless told otherwise
+FORM_TYPES = ("multipart/form-data",)
 RETRY_AFTER_MEMORY = 5
 RETRY_AFTER_LOADING = 2
 
@@ -135,7 +138,7 @@ class Endpoints(object):
             if family == "captioner":
                 fn = self._caption_job(handler, body, parse_qs(query))
             else:
-                fn = self._predict_job(body)
+                fn = self._predict_job(handler, body)
         except UsageError as exc:
             raise HttpError(400, "bad request", str(exc), body_read=True)
         try:
@@ -191,7 +194,11 @@ class Endpoints(object):
             raise HttpError(503, "busy", str(exc), {"Retry-After": RETRY_AFTER_QUEUE}, body_read=True)
         return lambda: model.caption(prepared, beam, max_len)
 
-    def _predict_job(self, body):
+    def _predict_job(self, handler, body):
+        content_type = parse_header_params(handler.headers.get("Content-Type") or "")[0]
+        if content_type in FORM_TYPES:  # a form is not a sequence: say so rather than read it as JSON
+            raise HttpError(415, "unsupported media type", "/predict takes the sequence as a JSON body "
+                            '(Content-Type: application/json), not {}'.format(content_type), body_read=True)
         sequence = parse_predict_body(body)
         model = self.model
         return lambda: model.predict(sequence)

@@ -109,8 +109,11 @@ def parse_predict_body(body):
     except UnicodeDecodeError:
         raise UsageError("the body is not UTF-8 JSON")
     data = parse_sequence_json(text, "the body")
+    if isinstance(data, list):  # the frames themselves, as jetcap predict reads a JSON file
+        return data
     if not isinstance(data, dict) or "sequence" not in data:
-        raise UsageError('expected a JSON object {"sequence": [[...], ...]} of frames x features')
+        raise UsageError('expected a JSON object {"sequence": [[...], ...]} of frames x features, or the list '
+                         'of frames itself')
     return data["sequence"]
 
 

@@ -249,6 +249,12 @@ def test_predict_on_a_classifier(servers, classifier_bundle):
         assert status == 200, result
         assert result["label"] in labels and set(result["probabilities"]) == set(labels)
         assert abs(sum(result["probabilities"].values()) - 1.0) < 1e-6 and result["latency_ms"] > 0
+        # the list of frames itself, as jetcap predict reads a JSON file: the same answer
+        status, _, bare = cls.request("POST", "/predict", json.dumps(sequence), {"Content-Type": "application/json"})
+        assert status == 200 and bare["label"] == result["label"] and bare["probabilities"] == result["probabilities"]
+    body, content_type = multipart({"sequence": json.dumps({"sequence": sequence})})
+    status, _, refused = cls.request("POST", "/predict", body, {"Content-Type": content_type})
+    assert status == 415 and "JSON body" in refused["detail"]
 
 
 def test_wrong_endpoint_path_and_method(servers):
