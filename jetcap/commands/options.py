@@ -104,7 +104,7 @@ def tsv_field(value):
 
 
 def checkpoint_options(checkpoint, models=(), model_args=None, adapter=None, trust_pickle=False, code_path=None,
-                       word_map=None):
+                       word_map=None, labels=None):
     """The ``--checkpoint`` model-source options of validate and bench as the library takes them (a dict);
     click.UsageError when they are given without ``--checkpoint``."""
     options = {}
@@ -120,7 +120,9 @@ def checkpoint_options(checkpoint, models=(), model_args=None, adapter=None, tru
         options["adapter"] = adapter
     if word_map:
         options["word_map"] = word_map
+    if labels:
+        options["labels"] = labels
     if options and not checkpoint:
-        raise click.UsageError("--model, --model-args, --adapter, --trust-pickle, --code-path and --word-map go "
-                               "with --checkpoint")
+        raise click.UsageError("--model, --model-args, --adapter, --trust-pickle, --code-path, --word-map and "
+                               "--labels go with --checkpoint")
     return options

@@ -48,14 +48,17 @@ def _tolerance_option(ctx, param, values):
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None, help="TensorRT engine cache.")
 @click.option("--word-map", type=click.Path(dir_okay=False), default=None,
               help="With --checkpoint: the captioner's word map, if the checkpoint lacks it [default: the bundle's].")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="With --checkpoint: the class-name file the bundle was exported with (export --labels), if "
+                   "it overrode the checkpoint's.")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write JUnit XML here.")
 @click.option("--target", default=None, metavar="DEVICE|VERSION",
               help="Device or TensorRT version of the TensorRT pre-flight [default: the bundle's export target].")
 @click.option("--no-check", is_flag=True, help="Skip the TensorRT pre-flight (jetcap check).")
 @model_source_options
 @json_option
-def command(bundle, backends, precisions, checkpoint, data, samples, seed, tolerances, engine_cache, word_map, junit,
-            target, no_check, models, model_args, adapter, trust_pickle, code_path, as_json):
+def command(bundle, backends, precisions, checkpoint, data, samples, seed, tolerances, engine_cache, word_map, labels,
+            junit, target, no_check, models, model_args, adapter, trust_pickle, code_path, as_json):
     """Compare BUNDLE's variants on each backend with PyTorch, tensor by tensor and caption by caption.
 
     With --checkpoint the PyTorch reference is recomputed from your model -- the same --model /
@@ -68,7 +71,7 @@ def command(bundle, backends, precisions, checkpoint, data, samples, seed, toler
 
     if junit:
         check_output_file(junit, "--junit", keep_out_of=[bundle])
-    options = checkpoint_options(checkpoint, models, model_args, adapter, trust_pickle, code_path, word_map)
+    options = checkpoint_options(checkpoint, models, model_args, adapter, trust_pickle, code_path, word_map, labels)
     opts = ValidateOptions(bundle, backends=list(backends) or "all", precisions=list(precisions) or "all",
                            checkpoint=checkpoint, data=data, samples=samples, tolerances=tolerances,
                            engine_cache=engine_cache, checkpoint_options=options, seed=seed, target=target,

@@ -595,8 +595,7 @@ class ClassifierSubject(ExportSubject):
         for (name, a), (_, b) in zip(out1, out2):
             dims: List[Any] = []
             for x, y in zip(a.shape, b.shape):
-                dims.append(int(x) if x == y and not (t1 == t2 == x) else "batch" if (x, y) == (2, 3) else
-                            "T" if (x, y) == (t1, t2) else None)
+                dims.append(int(x) if x == y else "batch" if (x, y) == (2, 3) else "T" if (x, y) == (t1, t2) else None)
             if a.dim() == b.dim() and None not in dims and "batch" in dims:
                 shapes[name] = tuple(dims)
         names = [n for n, _ in out1]
@@ -710,6 +709,16 @@ def first_layer_input(model) -> Optional[Tuple[str, int]]:
     return None
 
 
+POSITIONAL_NAMES = ("pe", "pos", "pos_emb", "pos_embed", "pos_embedding", "pos_embeddings", "pos_enc", "pos_encoding",
+                    "position_embedding", "position_embeddings", "positions", "position_encoding")
+
+
+def _positional_name(leaf: str) -> bool:
+    """Whether a parameter's or module's own name says it holds positions."""
+    leaf = leaf.lower()
+    return leaf in POSITIONAL_NAMES or "positional" in leaf
+
+
 def optional_forward_arguments(model) -> List[str]:
     """Names of ``model.forward``'s arguments after the input that have defaults (``lengths=None``,
     ``mask=None``): the exported graph takes the input alone, so they keep those defaults."""
@@ -724,13 +733,17 @@ def optional_forward_arguments(model) -> List[str]:
 
 
 def positional_bound(model) -> Optional[Tuple[str, int]]:
-    """``(name, length)`` of a positional-encoding table bounding T: a buffer (sinusoidal ``pe``) or a
-    learned parameter (``pos``, ``pos_embedding``, ...) of at least two dimensions; an ``nn.Embedding``
-    of positions counts by its weight's name."""
-    tables = list(model.named_buffers()) + list(model.named_parameters())
+    """``(name, length)`` of a positional-encoding table bounding T: a buffer (sinusoidal ``pe``,
+    ``pos...``, ``...positional...``), a learned parameter of such a name (``pos``, ``pos_embedding``,
+    ``positional_encoding``...; never ``pose_proj`` or ``post_fc``), or an ``nn.Embedding`` of positions."""
+    torch = require("torch")
+    tables = list(model.named_buffers())
+    tables += [(name, p) for name, p in model.named_parameters() if _positional_name(name.rsplit(".", 1)[-1])]
+    tables += [(name + ".weight", module.weight) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Embedding) and name and _positional_name(name.rsplit(".", 1)[-1])]
     for name, buffer in tables:
         leaf = name.rsplit(".", 1)[-1].lower()
-        if leaf == "weight" and "." in name:  # nn.Embedding(max_len, dim) named pos_embedding, positions...
+        if leaf == "weight":
             leaf = name.rsplit(".", 2)[-2].lower()
         if buffer.dim() >= 2 and ("pe" == leaf or leaf.startswith("pos") or "positional" in name.lower()):
             dims = [int(d) for d in buffer.shape[:-1] if int(d) > 1]

@@ -405,7 +405,7 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
         check_label_count(labels_list, config.get("num_classes"), "labels file {}".format(labels_path))
         try:
             found_labels = _first_found(labels_from_checkpoint, extracted.entries)
-        except UsageError:  # an entry jetcap cannot read: the side file is what the user gives instead
+        except (UsageError, CheckpointError):  # an entry jetcap cannot read: the side file replaces it
             found_labels = None
         warning = side_labels_warning(labels_list, found_labels, "--labels {}".format(labels_path))
         if warning:

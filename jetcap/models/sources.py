@@ -370,7 +370,7 @@ def _side_data(source: ModelSource, entries: Mapping[str, Any], opts: SourceOpti
         source.labels = labels_from_file(Path(opts.labels))
         try:
             found_labels = _checkpoint_labels(entries)
-        except UsageError:  # an entry jetcap cannot read: the side file is what the user gives instead
+        except (UsageError, CheckpointError):  # an entry jetcap cannot read: the side file replaces it
             found_labels = None
         warning = side_labels_warning(source.labels, found_labels, "--labels {}".format(opts.labels))
         if warning:

@@ -102,12 +102,12 @@ def _load_npy(path, name, max_len, width):
         else:
             raise UsageError("{} is not a readable sequence: .npy format version {}".format(name, version))
         data_offset = handle.tell()
-    if os.path.getsize(path) < data_offset + _frame_size((1,) + tuple(shape)) * dtype.itemsize:
-        raise UsageError("{} is truncated: its header declares a {} array of {} that the file does not hold".format(
-            name, tuple(shape), dtype))
     if dtype.hasobject:
         raise UsageError("{} is not a readable sequence: it holds Python objects (pickles are never loaded)".format(
             name))
+    if os.path.getsize(path) < data_offset + _frame_size((1,) + tuple(shape)) * dtype.itemsize:
+        raise UsageError("{} is truncated: its header declares a {} array of {} that the file does not hold".format(
+            name, tuple(shape), dtype))
     if dtype.kind not in "iuf":  # booleans are not coordinates (JSON true/false is refused too)
         raise UsageError("{} is not a readable sequence: it holds {} values, not numbers".format(name, dtype))
     if len(shape) > 2 and width is not None and _frame_size(shape) == width:

@@ -537,14 +537,18 @@ def warmup_sequence(manifest, min_len, max_len, width):
     all-zero frames (missing hands) may well answer NaN for a clip of nothing but those, and a warm-up
     that fails leaves the server unready for good."""
     opt = max(min_len, min(max_len, int(manifest.axes["T"]["opt"])))
-    path = manifest.reference_path()
-    if path is not None:
-        with np.load(path, allow_pickle=False) as reference:
-            found = [reference[name][0] for name in reference.files
-                     if name.endswith("/in/sequence") and reference[name].ndim == 3]
-        found = [array for array in found if min_len <= array.shape[0] <= max_len and array.shape[1] == width]
-        if found:
-            return np.asarray(min(found, key=lambda array: abs(array.shape[0] - opt)), dtype=np.float32)
+    found = []
+    try:
+        path = manifest.reference_path()
+        if path is not None:
+            with np.load(path, allow_pickle=False) as reference:
+                found = [reference[name][0] for name in reference.files
+                         if name.endswith("/in/sequence") and reference[name].ndim == 3]
+    except (JetcapError, OSError, ValueError, KeyError):  # reference data missing, changed or unreadable:
+        found = []  # predict never needs it, and the warm-up has the seeded noise below
+    found = [array for array in found if min_len <= array.shape[0] <= max_len and array.shape[1] == width]
+    if found:
+        return np.asarray(min(found, key=lambda array: abs(array.shape[0] - opt)), dtype=np.float32)
     return np.random.RandomState(0).uniform(-1.0, 1.0, (opt, width)).astype(np.float32)
 
 

@@ -19,7 +19,8 @@ def _subject_options(manifest, options):
         family=manifest.family, adapter=options.get("adapter"), output=config.get("logits_output"),
         input_size=config.get("input_size"), image_size=int(size[0]) if isinstance(size, list) else size,
         mean=preprocessing.get("mean") or config.get("mean"), std=preprocessing.get("std") or config.get("std"),
-        caption_max_len=manifest.decoding.get("max_len"), seq_len=(None, None, config.get("max_len")), seed=0,
+        caption_max_len=manifest.decoding.get("max_len"),
+        seq_len=(((manifest.axes.get("T") or {}).get("min")), None, config.get("max_len")), seed=0,
         dynamic_image_size=False)
 
 
@@ -75,7 +76,8 @@ def _same_names(manifest, source):
         index = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
         detail = "id {} is {!r} in the bundle, {!r} in the checkpoint".format(index, ours[index], theirs[index])
     raise ValidationFailed("the bundle's {} are not the checkpoint's ({}): the bundle would name its answers "
-                           "wrongly".format(what, detail))
+                           "wrongly".format(what, detail),
+                           hint="exported with --labels / --word-map? pass the same file to validate")
 
 
 def _same_graphs(manifest, subject):

@@ -150,6 +150,16 @@ class NeedsFrames(nn.Module):
         return self.head(y.mean(2))
 
 
+class PoseProjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pose_proj = nn.Linear(8, 6)  # "pos..." but no positional table
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.pose_proj(x).mean(1))
+
+
 class HiddenLimit(nn.Module):
     def __init__(self):
         super().__init__()
@@ -171,7 +181,7 @@ def user_classifiers(tmp_path_factory):
     sys.path.insert(0, str(root))
     try:
         module = importlib.import_module("slr_models")
-        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames"):
+        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames", "PoseProjection"):
             torch.manual_seed(0)
             torch.save(getattr(module, name)().state_dict(), str(root / (name + ".pt")))
     finally:
@@ -189,6 +199,14 @@ def test_a_learned_positional_table_bounds_max_len(user_classifiers, tmp_path):
     result = run(base + ["-o", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["max"] == 16
+
+
+def test_a_layer_named_pose_is_no_positional_table(user_classifiers, tmp_path):
+    result = run(["export", str(user_classifiers / "PoseProjection.pt"), "--code-path", str(user_classifiers),
+                  "--model", "slr_models:PoseProjection", "--input-size", "8", "--max-len", "64",
+                  "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["max"] == 64
 
 
 def test_a_forward_failing_inside_the_range_is_one_line(user_classifiers, tmp_path):
@@ -220,6 +238,10 @@ def test_labels_that_contradict_the_checkpoint_warn_at_export_and_fail_validate(
     assert result.exit_code == 1, result.output
     assert "class names are not the checkpoint's (id 0 is 'wave' in the bundle, 'point' in the checkpoint)" in \
         result.output
+    # a bundle exported with --labels validates when given the same file
+    result = run(["validate", str(tmp_path / "b"), "--checkpoint", str(samples.classifier_checkpoint()),
+                  "--labels", str(labels), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 0, result.output
 
 
 def test_nested_keypoint_files_calibrate_and_validate_like_predict(tmp_path, classifier_bundle):
@@ -258,5 +280,9 @@ def test_min_len_sets_where_the_probe_starts(user_classifiers, tmp_path):
     result = run(base + ["--min-len", "40", "-o", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["min"] == 40
+    result = run(["validate", str(tmp_path / "b"), "--checkpoint", str(user_classifiers / "NeedsFrames.pt"),
+                  "--code-path", str(user_classifiers), "--model", "slr_models:NeedsFrames", "--precision", "fp32",
+                  "--no-check"])
+    assert result.exit_code == 0, result.output  # validate probes from the bundle's shortest T, as export did
     result = run(base + ["--max-len", "0", "-o", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--max-len must be at least 1" in result.output

@@ -424,3 +424,12 @@ def test_label_encoder_with_numeric_classes(tmp_path, classifier_ref):
     path = save(tmp_path / "ckpt.pt", {"model_state_dict": classifier_ref.state_dict(), "num_heads": 2,
                                        "label_encoder": label_encoder_pickle(np.array([3, 5, 9]))})
     assert load_checkpoint(path).labels == ["3", "5", "9"]
+
+
+def test_labels_file_replaces_a_label_entry_jetcap_cannot_read(tmp_path, classifier_ref):
+    # ids with a gap cannot be read as class names: the side file is the way out, as the error says
+    (tmp_path / "six.json").write_text(json.dumps(["a", "b", "c", "d", "e", "f"][:len(CLASSES)]))
+    broken = dict((name, i if i < len(CLASSES) - 1 else i + 3) for i, name in enumerate(CLASSES))
+    save(tmp_path / "ckpt.pt", {"model_state_dict": classifier_ref.state_dict(), "num_heads": 2, "classes": broken})
+    loaded = load_checkpoint("ckpt.pt", labels="six.json", base_dir=tmp_path)
+    assert loaded.labels == ["a", "b", "c", "d", "e", "f"][:len(CLASSES)]

@@ -361,3 +361,18 @@ def test_a_manifest_that_links_outside_the_bundle_is_refused(classifier_bundle, 
     os.symlink(str(outside), str(bundle / "manifest.json"))
     with pytest.raises(BundleError, match="leads outside the bundle"):
         Manifest.load(bundle)
+
+
+def test_the_warm_up_sequence_needs_no_reference_data(classifier_bundle, tmp_path):
+    # predict never reads reference.npz: a server must not need it either (a seeded sequence instead)
+    from jetcap.runtime.serving import warmup_sequence
+
+    bundle = _copy(classifier_bundle, tmp_path, "noref")
+    manifest = Manifest.load(bundle)
+    width, axis = int(manifest.config["input_size"]), manifest.axes["T"]
+    from_reference = warmup_sequence(manifest, axis["min"], axis["max"], width)
+    (bundle / "reference.npz").unlink()
+    fallback = warmup_sequence(Manifest.load(bundle), axis["min"], axis["max"], width)
+    assert fallback.shape == (axis["opt"], width) and fallback.dtype.name == "float32" and fallback.any()
+    assert from_reference.shape[1] == width and not (from_reference.shape == fallback.shape and
+                                                     (from_reference == fallback).all())
