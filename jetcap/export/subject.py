@@ -599,7 +599,8 @@ class ClassifierSubject(ExportSubject):
             if a.dim() == b.dim() and None not in dims and "batch" in dims:
                 shapes[name] = tuple(dims)
         names = [n for n, _ in out1]
-        logits_key = self._pick_logits(output, names, shapes)
+        probed = dict((name, (tuple(a.shape), tuple(b.shape))) for (name, a), (_, b) in zip(out1, out2))
+        logits_key = self._pick_logits(output, names, shapes, probed)
         self.min_len_probe()
         picks = [("logits", logits_key)] + [(_safe_name(n), n) for n in names if n != logits_key and n in shapes]
         dropped = [n for n in names if n != logits_key and n not in shapes]
@@ -613,7 +614,8 @@ class ClassifierSubject(ExportSubject):
                                  tuple(TensorSpec(g, "float32", shapes[k]) for g, k in picks))]
         self._module = ClassifierGraphModule(self.model, picks).eval()
 
-    def _pick_logits(self, output: Optional[str], names: List[str], shapes: Dict[str, Tuple[Any, ...]]) -> str:
+    def _pick_logits(self, output: Optional[str], names: List[str], shapes: Dict[str, Tuple[Any, ...]],
+                     probed: Optional[Dict[str, Tuple[Any, Any]]] = None) -> str:
         if output is not None:
             key = output
             if output.lstrip("-").isdigit():
@@ -633,6 +635,13 @@ class ClassifierSubject(ExportSubject):
                 self.warnings.append("logits taken from forward output {!r} ({}); pass --output NAME|INDEX to choose "
                                      "another".format(key, where))
         shape = shapes.get(key)
+        if shape is None and probed and key in probed:
+            first, second = probed[key]
+            raise UsageError("forward output {!r} is not (batch, classes) logits: its shape is {} for a batch of 2 and "
+                             "{} for a batch of 3, so its axes do not follow the batch (a time-major forward, "
+                             "(T, batch, F)?)".format(key, first, second),
+                             hint="jetcap feeds classifiers (batch, T, F); wrap the model so that its forward takes "
+                                  "that, or pass --output NAME|INDEX")
         if shape is None or len(shape) != 2 or shape[0] != "batch" or not isinstance(shape[1], int):
             raise UsageError("forward output {!r} is not (batch, classes) logits (shape {})".format(key, shape),
                              hint="pass --output NAME|INDEX")

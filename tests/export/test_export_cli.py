@@ -160,6 +160,15 @@ class PoseProjection(nn.Module):
         return self.head(self.pose_proj(x).mean(1))
 
 
+class TimeMajor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # written for (T, batch, F), as nn.LSTM's default layout
+        return self.head(x.mean(0))
+
+
 class HiddenLimit(nn.Module):
     def __init__(self):
         super().__init__()
@@ -181,7 +190,7 @@ def user_classifiers(tmp_path_factory):
     sys.path.insert(0, str(root))
     try:
         module = importlib.import_module("slr_models")
-        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames", "PoseProjection"):
+        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames", "PoseProjection", "TimeMajor"):
             torch.manual_seed(0)
             torch.save(getattr(module, name)().state_dict(), str(root / (name + ".pt")))
     finally:
@@ -286,3 +295,10 @@ def test_min_len_sets_where_the_probe_starts(user_classifiers, tmp_path):
     assert result.exit_code == 0, result.output  # validate probes from the bundle's shortest T, as export did
     result = run(base + ["--max-len", "0", "-o", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--max-len must be at least 1" in result.output
+
+
+def test_a_time_major_forward_is_told_why(user_classifiers, tmp_path):
+    result = run(["export", str(user_classifiers / "TimeMajor.pt"), "--code-path", str(user_classifiers),
+                  "--model", "slr_models:TimeMajor", "--input-size", "8", "--max-len", "32", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert "for a batch of 2 and" in result.output and "(a time-major forward, (T, batch, F)?)" in result.output
