@@ -48,7 +48,8 @@ def command(bundle, images, backend, precision, beam, max_len, attention_map, en
                          "output")
     map_paths = attention_map_paths(attention_map, images) if attention_map else None
     for path in map_paths or ():
-        check_output_file(path, "--attention-map", keep_out_of=[bundle], suffixes=(".png",), not_any_of=dict((image, "one of the inputs") for image in images))
+        check_output_file(path, "--attention-map", keep_out_of=[bundle], suffixes=(".png",),
+                          not_any_of=dict((image, "one of the inputs") for image in images))
     batch = read_images(images, manifest.preprocessing, keep_originals=bool(map_paths))
     with open_bundle(manifest, backend=backend, precision=precision, engine_cache=engine_cache,
                      max_memory_mb=max_memory_mb, log=log if verbose else None) as session:

@@ -718,14 +718,11 @@ def first_layer_input(model) -> Optional[Tuple[str, int]]:
     return None
 
 
-POSITIONAL_NAMES = ("pe", "pos", "pos_emb", "pos_embed", "pos_embedding", "pos_embeddings", "pos_enc", "pos_encoding",
-                    "position_embedding", "position_embeddings", "positions", "position_encoding")
-
-
-def _positional_name(leaf: str) -> bool:
-    """Whether a parameter's or module's own name says it holds positions."""
-    leaf = leaf.lower()
-    return leaf in POSITIONAL_NAMES or "positional" in leaf
+def _positional_name(path: str) -> bool:
+    """Whether a table's own name (the last part of ``path``) says it holds positions: ``pe``, ``pos``,
+    ``positions``, ``pos_...``, ``position_...`` or ``...positional...`` (never ``pose_proj``, ``post_fc``)."""
+    leaf = path.rsplit(".", 1)[-1].lower()
+    return leaf in ("pe", "pos", "positions") or leaf.startswith(("pos_", "position_")) or "positional" in leaf
 
 
 def optional_forward_arguments(model) -> List[str]:
@@ -742,22 +739,18 @@ def optional_forward_arguments(model) -> List[str]:
 
 
 def positional_bound(model) -> Optional[Tuple[str, int]]:
-    """``(name, length)`` of a positional-encoding table bounding T: a buffer (sinusoidal ``pe``,
-    ``pos...``, ``...positional...``), a learned parameter of such a name (``pos``, ``pos_embedding``,
-    ``positional_encoding``...; never ``pose_proj`` or ``post_fc``), or an ``nn.Embedding`` of positions."""
+    """``(name, length)`` of a positional-encoding table bounding T: a buffer (a sinusoidal ``pe``, or any
+    buffer of a ``...positional...`` module), a learned parameter, or an ``nn.Embedding``'s weight, named
+    as :func:`_positional_name` says."""
     torch = require("torch")
-    tables = list(model.named_buffers())
-    tables += [(name, p) for name, p in model.named_parameters() if _positional_name(name.rsplit(".", 1)[-1])]
+    tables = [(name, b) for name, b in model.named_buffers() if _positional_name(name) or "positional" in name.lower()]
+    tables += [(name, p) for name, p in model.named_parameters() if _positional_name(name)]
     tables += [(name + ".weight", module.weight) for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Embedding) and name and _positional_name(name.rsplit(".", 1)[-1])]
-    for name, buffer in tables:
-        leaf = name.rsplit(".", 1)[-1].lower()
-        if leaf == "weight":
-            leaf = name.rsplit(".", 2)[-2].lower()
-        if buffer.dim() >= 2 and ("pe" == leaf or leaf.startswith("pos") or "positional" in name.lower()):
-            dims = [int(d) for d in buffer.shape[:-1] if int(d) > 1]
-            if dims:
-                return name, dims[0]
+               if isinstance(module, torch.nn.Embedding) and name and _positional_name(name)]
+    for name, table in tables:
+        dims = [int(d) for d in table.shape[:-1] if int(d) > 1]
+        if table.dim() >= 2 and dims:
+            return name, dims[0]
     return None
 
 

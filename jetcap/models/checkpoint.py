@@ -154,6 +154,23 @@ def _checkpoint_hints(entries: Mapping[str, Any], modules: Mapping[str, nn.Modul
     return hints, parts
 
 
+def checkpoint_labels(entries: Mapping[str, Any]) -> Optional[Tuple[Any, str]]:
+    """``(labels, key)`` of the checkpoint's class names (its entries, then its config dicts), or None."""
+    return _first_found(labels_from_checkpoint, entries)
+
+
+def side_labels_notes(side: List[str], entries: Mapping[str, Any], side_name: str) -> List[str]:
+    """The warning note, if any, of a side file's class names ``side`` against the checkpoint's own
+    (:func:`jetcap.models.labels.side_labels_warning`); a label entry jetcap cannot read is what the side
+    file replaces, so it is not compared."""
+    try:
+        found = checkpoint_labels(entries)
+    except (UsageError, CheckpointError):
+        return []
+    warning = side_labels_warning(side, found, side_name)
+    return [warning] if warning else []
+
+
 def _config_dicts(entries: Mapping[str, Any]) -> List[Mapping[str, Any]]:
     return [entries[k] for k in CONFIG_KEYS if isinstance(entries.get(k), Mapping)]
 
@@ -403,16 +420,10 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
         labels_path = _resolve(labels, base)
         labels_list = labels_from_file(labels_path)
         check_label_count(labels_list, config.get("num_classes"), "labels file {}".format(labels_path))
-        try:
-            found_labels = _first_found(labels_from_checkpoint, extracted.entries)
-        except (UsageError, CheckpointError):  # an entry jetcap cannot read: the side file replaces it
-            found_labels = None
-        warning = side_labels_warning(labels_list, found_labels, "--labels {}".format(labels_path))
-        if warning:
-            notes.append(warning)
+        notes += side_labels_notes(labels_list, extracted.entries, "--labels {}".format(labels_path))
         layout.append("labels file")
     elif wants_labels:
-        found_labels = _first_found(labels_from_checkpoint, extracted.entries)
+        found_labels = checkpoint_labels(extracted.entries)
         if found_labels is not None:
             labels_list, key = found_labels
             check_label_count(labels_list, config.get("num_classes"), "checkpoint[{!r}]".format(key))

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from jetcap.errors import CheckpointError, UsageError
-from jetcap.models.checkpoint import CONFIG_KEYS, LoadedModel, load_checkpoint
+from jetcap.models.checkpoint import CONFIG_KEYS, LoadedModel, checkpoint_labels, load_checkpoint, side_labels_notes
 from jetcap.models.checkpoint_file import read_checkpoint
-from jetcap.models.labels import check_label_count, labels_from_checkpoint, labels_from_file, side_labels_warning
+from jetcap.models.labels import check_label_count, labels_from_file
 from jetcap.models.state_dict import (
     STATE_KEYS, compare, dequantize, extract_state_dict, fold_pruning, is_state_dict, strip_common_prefix,
     strip_wrapper_prefixes,
@@ -368,28 +368,11 @@ def _side_data(source: ModelSource, entries: Mapping[str, Any], opts: SourceOpti
             source.vocab = found[0]
     if opts.labels is not None:
         source.labels = labels_from_file(Path(opts.labels))
-        try:
-            found_labels = _checkpoint_labels(entries)
-        except (UsageError, CheckpointError):  # an entry jetcap cannot read: the side file replaces it
-            found_labels = None
-        warning = side_labels_warning(source.labels, found_labels, "--labels {}".format(opts.labels))
-        if warning:
-            source.notes.append(warning)
+        source.notes += side_labels_notes(source.labels, entries, "--labels {}".format(opts.labels))
     else:
-        found_labels = _checkpoint_labels(entries)
+        found_labels = checkpoint_labels(entries)
         if found_labels is not None:
             source.labels = found_labels[0]
-
-
-def _checkpoint_labels(entries: Mapping[str, Any]) -> Optional[tuple]:
-    """``(labels, key)`` of the checkpoint's class names (top level, then its config dicts), or None."""
-    found = labels_from_checkpoint(entries)
-    if found is None:
-        for config in [entries[k] for k in CONFIG_KEYS if isinstance(entries.get(k), Mapping)]:
-            found = labels_from_checkpoint(config)
-            if found is not None:
-                break
-    return found
 
 
 def _eval(model: Any) -> None:

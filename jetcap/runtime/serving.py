@@ -542,8 +542,8 @@ def warmup_sequence(manifest, min_len, max_len, width):
         path = manifest.reference_path()
         if path is not None:
             with np.load(path, allow_pickle=False) as reference:
-                found = [reference[name][0] for name in reference.files
-                         if name.endswith("/in/sequence") and reference[name].ndim == 3]
+                arrays = [reference[name] for name in reference.files if name.endswith("/in/sequence")]
+            found = [array[0] for array in arrays if array.ndim == 3]
     except (JetcapError, OSError, ValueError, KeyError):  # reference data missing, changed or unreadable:
         found = []  # predict never needs it, and the warm-up has the seeded noise below
     found = [array for array in found if min_len <= array.shape[0] <= max_len and array.shape[1] == width]

@@ -190,18 +190,24 @@ def user_classifiers(tmp_path_factory):
     sys.path.insert(0, str(root))
     try:
         module = importlib.import_module("slr_models")
-        for name in ("LearnedPositions", "HiddenLimit", "WithLengths", "NeedsFrames", "PoseProjection", "TimeMajor"):
-            torch.manual_seed(0)
-            torch.save(getattr(module, name)().state_dict(), str(root / (name + ".pt")))
+        for name, cls in vars(module).items():
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == "slr_models":
+                torch.manual_seed(0)
+                torch.save(cls().state_dict(), str(root / (name + ".pt")))
     finally:
         sys.path.remove(str(root))
         sys.modules.pop("slr_models", None)
     return root
 
 
+def user_export(root, name, *args):
+    """``jetcap export`` of the classifier ``name`` of the ``user_classifiers`` repository, 8 features a frame."""
+    return ["export", str(root / (name + ".pt")), "--code-path", str(root), "--model", "slr_models:" + name,
+            "--input-size", "8"] + list(args)
+
+
 def test_a_learned_positional_table_bounds_max_len(user_classifiers, tmp_path):
-    base = ["export", str(user_classifiers / "LearnedPositions.pt"), "--code-path", str(user_classifiers),
-            "--model", "slr_models:LearnedPositions", "--input-size", "8"]
+    base = user_export(user_classifiers, "LearnedPositions")
     result = run(base + ["-o", str(tmp_path / "long"), "--max-len", "32"])
     assert result.exit_code == 2 and "beyond the model's positional encoding pos of 16 frames" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "long").exists()
@@ -211,17 +217,13 @@ def test_a_learned_positional_table_bounds_max_len(user_classifiers, tmp_path):
 
 
 def test_a_layer_named_pose_is_no_positional_table(user_classifiers, tmp_path):
-    result = run(["export", str(user_classifiers / "PoseProjection.pt"), "--code-path", str(user_classifiers),
-                  "--model", "slr_models:PoseProjection", "--input-size", "8", "--max-len", "64",
-                  "-o", str(tmp_path / "b")])
+    result = run(user_export(user_classifiers, "PoseProjection", "--max-len", "64", "-o", str(tmp_path / "b")))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["axes"]["T"]["max"] == 64
 
 
 def test_a_forward_failing_inside_the_range_is_one_line(user_classifiers, tmp_path):
-    result = run(["export", str(user_classifiers / "HiddenLimit.pt"), "--code-path", str(user_classifiers),
-                  "--model", "slr_models:HiddenLimit", "--input-size", "8", "--max-len", "32",
-                  "-o", str(tmp_path / "b")])
+    result = run(user_export(user_classifiers, "HiddenLimit", "--max-len", "32", "-o", str(tmp_path / "b")))
     assert result.exit_code == 2, result.output
     assert "the model's forward fails on sequence (" in result.output and "--max-len" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "b").exists()
@@ -273,17 +275,14 @@ def test_nested_keypoint_files_calibrate_and_validate_like_predict(tmp_path, cla
 
 
 def test_an_optional_forward_argument_left_at_its_default_is_said(user_classifiers, tmp_path):
-    result = run(["export", str(user_classifiers / "WithLengths.pt"), "--code-path", str(user_classifiers),
-                  "--model", "slr_models:WithLengths", "--input-size", "8", "--max-len", "32",
-                  "-o", str(tmp_path / "b")])
+    result = run(user_export(user_classifiers, "WithLengths", "--max-len", "32", "-o", str(tmp_path / "b")))
     assert result.exit_code == 0, result.output
     assert "warning: the graph runs forward(x) with its optional argument(s) lengths left at the default" in \
         result.output
 
 
 def test_min_len_sets_where_the_probe_starts(user_classifiers, tmp_path):
-    base = ["export", str(user_classifiers / "NeedsFrames.pt"), "--code-path", str(user_classifiers),
-            "--model", "slr_models:NeedsFrames", "--input-size", "8", "--max-len", "64"]
+    base = user_export(user_classifiers, "NeedsFrames", "--max-len", "64")
     result = run(base + ["-o", str(tmp_path / "short")])
     assert result.exit_code == 2 and "--min-len/--max-len" in result.output and "Traceback" not in result.output
     result = run(base + ["--min-len", "40", "-o", str(tmp_path / "b")])
@@ -298,7 +297,6 @@ def test_min_len_sets_where_the_probe_starts(user_classifiers, tmp_path):
 
 
 def test_a_time_major_forward_is_told_why(user_classifiers, tmp_path):
-    result = run(["export", str(user_classifiers / "TimeMajor.pt"), "--code-path", str(user_classifiers),
-                  "--model", "slr_models:TimeMajor", "--input-size", "8", "--max-len", "32", "-o", str(tmp_path / "b")])
+    result = run(user_export(user_classifiers, "TimeMajor", "--max-len", "32", "-o", str(tmp_path / "b")))
     assert result.exit_code == 2, result.output
     assert "for a batch of 2 and" in result.output and "(a time-major forward, (T, batch, F)?)" in result.output
