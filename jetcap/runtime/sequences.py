@@ -13,6 +13,8 @@ SEQUENCE_SUFFIXES = (".npy", ".json")
 # a (T, F) sequence is two levels deep; anything far deeper is hostile (and would hit the recursion limit)
 MAX_JSON_DEPTH = 32
 MAX_NUMBER_CHARS = 64
+#: the largest input magnitude accepted: its square stays finite in float32 (max 3.4e38) with room for sums
+MAX_ABS_VALUE = 1e18
 
 
 def _parse_number(text):
@@ -181,4 +183,12 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
             name, array.shape[0], max_len), hint="trim or split the sequence")
     if not np.all(np.isfinite(array)):
         raise UsageError("{} contains NaN or infinite values".format(name))
+    largest = float(np.max(np.abs(array))) if array.size else 0.0
+    if largest > MAX_ABS_VALUE:
+        # squares and dot products of such values overflow float32 inside the model, and whether that ends
+        # in inf, NaN or a label depends on the backend's kernels: there is no defined answer to compare
+        raise UsageError("{} has values as large as {:.3g}: beyond +-{:.0e} the model's float32 arithmetic "
+                         "overflows (its answer depends on the backend, not on the input)".format(
+                             name, largest, MAX_ABS_VALUE))
     return np.ascontiguousarray(array)
+

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from jetcap.errors import UsageError
 from jetcap.runtime import preprocess
 from jetcap.runtime.preprocess import IMAGE_SUFFIXES
 from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
@@ -37,19 +38,48 @@ def task_from_folder(manifest, opts):
             source = "{} ({} images), ONNX Runtime FP32 reference".format(opts.data, len(paths))
         return {"source": source, "names": names, "images": images, "greedy": ref["greedy"], "beam": ref["beam"],
                 "beam_size": beam_size}
-    paths = list_inputs(opts.data, SEQUENCE_SUFFIXES, opts.samples)
     runners = open_onnxruntime(manifest, "fp32")
     pipeline = ClassifierPipeline(manifest, runners)
-    sequences = [pipeline.check(load_sequence(p, width=pipeline.width), os.path.basename(p)) for p in paths]
+    paths, sequences, skipped = _sequences_in_range(pipeline, list_inputs(opts.data, SEQUENCE_SUFFIXES), opts.samples)
     if opts.checkpoint:
         from jetcap.validate.live import load_reference_subject, torch_task_reference
 
         subject = load_reference_subject(manifest, opts.checkpoint, opts.checkpoint_options)
         probs = torch_task_reference(subject, manifest, sequences=sequences)["probs"]
-        source = "{} ({} sequences), PyTorch reference".format(opts.data, len(paths))
+        source = "{} ({} sequences{}), PyTorch reference".format(opts.data, len(paths), skipped)
     else:
         runners["model"].activate()
         probs = [softmax(runners["model"].infer({"sequence": s[None]})["logits"])[0] for s in sequences]
-        source = "{} ({} sequences), ONNX Runtime FP32 reference".format(opts.data, len(paths))
+        source = "{} ({} sequences{}), ONNX Runtime FP32 reference".format(opts.data, len(paths), skipped)
     return {"source": source, "names": [os.path.basename(p) for p in paths], "sequences": sequences,
             "probs": [np.asarray(p) for p in probs]}
+
+
+def _sequences_in_range(pipeline, paths, limit):
+    """The first ``limit`` sequences (all: None) whose length the bundle takes, their paths, and a note of the
+    files skipped for their length ('' if none).
+
+    A folder of real recordings holds clips longer (or shorter) than the bundle's T range; they say nothing
+    about the variants' agreement and are skipped, counted in the report's source. A file that cannot be read
+    or has the wrong width is still a UsageError: the folder is not what the user thinks it is.
+    """
+    kept, sequences, outside = [], [], []
+    for path in paths:
+        if limit and len(kept) >= limit:
+            break
+        name = os.path.basename(path)
+        sequence = load_sequence(path, width=pipeline.width)
+        if not pipeline.min_len <= len(sequence) <= pipeline.max_len:
+            outside.append(name)
+            continue
+        kept.append(path)
+        sequences.append(pipeline.check(sequence, name))
+    bounds = "T {}..{}".format(pipeline.min_len, pipeline.max_len)
+    if not kept:
+        raise UsageError("no sequence in the folder has a length the bundle takes ({}): {} file(s) outside it, "
+                         "e.g. {}".format(bounds, len(outside), outside[0]),
+                         hint="trim or split the clips, or re-export with --max-len/--min-len")
+    if not outside:
+        return kept, sequences, ""
+    return kept, sequences, "; {} file(s) skipped, their length outside the bundle's {}: {}{}".format(
+        len(outside), bounds, ", ".join(outside[:3]), ", ..." if len(outside) > 3 else "")

@@ -63,6 +63,17 @@ def test_huge_values_become_inf_and_are_refused(tmp_path):
         load_sequence(str(path))
 
 
+def test_finite_values_too_large_for_float32_arithmetic_are_refused():
+    # PyTorch answers float32-max keypoints with NaN logits where ONNX Runtime gave a label: no defined answer
+    from jetcap.runtime.sequences import MAX_ABS_VALUE, check_sequence
+
+    frames = np.ones((20, 2), np.float32)
+    assert check_sequence(frames * MAX_ABS_VALUE).shape == (20, 2)
+    frames[3, 1] = -np.finfo(np.float32).max
+    with pytest.raises(UsageError, match=r"values as large as 3.4e\+38: beyond \+-1e\+18"):
+        check_sequence(frames, "clip.npy")
+
+
 def test_predict_tsv_escapes_labels():
     from jetcap.commands.predict import tsv_field
 

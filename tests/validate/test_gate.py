@@ -168,6 +168,27 @@ def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_data_files_outside_the_bundles_length_range_are_skipped_and_counted(classifier_bundle, tmp_path):
+    from jetcap import samples
+
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(str(data / "a_long.npy"), np.zeros((5000, 63), np.float32))
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
+    assert result.exit_code == 2 and "no sequence in the folder has a length the bundle takes (T 20..128)" in \
+        result.output, result.output
+    for path in samples.sample_sequences():
+        shutil.copy(str(path), str(data / path.name))
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data),
+                  "--samples", "3"])
+    assert result.exit_code == 0, result.output
+    assert "(3 sequences; 1 file(s) skipped, their length outside the bundle's T 20..128: a_long.npy)" in \
+        result.output
+    (data / "b_broken.npy").write_bytes(b"not a numpy file")  # unreadable files still fail the run
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
+    assert result.exit_code == 2 and "b_broken.npy" in result.output, result.output
+
+
 def test_validate_runs_in_a_subprocess_with_exit_codes(classifier_bundle):
     proc = subprocess.run([sys.executable, "-m", "jetcap", "validate", str(classifier_bundle), "--precision", "fp32"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
