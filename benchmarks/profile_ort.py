@@ -1,6 +1,7 @@
 """Where jetcap's ONNX Runtime captioning time goes on a CPU (the analysis behind docs/BENCHMARKS.md).
 
     python benchmarks/profile_ort.py BUNDLE [--precision fp32] [--threads N] [--steps 3000] [--captions 100]
+        [--data IMAGES]
 
 1. One decoder step at batch 1 (median microseconds): jetcap's decoder session (I/O binding, what
    ``CaptionPipeline`` uses), a plain ``session.run`` with numpy feeds, one MatMul with as many
@@ -8,10 +9,10 @@
    fixed cost of a ``run`` call), and ONNX Runtime's own per-node kernel times (its profiler adds
    overhead: compare those with each other, not with the totals).
 2. Whole captions at batch 1 and at the bundle's largest batch (median ms) with the sessions as
-   jetcap makes them, then with ``session.intra_op.allow_spinning = 0`` on both sessions, with the
-   host-array decoder session instead of I/O binding, and with both changes.  The encoder and the
-   decoder step each own an intra-op thread pool; by default a pool's threads keep spinning after each
-   run, so on a small CPU the idle session's spinning threads compete with the busy one's.
+   jetcap makes them for one caller, then with each other way a pool can spin: never, between runs too,
+   and only while a run lasts (``session.force_spinning_stop``, ONNX Runtime 1.12+).  The encoder and
+   the decoder step each own an intra-op thread pool; a pool spinning between runs competes with the
+   other's on a small CPU, a pool that never spins pays a wake-up on each of its layers.
 """
 import argparse
 import collections
@@ -59,6 +60,7 @@ def decoder_step(manifest, precision, threads, steps):
     from jetcap.bench.flops import count_flops, graph_input_shapes
     from jetcap.bench.matmul import matmul_model
     from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from jetcap.runtime.decoder_protocol import DecoderProtocol
     from jetcap.runtime.pipeline import HostDecoderSession, OrtBoundDecoderSession
 
     path = manifest.graph_path(precision, "decoder_step")
@@ -72,13 +74,14 @@ def decoder_step(manifest, precision, threads, steps):
                  else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
     runner = OnnxRuntimeRunner(path, spec, threads=threads)
     runner.activate()
-    state = (feed["features"], feed["projected"], feed["h"], feed["c"])
-    words = feed["prev_word"]
+    protocol = DecoderProtocol.from_manifest(manifest)
+    initial = dict((name, value) for name, value in feed.items() if name != protocol.word_input)
+    words = feed[protocol.word_input]
     rows = collections.OrderedDict()
-    bound = OrtBoundDecoderSession(runner, *state)
-    host = HostDecoderSession(runner, *state)
-    rows["jetcap decoder session (I/O binding)"] = _median(lambda i: bound.step(words), steps, 200)
-    rows["host-array decoder session (session.run)"] = _median(lambda i: host.step(words), steps, 200)
+    bound = OrtBoundDecoderSession(runner, initial, protocol)
+    host = HostDecoderSession(runner, initial, protocol)
+    rows["host-array decoder session (jetcap's on a CPU)"] = _median(lambda i: host.step_topk(words), steps, 200)
+    rows["I/O-binding decoder session (jetcap's on a GPU)"] = _median(lambda i: bound.step_topk(words), steps, 200)
     rows["session.run, numpy feeds, all outputs"] = _median(lambda i: runner.session.run(None, feed), steps, 200)
     columns = max(1, int(round(count.macs / 1024.0)))
     x = rng.standard_normal((1, 1024)).astype(np.float32)
@@ -117,42 +120,33 @@ def decoder_step(manifest, precision, threads, steps):
         print("    {:>5} us  {:<10} {}".format(value, op, name))
 
 
-def captions(manifest, precision, threads, count):
-    """Part 2: whole captions with jetcap's sessions and with the two changes, alone and together."""
+def captions(manifest, precision, threads, count, data=None):
+    """Part 2: whole captions with the sessions as jetcap makes them and with each spinning mode."""
     from jetcap import samples
-    from jetcap.runtime import decoding
-    from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from jetcap.runtime.pipeline import CaptionPipeline, HostDecoderSession, make_decoder_session
-    from jetcap.runtime.preprocess import load_images
+    from jetcap.runtime.backends.onnxruntime import SPIN_DURING_RUNS, bundle_runners, spins_during_runs
+    from jetcap.runtime.pipeline import CaptionPipeline
+    from jetcap.runtime.preprocess import IMAGE_SUFFIXES, load_images
+    from jetcap.util.fsio import list_inputs
 
-    images = load_images(samples.sample_images(), manifest.preprocessing)
+    paths = list_inputs(data, IMAGE_SUFFIXES, 8) if data else samples.sample_images()
+    images = load_images(paths, manifest.preprocessing)
     max_batch = int(manifest.axes["batch"]["max"])
     full = np.stack([images[i % len(images)] for i in range(max_batch)])
-    max_len = int(manifest.decoding.get("max_len", 20))
-    print("2. captions, {} ({} threads), median ms (batch 1 cycles through {} sample images):".format(
+    print("2. captions, {} ({} threads), median ms (batch 1 cycles through {} images):".format(
         precision, threads, len(images)))
-    print("  {:<58} {:>9} {:>11}".format("sessions", "batch 1", "batch {}".format(max_batch)))
-    for spinning, host in ((True, False), (False, False), (True, True), (False, True)):
-        runners = {}
-        for graph in manifest.graph_names:
-            runner = OnnxRuntimeRunner(manifest.graph_path(precision, graph), manifest.graph(graph), threads=threads)
+    print("  {:<58} {:>9} {:>11}".format("thread pools", "batch 1", "batch {}".format(max_batch)))
+    modes = [(None, "jetcap's for one caller"), (False, "never spinning"), (True, "spinning between runs too")]
+    if spins_during_runs():
+        modes.append((SPIN_DURING_RUNS, "spinning during runs only"))
+    for spinning, label in modes:
+        runners = bundle_runners(manifest, precision, threads=threads, spinning=spinning)
+        for runner in runners.values():
             runner.activate()
-            runner.session = _session(runner.path, threads, spinning=spinning)
-            runners[graph] = runner
-        pipeline = CaptionPipeline(manifest, runners)
-        vocab = pipeline.vocab
-
-        def caption(batch):
-            encoded = pipeline.encode(batch)
-            session = HostDecoderSession(pipeline.step, *encoded) if host else \
-                make_decoder_session(pipeline.step, *encoded)
-            return decoding.greedy_decode(session, len(batch), vocab.start_id, vocab.end_id, max_len)
-
-        one = _median(lambda i: caption(images[i % len(images):i % len(images) + 1]), count, 10)
-        many = _median(lambda i: caption(full), max(10, count // 4), 3)
-        label = "{}, {}".format("jetcap's (spinning pools)" if spinning else "allow_spinning=0",
-                                "host-array steps" if host else "I/O-binding steps (jetcap's)")
-        print("  {:<58} {:9.2f} {:11.2f}".format(label, one * 1e3, many * 1e3))
+        pipeline = CaptionPipeline(manifest, runners, precision)
+        one = _median(lambda i: pipeline.caption(images[i % len(images):i % len(images) + 1]), count, 10)
+        many = _median(lambda i: pipeline.caption(full), max(10, count // 4), 3)
+        spins = ", ".join("{} {}".format(g, r.spinning) for g, r in runners.items())
+        print("  {:<58} {:9.2f} {:11.2f}".format("{} ({})".format(label, spins), one * 1e3, many * 1e3))
 
 
 def main(argv=None):
@@ -162,6 +156,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--captions", type=int, default=100)
+    parser.add_argument("--data", default=None, help="images to caption (default: the sample images)")
     args = parser.parse_args(argv)
 
     from jetcap.runtime.manifest import Manifest
@@ -169,7 +164,7 @@ def main(argv=None):
     manifest = Manifest.load(args.bundle)
     print("load average before: {}".format(open("/proc/loadavg").read().strip()))
     decoder_step(manifest, args.precision, args.threads, args.steps)
-    captions(manifest, args.precision, args.threads, args.captions)
+    captions(manifest, args.precision, args.threads, args.captions, args.data)
     print("load average after: {}".format(open("/proc/loadavg").read().strip()))
     return 0
 

@@ -285,7 +285,7 @@ def load_onnxruntime(bundle, precision="fp32", max_memory_mb=None, graphs=None, 
         max_memory_mb: budget in MiB (None: only what the system has available).
         graphs: graphs to load (default all).
         providers, threads: passed to :class:`OnnxRuntimeRunner`.
-        spinning: which intra-op pools spin (None: the single-caller policy; False for a server), see
+        spinning: how intra-op pools spin (None: one caller; a server passes SPIN_DURING_RUNS or False), see
             :func:`jetcap.runtime.backends.onnxruntime.spinning_policy`.
         log: callable for progress lines.
         memory_info: a :class:`jetcap.runtime.memory.MemoryInfo` (default: read now).

@@ -21,6 +21,7 @@ import numpy as np
 
 from jetcap.errors import InsufficientMemoryError, JetcapError, UsageError
 from jetcap.runtime import bundle_schema, memory, preprocess
+from jetcap.runtime.backends.onnxruntime import SPIN_DURING_RUNS
 from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.manifest import rows_independent
 from jetcap.util.lazy import require
@@ -336,10 +337,13 @@ class ModelState(object):
                 raise UsageError("bundle family {!r} cannot be served (captioner or classifier)".format(
                     self.manifest.family))
             bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
+            # one decode loop calls the graphs, one call at a time; workers call them side by side
+            batching = self.family == "captioner" and self.options.batching
             session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
                                   engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
                                   log=self.log.message, threads=self.options.threads,
-                                  spinning=False)  # request threads need the cores: spinning_policy
+                                  spinning=(SPIN_DURING_RUNS if batching and rows_independent(self.options.precision)
+                                            else False))  # spinning_policy
             with self._lock:
                 if self._closing:
                     session.close()
@@ -347,7 +351,6 @@ class ModelState(object):
                 self.session = session
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
-            batching = self.family == "captioner" and self.options.batching
             if batching and not rows_independent(session.precision):
                 # requests may not share calls; the workers' own concurrent calls then serve more than one
                 # loop calling for everyone (measured: 89.7 vs 75.0 captions/s at 8 clients, BENCHMARKS.md)

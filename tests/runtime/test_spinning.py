@@ -1,38 +1,90 @@
-"""Which ONNX Runtime thread pools spin: one caller (caption, bench) against a server."""
+"""Which ONNX Runtime thread pools spin: one caller (caption, bench), a server's decode loop, its workers."""
 import io
 
-from jetcap.runtime.backends.onnxruntime import bundle_runners, spinning_policy
+import onnxruntime
+import pytest
+
+from jetcap.errors import UsageError
+from jetcap.runtime.backends.onnxruntime import (SPIN_DURING_RUNS, bundle_runners, make_session, spinning_policy,
+                                                 spins_during_runs)
 from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.serving import JsonLog, ModelState
 from jetcap.serve.options import ServeOptions
 
-
-def test_single_caller_policy_spins_the_step_and_single_graphs_only():
-    assert spinning_policy(["encoder", "decoder_step"], "decoder_step")
-    assert not spinning_policy(["encoder", "decoder_step"], "encoder")
-    assert spinning_policy(["classifier"], "classifier")
+GRAPHS = ["encoder", "decoder_step"]
 
 
-def test_a_bool_decides_for_every_graph():
-    for graph in ("encoder", "decoder_step"):
-        assert spinning_policy(["encoder", "decoder_step"], graph, spinning=False) is False
-        assert spinning_policy(["encoder", "decoder_step"], graph, spinning=True) is True
+def test_pools_spin_during_runs_wherever_onnxruntime_can_stop_them_after():
+    for spinning in (None, SPIN_DURING_RUNS):
+        for graph in GRAPHS:
+            assert spinning_policy(GRAPHS, graph, spinning, during_runs=True) == SPIN_DURING_RUNS
+    assert spinning_policy(["classifier"], "classifier", None, during_runs=True) == SPIN_DURING_RUNS
+
+
+def test_without_it_one_caller_spins_the_step_and_single_graphs_and_a_server_nothing():
+    # ONNX Runtime < 1.12 (JetPack's 1.10) ignores session.force_spinning_stop: a pool spins between runs too
+    assert spinning_policy(GRAPHS, "decoder_step", during_runs=False) is True
+    assert spinning_policy(GRAPHS, "encoder", during_runs=False) is False
+    assert spinning_policy(["classifier"], "classifier", during_runs=False) is True
+    for graph in GRAPHS:
+        assert spinning_policy(GRAPHS, graph, SPIN_DURING_RUNS, during_runs=False) is False
+
+
+def test_a_bool_decides_for_every_graph_whatever_onnxruntime_can():
+    for during_runs in (True, False):
+        for graph in GRAPHS:
+            assert spinning_policy(GRAPHS, graph, spinning=False, during_runs=during_runs) is False
+            assert spinning_policy(GRAPHS, graph, spinning=True, during_runs=during_runs) is True
+
+
+def test_the_release_that_reads_the_key_is_compared_as_numbers():
+    assert not spins_during_runs("1.10.0") and not spins_during_runs("1.11.1")
+    assert spins_during_runs("1.12.0") and spins_during_runs("1.12.0rc1") and spins_during_runs("1.32.0")
+    assert spins_during_runs((1, 100))  # a string comparison would say "1.100" < "1.12"
+    assert spins_during_runs() == spins_during_runs(onnxruntime.__version__)
+    with pytest.raises(UsageError, match="cannot parse onnxruntime version"):
+        spins_during_runs("nightly")
+
+
+def test_make_session_sets_the_keys(captioner_bundle):
+    path = Manifest.load(captioner_bundle).graph_path("fp32", "encoder")
+    def entry(options, key):
+        try:
+            return options.get_session_config_entry(key)
+        except RuntimeError:  # "SessionOptions does not have configuration with key"
+            return None
+
+    entries = {}
+    for spinning in (True, False, SPIN_DURING_RUNS):
+        options = make_session(path, threads=1, spinning=spinning).get_session_options()
+        entries[spinning] = (entry(options, "session.intra_op.allow_spinning"),
+                             entry(options, "session.force_spinning_stop"))
+    assert entries == {True: (None, None), False: ("0", None), SPIN_DURING_RUNS: (None, "1")}
 
 
 def test_bundle_runners_take_the_policy(captioner_bundle):
     manifest = Manifest.load(captioner_bundle)
     default = bundle_runners(manifest, "fp32")
-    assert {g: r.spinning for g, r in default.items()} == {"encoder": False, "decoder_step": True}
+    expected = ({"encoder": SPIN_DURING_RUNS, "decoder_step": SPIN_DURING_RUNS} if spins_during_runs()
+                else {"encoder": False, "decoder_step": True})
+    assert {g: r.spinning for g, r in default.items()} == expected
     assert not any(r.spinning for r in bundle_runners(manifest, "fp32", spinning=False).values())
 
 
-def test_served_bundles_never_spin(captioner_bundle, classifier_bundle):
-    # a server's request threads need the cores a spinning pool would hold (docs/BENCHMARKS.md)
-    for bundle in (captioner_bundle, classifier_bundle):
-        model = ModelState(bundle, ServeOptions(port=0), JsonLog(io.StringIO()))
-        model.load()
-        try:
-            assert model.ready, model.reason
-            assert model.session.runners and not any(r.spinning for r in model.session.runners.values())
-        finally:
-            model.close()
+def _served_spinning(bundle, **options):
+    model = ModelState(bundle, ServeOptions(port=0, **options), JsonLog(io.StringIO()))
+    model.load()
+    try:
+        assert model.ready, model.reason
+        return set(r.spinning for r in model.session.runners.values())
+    finally:
+        model.close()
+
+
+def test_a_servers_workers_never_spin_and_its_decode_loop_spins_during_runs_only(captioner_bundle,
+                                                                                 classifier_bundle):
+    # workers' runs overlap: a pool spinning during one run takes the cores of the others (docs/BENCHMARKS.md)
+    assert _served_spinning(classifier_bundle) == {False}
+    assert _served_spinning(captioner_bundle, batching=False) == {False}
+    loop = _served_spinning(captioner_bundle)
+    assert loop == ({SPIN_DURING_RUNS} if spins_during_runs() else {False})

@@ -3,6 +3,7 @@ import collections
 
 from jetcap.errors import BundleError, JetcapError
 from jetcap.runtime.backends.base import Runner, io_mismatches
+from jetcap.util import versions
 from jetcap.util.lazy import require
 
 # ONNX Runtime's NCHWc layout transformer crashes (segfault) on some FP16 graphs (see FACTS.md), so it is
@@ -16,6 +17,12 @@ DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 # within it on a VNNI CPU).  Run unfused, each DQ, float op and Q computes what the Q/DQ graph specifies,
 # the same on every CPU: that is how jetcap validates and runs the TensorRT Q/DQ variant in ONNX Runtime.
 UNFUSED_QDQ_PRECISIONS = ("int8",)
+# ``spinning`` of a session: its intra-op pool may spin while a run lasts and stops spinning when the run
+# returns (``session.force_spinning_stop``), so a layer's workers need no wake-up from the one before, and
+# no core is held between runs.  ONNX Runtime reads that key from 1.12 on (JetPack's 1.10 lacks it: a
+# pool there either spins between runs too or not at all).
+SPIN_DURING_RUNS = "during-runs"
+SPIN_DURING_RUNS_SINCE = (1, 12)
 
 
 def fuses_qdq(precision):
@@ -54,9 +61,12 @@ def make_session(path, providers=None, threads=None, spinning=True, nchwc=False,
         path: ONNX file.
         providers: execution providers; default :func:`default_providers`.
         threads: intra-op threads (None: onnxruntime's default).
-        spinning: let idle intra-op threads spin (default True).  Sessions that alternate within one
-            request (encoder, decoder step) must not: each one's spinning pool steals the cores the
-            other needs (measured: a caption 9.8-11.1 ms with spinning, 4.9-6.9 ms without, 2 cores).
+        spinning: True (the default): idle intra-op threads spin, between runs too; False: they never
+            spin; :data:`SPIN_DURING_RUNS`: they spin while a run lasts and stop when it returns (ONNX
+            Runtime 1.12+: :func:`spinning_policy` decides which to ask for).  Sessions that alternate
+            within one request (encoder, decoder step) must not spin between runs: each one's pool steals
+            the cores the other needs (measured: a caption 9.8-11.1 ms with spinning, 4.9-6.9 ms without,
+            2 cores).
         nchwc: allow the NCHWc layout transformer (default False: it crashes on some FP16 graphs;
             :func:`bundle_runners` allows it for FP32 and INT8 variants).
         fuse_qdq: let ONNX Runtime fuse Q/DQ nodes into its int8 kernels (default True; see
@@ -66,7 +76,9 @@ def make_session(path, providers=None, threads=None, spinning=True, nchwc=False,
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
-    if not spinning:
+    if spinning == SPIN_DURING_RUNS:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    elif not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not fuse_qdq:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
@@ -140,20 +152,46 @@ def check_graph_io(path, io_spec, inputs, outputs):
                           hint="a damaged or replaced graph file: re-export the bundle")
 
 
-def spinning_policy(graphs, graph, spinning=None):
-    """Whether ``graph``'s intra-op pool spins, of a bundle loaded with the graphs ``graphs``.
+def spins_during_runs(version=None):
+    """Whether the installed ONNX Runtime (or ``version``, a string or tuple) can stop its pools spinning
+    when a run returns (``session.force_spinning_stop``, read from 1.12 on; ignored by older releases)."""
+    if version is None:
+        version = require("onnxruntime").__version__
+    return versions.parse_version(version, "onnxruntime version") >= SPIN_DURING_RUNS_SINCE
 
-    ``spinning`` None (the default, for one caller running one request at a time: ``jetcap caption``,
-    bench): the pool spins when the bundle has a single graph, and for a captioner's decoder step, whose
-    runs follow each other back to back; the encoder's does not (it would spin through the steps that
-    follow it).  Measured on a COCO-sized captioner, 2 threads, batch 1: a caption 15.0 ms with no
-    spinning, 13.5 ms with the step spinning, 16.1 / 24.0 ms with the encoder spinning.  A bool decides
-    for every graph: a server passes False, since its request threads (HTTP, image decoding, the search
-    between steps) need the cores a spinning pool holds (measured: ``serve-engine`` 8 clients 40-47 ->
-    54-62 captions/s, 1 client no slower, docs/BENCHMARKS.md).
+
+def spinning_policy(graphs, graph, spinning=None, during_runs=None):
+    """How ``graph``'s intra-op pool spins (``make_session``'s ``spinning``), of a bundle loaded with the
+    graphs ``graphs``, for a caller that asks for ``spinning``:
+
+    - None, one caller whose runs never overlap and who needs no core between them (``jetcap caption``,
+      bench): every pool spins during its runs where ONNX Runtime can (:data:`SPIN_DURING_RUNS`).
+      Measured on the COCO-sized captioner, 2 threads, batch 1, ONNX Runtime 1.32 (docs/BENCHMARKS.md):
+      a caption 19.3 ms, against 21.3 ms with only the step spinning and 22.4 ms with no spinning.
+      Without it (ONNX Runtime < 1.12, JetPack's 1.10): the pool of a single-graph bundle and of a
+      captioner's decoder step spin, whose runs follow each other back to back, not the encoder's (it
+      would spin through the steps after it: a caption 15.0 ms with no spinning, 13.5 ms with the step
+      spinning, 16.1 / 24.0 ms with the encoder spinning).
+    - :data:`SPIN_DURING_RUNS`, runs that never overlap, with other threads needing the cores between
+      them (``serve-engine``'s decode loop: HTTP, image decoding, the search between steps): spinning
+      during runs where ONNX Runtime can (1 client 49-51 -> 57-59 captions/s, 8 clients 93-97 -> 94-100),
+      else none (a pool spinning between runs held the cores the request threads need: 8 clients 40-47
+      -> 54-62 captions/s without spinning).
+    - False, runs that overlap (``serve-engine``'s workers): no spinning at all; each concurrent run's
+      pool spinning took the cores of the others (8 clients 80 -> 66 captions/s spinning during runs).
+    - True: every pool spins, between runs too.
+
+    ``during_runs`` (None: :func:`spins_during_runs` of the installed ONNX Runtime) says whether
+    :data:`SPIN_DURING_RUNS` is possible.
     """
-    if spinning is not None:
-        return bool(spinning)
+    if spinning is True or spinning is False:
+        return spinning
+    if during_runs is None:
+        during_runs = spins_during_runs()
+    if during_runs:
+        return SPIN_DURING_RUNS
+    if spinning == SPIN_DURING_RUNS:
+        return False
     return len(list(graphs)) == 1 or graph == "decoder_step"
 
 

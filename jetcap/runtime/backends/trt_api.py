@@ -14,10 +14,10 @@ is made here without TensorRT, so it is tested on any machine; ``load_tensorrt``
 module lazily.  Versions are always compared as tuples of ints, never as strings.
 """
 import collections
-import re
 from typing import Any, Dict
 
 from jetcap.errors import MissingDependencyError, UsageError
+from jetcap.util import versions
 from jetcap.util.lazy import INSTALL_HINTS, require
 
 BINDINGS = "bindings"
@@ -40,19 +40,7 @@ def parse_version(text):
 
     Raises UsageError when ``text`` does not start with ``<major>.<minor>``.
     """
-    if isinstance(text, tuple):
-        return tuple(int(part) for part in text)
-    parts = []
-    for piece in str(text).strip().split("."):
-        match = re.match(r"^(\d+)", piece)
-        if not match:
-            break
-        parts.append(int(match.group(1)))
-        if match.group(1) != piece:
-            break
-    if len(parts) < 2:
-        raise UsageError("cannot parse TensorRT version {!r}".format(text))
-    return tuple(parts)
+    return versions.parse_version(text, "TensorRT version")
 
 
 def format_version(version):
