@@ -1,7 +1,7 @@
 """Build a Show-Attend-Tell ResNet-101 captioner checkpoint, saved the way the SAT tutorial saves it.
 
     .venv/bin/python benchmarks/realistic_sat.py OUT_DIR [--steps 300] [--images 256]
-        [--decoder-lr 4e-4] [--encoder-lr 1e-4] [--pretrain-steps 0] [--pretrain-size 96]
+        [--decoder-lr 4e-4] [--encoder-lr 1e-4] [--pretrain-steps 0] [--pretrain-size 96] [--pretrain-bf16]
 
 Writes ``OUT_DIR/BEST_checkpoint.pth.tar`` (the whole encoder and decoder modules pickled, with the
 epoch/BLEU/optimizer entries the tutorial's ``save_checkpoint`` writes), ``OUT_DIR/WORDMAP.json`` and
@@ -102,6 +102,8 @@ def main():
                         help="train the whole trunk first (batches of 16) to recognise the shapes; 0: a random "
                              "trunk, its BatchNorm estimated and its residual branches damped")
     parser.add_argument("--pretrain-size", type=int, default=96, help="image size of the pretraining")
+    parser.add_argument("--pretrain-bf16", action="store_true",
+                        help="pretrain under CPU bfloat16 autocast (fast where the CPU has AMX / AVX-512 BF16)")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     began = time.time()
@@ -112,7 +114,7 @@ def main():
     images, captions = shapes.generate(args.images, SEED)
     if args.pretrain_steps:
         pretrain_trunk(encoder.resnet, images, captions, args.pretrain_steps, size=args.pretrain_size,
-                       began=began, channels=2048, batch=16)
+                       began=began, channels=2048, batch=16, bf16=args.pretrain_bf16)
         estimate_batchnorm(encoder, images[:BATCHNORM_IMAGES], SIZE)  # the statistics at the size it runs at
     else:
         estimate_batchnorm(encoder, images[:BATCHNORM_IMAGES], SIZE)

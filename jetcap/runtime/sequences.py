@@ -10,10 +10,16 @@ from jetcap.errors import UsageError
 SEQUENCE_SUFFIXES = (".npy", ".json")
 
 
+class SequenceLengthError(UsageError):
+    """A readable sequence of the right width whose number of frames is outside the bounds asked for
+    (``validate --data`` skips such files, where every other UsageError stops the run)."""
+
+
 # a (T, F) sequence is two levels deep; anything far deeper is hostile (and would hit the recursion limit)
 MAX_JSON_DEPTH = 32
 MAX_NUMBER_CHARS = 64
-#: the largest input magnitude accepted: its square stays finite in float32 (max 3.4e38) with room for sums
+#: the largest input magnitude accepted, a heuristic bound: its square stays finite in float32 (max 3.4e38)
+#: with some room for sums; a model whose first layers amplify much more can still overflow below it
 MAX_ABS_VALUE = 1e18
 
 
@@ -116,11 +122,11 @@ def _load_npy(path, name, max_len, width):
         shape = (shape[0], width)  # (T, hands, joints, xyz): flattened per frame below
     if len(shape) != 2:
         raise UsageError("{} has shape {}, expected (T, F){}".format(name, shape, _wanted(width)))
-    if max_len is not None and shape[0] > max_len:
-        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
-            name, shape[0], max_len), hint="trim or split the sequence")
     if width is not None and shape[1] != width:
         raise UsageError("{} has {} features per frame, the model expects {}".format(name, shape[1], width))
+    if max_len is not None and shape[0] > max_len:
+        raise SequenceLengthError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
+            name, shape[0], max_len), hint="trim or split the sequence")
     if 0 in shape:
         return np.zeros(shape, dtype=np.float32)
     return np.load(path, mmap_mode="r", allow_pickle=False).reshape(shape)
@@ -177,13 +183,14 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     if width is not None and array.shape[1] != width:
         raise UsageError("{} has {} features per frame, the model expects {}".format(name, array.shape[1], width))
     if array.shape[0] < min_len:
-        raise UsageError("{} has {} frames, the model needs at least {}".format(name, array.shape[0], min_len))
+        raise SequenceLengthError("{} has {} frames, the model needs at least {}".format(
+            name, array.shape[0], min_len))
     if max_len is not None and array.shape[0] > max_len:
-        raise UsageError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
+        raise SequenceLengthError("{} has {} frames, more than the bundle's maximum of {} (its T axis)".format(
             name, array.shape[0], max_len), hint="trim or split the sequence")
     if not np.all(np.isfinite(array)):
         raise UsageError("{} contains NaN or infinite values".format(name))
-    largest = float(np.max(np.abs(array))) if array.size else 0.0
+    largest = float(max(array.max(), -array.min())) if array.size else 0.0  # no |array| temporary
     if largest > MAX_ABS_VALUE:
         # squares and dot products of such values overflow float32 inside the model, and whether that ends
         # in inf, NaN or a label depends on the backend's kernels: there is no defined answer to compare
@@ -191,4 +198,3 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
                          "overflows (its answer depends on the backend, not on the input)".format(
                              name, largest, MAX_ABS_VALUE))
     return np.ascontiguousarray(array)
-

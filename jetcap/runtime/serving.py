@@ -338,12 +338,12 @@ class ModelState(object):
                     self.manifest.family))
             bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
             # one decode loop calls the graphs, one call at a time; workers call them side by side
-            batching = self.family == "captioner" and self.options.batching
+            wants_batching = self.family == "captioner" and self.options.batching
+            batching = wants_batching and rows_independent(self.options.precision)
             session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
                                   engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
                                   log=self.log.message, threads=self.options.threads,
-                                  spinning=(SPIN_DURING_RUNS if batching and rows_independent(self.options.precision)
-                                            else False))  # spinning_policy
+                                  spinning=SPIN_DURING_RUNS if batching else False)  # spinning_policy
             with self._lock:
                 if self._closing:
                     session.close()
@@ -351,10 +351,9 @@ class ModelState(object):
                 self.session = session
             if session.backend == "tensorrt":
                 self._infer_lock = threading.Lock()  # one execution context per engine
-            if batching and not rows_independent(session.precision):
+            if wants_batching and not batching:
                 # requests may not share calls; the workers' own concurrent calls then serve more than one
                 # loop calling for everyone (measured: 89.7 vs 75.0 captions/s at 8 clients, BENCHMARKS.md)
-                batching = False
                 self.log("batching", enabled=False, detail=(
                     "{}: each call's activations share one quantisation scale, so requests never share a call "
                     "(a caption never depends on the requests beside it); served by the workers".format(

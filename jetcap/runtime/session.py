@@ -178,7 +178,8 @@ def open_bundle(bundle_dir, backend="auto", precision="fp32", engine_cache=None,
         threads: ONNX Runtime intra-op threads (default: its own choice).
         providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
         spinning: ONNX Runtime thread pools spinning (default None: one caller; a server passes
-            SPIN_DURING_RUNS for its decode loop, False for its workers), see :func:`jetcap.runtime.backends.onnxruntime.spinning_policy`.
+            SPIN_DURING_RUNS for its decode loop, False for its workers), see
+            :func:`jetcap.runtime.backends.onnxruntime.spinning_policy`.
     Returns:
         a :class:`BundleSession` (a context manager).
     Raises:

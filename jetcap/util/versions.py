@@ -12,15 +12,16 @@ def parse_version(text, what="version"):
         UsageError: ``text`` does not start with ``<major>.<minor>`` (``what`` names it in the message).
     """
     if isinstance(text, tuple):
-        return tuple(int(part) for part in text)
-    parts = []
-    for piece in str(text).strip().split("."):
-        match = re.match(r"^(\d+)", piece)
-        if not match:
-            break
-        parts.append(int(match.group(1)))
-        if match.group(1) != piece:
-            break
+        parts = [int(part) for part in text]
+    else:
+        parts = []
+        for piece in str(text).strip().split("."):
+            match = re.match(r"^(\d+)", piece)
+            if not match:
+                break
+            parts.append(int(match.group(1)))
+            if match.group(1) != piece:
+                break
     if len(parts) < 2:
         raise UsageError("cannot parse {} {!r}".format(what, text))
     return tuple(parts)

@@ -12,7 +12,7 @@ from jetcap.errors import UsageError
 from jetcap.runtime import preprocess
 from jetcap.runtime.preprocess import IMAGE_SUFFIXES
 from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime, softmax
-from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence
+from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, SequenceLengthError, load_sequence
 from jetcap.util.fsio import list_inputs
 
 def task_from_folder(manifest, opts):
@@ -68,12 +68,14 @@ def _sequences_in_range(pipeline, paths, limit):
         if limit and len(kept) >= limit:
             break
         name = os.path.basename(path)
-        sequence = load_sequence(path, width=pipeline.width)
-        if not pipeline.min_len <= len(sequence) <= pipeline.max_len:
+        try:
+            # a .npy's length is read from its header: a long recording is skipped without being read
+            sequence = pipeline.check(load_sequence(path, max_len=pipeline.max_len, width=pipeline.width), name)
+        except SequenceLengthError:
             outside.append(name)
             continue
         kept.append(path)
-        sequences.append(pipeline.check(sequence, name))
+        sequences.append(sequence)
     bounds = "T {}..{}".format(pipeline.min_len, pipeline.max_len)
     if not kept:
         raise UsageError("no sequence in the folder has a length the bundle takes ({}): {} file(s) outside it, "

@@ -68,7 +68,9 @@ def test_finite_values_too_large_for_float32_arithmetic_are_refused():
     from jetcap.runtime.sequences import MAX_ABS_VALUE, check_sequence
 
     frames = np.ones((20, 2), np.float32)
-    assert check_sequence(frames * MAX_ABS_VALUE).shape == (20, 2)
+    assert check_sequence(frames * 9e17).shape == (20, 2)
+    with pytest.raises(UsageError, match=r"values as large as 1.1e\+18"):
+        check_sequence(frames * MAX_ABS_VALUE * 1.1)
     frames[3, 1] = -np.finfo(np.float32).max
     with pytest.raises(UsageError, match=r"values as large as 3.4e\+38: beyond \+-1e\+18"):
         check_sequence(frames, "clip.npy")

@@ -173,7 +173,9 @@ def test_data_files_outside_the_bundles_length_range_are_skipped_and_counted(cla
 
     data = tmp_path / "data"
     data.mkdir()
-    np.save(str(data / "a_long.npy"), np.zeros((5000, 63), np.float32))
+    long = np.zeros((5000, 63), np.float32)
+    long[7, 0] = np.nan  # a long recording is skipped for its length, never read
+    np.save(str(data / "a_long.npy"), long)
     result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
     assert result.exit_code == 2 and "no sequence in the folder has a length the bundle takes (T 20..128)" in \
         result.output, result.output
@@ -184,6 +186,16 @@ def test_data_files_outside_the_bundles_length_range_are_skipped_and_counted(cla
     assert result.exit_code == 0, result.output
     assert "(3 sequences; 1 file(s) skipped, their length outside the bundle's T 20..128: a_long.npy)" in \
         result.output
+    for name, frames in (("b_short.json", 5), ("c_empty.npy", 0), ("d_long.json", 200)):
+        frames = np.zeros((frames, 63), np.float32)
+        if name.endswith(".npy"):
+            np.save(str(data / name), frames)
+        else:
+            (data / name).write_text(json.dumps(frames.tolist()))
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "4 file(s) skipped, their length outside the bundle's T 20..128: a_long.npy, b_short.json, " \
+        "c_empty.npy, ...)" in result.output
     (data / "b_broken.npy").write_bytes(b"not a numpy file")  # unreadable files still fail the run
     result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
     assert result.exit_code == 2 and "b_broken.npy" in result.output, result.output

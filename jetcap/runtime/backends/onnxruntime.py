@@ -1,7 +1,7 @@
 """ONNX Runtime backend (CPU everywhere; CUDA execution provider when present) (Python 3.6)."""
 import collections
 
-from jetcap.errors import BundleError, JetcapError
+from jetcap.errors import BundleError, JetcapError, UsageError
 from jetcap.runtime.backends.base import Runner, io_mismatches
 from jetcap.util import versions
 from jetcap.util.lazy import require
@@ -76,6 +76,8 @@ def make_session(path, providers=None, threads=None, spinning=True, nchwc=False,
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    if spinning == SPIN_DURING_RUNS and not spins_during_runs():
+        spinning = False  # an older ONNX Runtime ignores the key: its pool would spin between runs too
     if spinning == SPIN_DURING_RUNS:
         options.add_session_config_entry("session.force_spinning_stop", "1")
     elif not spinning:
@@ -156,8 +158,11 @@ def spins_during_runs(version=None):
     """Whether the installed ONNX Runtime (or ``version``, a string or tuple) can stop its pools spinning
     when a run returns (``session.force_spinning_stop``, read from 1.12 on; ignored by older releases)."""
     if version is None:
-        version = require("onnxruntime").__version__
-    return versions.parse_version(version, "onnxruntime version") >= SPIN_DURING_RUNS_SINCE
+        version = getattr(require("onnxruntime"), "__version__", "")
+    try:
+        return versions.parse_version(version, "onnxruntime version") >= SPIN_DURING_RUNS_SINCE
+    except UsageError:  # a custom build's version string: only a speed choice, so the older policies
+        return False
 
 
 def spinning_policy(graphs, graph, spinning=None, during_runs=None):
@@ -167,16 +172,18 @@ def spinning_policy(graphs, graph, spinning=None, during_runs=None):
     - None, one caller whose runs never overlap and who needs no core between them (``jetcap caption``,
       bench): every pool spins during its runs where ONNX Runtime can (:data:`SPIN_DURING_RUNS`).
       Measured on the COCO-sized captioner, 2 threads, batch 1, ONNX Runtime 1.32 (docs/BENCHMARKS.md):
-      a caption 19.3 ms, against 21.3 ms with only the step spinning and 22.4 ms with no spinning.
+      a caption 19.3 ms, against 21.3 ms with only the step spinning and 22.4 ms with no spinning (the
+      step alone, run back to back, is slower: 1.12-1.15 ms against 0.98, each run waking its pool; the
+      encoder is faster, 3.0-3.2 against 3.9 ms, and no pool spins through the other's runs).
       Without it (ONNX Runtime < 1.12, JetPack's 1.10): the pool of a single-graph bundle and of a
       captioner's decoder step spin, whose runs follow each other back to back, not the encoder's (it
       would spin through the steps after it: a caption 15.0 ms with no spinning, 13.5 ms with the step
       spinning, 16.1 / 24.0 ms with the encoder spinning).
     - :data:`SPIN_DURING_RUNS`, runs that never overlap, with other threads needing the cores between
       them (``serve-engine``'s decode loop: HTTP, image decoding, the search between steps): spinning
-      during runs where ONNX Runtime can (1 client 49-51 -> 57-59 captions/s, 8 clients 93-97 -> 94-100),
-      else none (a pool spinning between runs held the cores the request threads need: 8 clients 40-47
-      -> 54-62 captions/s without spinning).
+      during runs where ONNX Runtime can (1 client 49.8-50.0 -> 58.5-59.3 captions/s, 8 clients
+      93.7-99.2 -> 96.0-97.3), else none (a pool spinning between runs held the cores the request
+      threads need: 8 clients 40-47 -> 54-62 captions/s without spinning).
     - False, runs that overlap (``serve-engine``'s workers): no spinning at all; each concurrent run's
       pool spinning took the cores of the others (8 clients 80 -> 66 captions/s spinning during runs).
     - True: every pool spins, between runs too.
@@ -184,6 +191,9 @@ def spinning_policy(graphs, graph, spinning=None, during_runs=None):
     ``during_runs`` (None: :func:`spins_during_runs` of the installed ONNX Runtime) says whether
     :data:`SPIN_DURING_RUNS` is possible.
     """
+    if not (spinning is None or spinning is True or spinning is False
+            or isinstance(spinning, str) and spinning == SPIN_DURING_RUNS):
+        raise ValueError("spinning must be None, True, False or {!r}, not {!r}".format(SPIN_DURING_RUNS, spinning))
     if spinning is True or spinning is False:
         return spinning
     if during_runs is None:
