@@ -580,7 +580,7 @@ class ClassifierSubject(ExportSubject):
     def _probe(self, output: Optional[str], seed: int) -> None:
         high = int(self.config["max_len"])
         low = self.min_len_given or 1
-        t1 = max(low, min(high, 12) if low <= 12 else low)
+        t1 = max(low, min(high, 12))
         # two lengths tell the T axis from fixed ones; a model of one length (--min-len = --max-len) gets one
         t2 = t1 + 5 if t1 + 5 <= high else max(low, t1 - 1)
         try:
