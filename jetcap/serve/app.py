@@ -110,15 +110,24 @@ class EngineServer(Endpoints):
             for key, what in (("calls", "calls run"), ("mean_rows", "mean rows per call"),
                               ("occupancy", "mean rows per call / the bundle's max batch"),
                               ("mean_queue_ms", "mean wait of a request's call before it ran, ms"),
-                              ("max_queue_ms", "longest wait of a call before it ran, ms")):
+                              ("max_queue_ms", "longest wait of a call before it ran, ms"),
+                              ("mean_run_ms", "mean time a call ran (the graph alone), ms"),
+                              ("run_seconds", "seconds its calls ran in all")):
                 registry.gauge("jetcap_batch_{}_{}".format(graph, key), "Batched {} {} (--batching).".format(
                     graph.replace("_", " "), what), function=self._batch_stat(graph, key))
+        registry.gauge("jetcap_decode_loop_busy_seconds", "Seconds the decode loop (--batching) spent not waiting "
+                       "for work; minus the graphs' run_seconds, its own Python. Near the uptime: the loop is the "
+                       "bottleneck.", function=self._loop_busy)
 
     def _batch_stat(self, graph, key):
         def value():
             stats = self.model.batch_stats.get(graph)
             return round(stats.snapshot()[key], 4) if stats is not None else None
         return value
+
+    def _loop_busy(self):
+        scheduler = self.model.scheduler
+        return round(scheduler.busy_seconds, 4) if scheduler is not None else None
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self):

@@ -150,3 +150,22 @@ def test_large_images_decode_on_the_request_thread_and_a_bounded_number_waits(ca
                 state.prepare(large, 0.2)
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_preprocessing_is_the_written_formula_bit_for_bit(order):
+    """((x * scale) - mean) / std in float32, channels first, flipped for BGR: exactly, not approximately
+    (captions near a tie must not move because the arithmetic was reorganised for speed)."""
+    from jetcap.runtime import preprocess
+
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8), "RGB")
+    settings = dict(preprocess.default_preprocessing(24, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                    channel_order=order)
+    got = preprocess.preprocess_image(image, settings)
+    pixels = np.asarray(image.resize((24, 24), Image.BILINEAR), dtype=np.float32) * np.float32(settings["scale"])
+    if order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    expected = ((pixels - np.asarray(settings["mean"], np.float32)) / np.asarray(settings["std"], np.float32))
+    assert got.dtype == np.float32 and got.shape == (3, 24, 24) and got.flags["C_CONTIGUOUS"]
+    assert np.array_equal(got, expected.transpose(2, 0, 1))

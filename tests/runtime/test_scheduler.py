@@ -10,7 +10,7 @@ from jetcap.export.tasks import unpad
 from jetcap.runtime import decoding
 from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.pipeline import CaptionPipeline
-from jetcap.runtime.scheduler import DecodeScheduler
+from jetcap.runtime.scheduler import ContextRows, DecodeScheduler
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
 
@@ -120,3 +120,59 @@ def test_the_search_generators_are_the_searches(session, reference):
     driven = decoding.run_search(decoding.greedy_search(2, vocab.start_id, vocab.end_id, 20, session_a.topk),
                                  session_a)
     assert [h.tokens for h in driven] == [unpad(row) for row in reference["task/greedy_tokens"][:2]]
+
+
+def test_context_rows_lay_out_any_join_leave_and_reorder_as_a_concatenation_would():
+    """Searches join, leave and reorder their rows in random order; the laid-out context always equals
+    the concatenation of the rows of the jobs in the order returned, and only changed rows are copied."""
+    rng = np.random.default_rng(3)
+    rows = ContextRows(["features", "projected"], capacity=8)
+    live = {}  # number -> (version, {name: rows})
+    copied_by_concatenation = 0
+    for _ in range(300):
+        if live and (len(live) > 5 or rng.random() < 0.4):
+            del live[int(rng.choice(sorted(live)))]
+        if rng.random() < 0.6 and sum(len(v[1]["features"]) for v in live.values()) < 6:
+            count = int(rng.integers(1, 3))
+            live[int(rng.integers(10 ** 6))] = (0, {"features": rng.standard_normal((count, 4, 3)).astype(np.float32),
+                                                   "projected": rng.standard_normal((count, 4)).astype(np.float32)})
+        if live and rng.random() < 0.2:  # a beam reordered its rows: new version, new values
+            number = int(rng.choice(sorted(live)))
+            version, values = live[number]
+            live[number] = (version + 1, dict((k, v[::-1].copy()) for k, v in values.items()))
+        if not live:
+            continue
+        jobs = list(live)
+        rng.shuffle(jobs)
+        feed, order = rows.arrange(jobs, [(n, live[n][0]) for n in jobs], lambda n: live[n][1])
+        assert sorted(order) == sorted(jobs)
+        for name in ("features", "projected"):
+            expected = np.concatenate([live[n][1][name] for n in order])
+            assert np.array_equal(feed[name], expected)
+            assert feed[name].flags["C_CONTIGUOUS"]
+        copied_by_concatenation += sum(len(live[n][1]["features"]) for n in jobs)
+    assert rows.copied_rows < copied_by_concatenation / 2, (rows.copied_rows, copied_by_concatenation)
+
+
+def test_context_rows_refuse_more_rows_or_other_shapes_and_then_rewrite_everything():
+    rows = ContextRows(["x"], capacity=3)
+    a, b = np.zeros((2, 5), np.float32), np.ones((2, 5), np.float32)
+    values = {"a": {"x": a}, "b": {"x": b}, "c": {"x": np.ones((1, 6), np.float32)}}
+    feed, order = rows.arrange(["a"], ["a"], values.get)
+    with pytest.raises(ValueError, match="do not fit"):
+        rows.arrange(["a", "b"], ["a", "b"], values.get)
+    with pytest.raises(ValueError, match="shape"):
+        rows.arrange(["a", "c"], ["a", "c"], values.get)
+    feed, order = rows.arrange(["c"], ["c"], values.get)  # alone: rows of another shape get their own array
+    assert np.array_equal(feed["x"], values["c"]["x"])
+    feed, order = rows.arrange(["b"], ["b"], values.get)
+    assert np.array_equal(feed["x"], b)
+
+
+def test_the_loop_reports_its_busy_time_and_its_graphs_run_time(session, reference, scheduler):
+    images = reference["task/images"]
+    _concurrently(4, lambda i: scheduler.caption(images[i:i + 1])[0].tokens)
+    encoder, step = scheduler.stats["encoder"].snapshot(), scheduler.stats["decoder_step"].snapshot()
+    assert encoder["run_seconds"] > 0 and step["run_seconds"] > 0
+    assert step["mean_run_ms"] == pytest.approx(1000 * step["run_seconds"] / step["calls"])
+    assert encoder["run_seconds"] + step["run_seconds"] <= scheduler.busy_seconds

@@ -323,6 +323,7 @@ def test_body_too_large_is_413_before_reading(servers):
 def test_metrics_are_prometheus_text(servers):
     cap = servers["cap"]
     cap.request("GET", "/nope")
+    assert cap.request("POST", "/caption", sample_images()[0], {"Content-Type": "image/png"})[0] == 200
     values = cap.metrics()
     assert sample(values, "jetcap_http_requests_total", endpoint="other", method="GET", status="404") >= 1
     assert sample(values, "jetcap_http_request_duration_seconds_count", endpoint="/ready") >= 1
@@ -332,6 +333,10 @@ def test_metrics_are_prometheus_text(servers):
     for name in ("jetcap_inferences_in_flight", "jetcap_queue_depth", "jetcap_memory_guard_trips_total",
                  "jetcap_memory_guard_shedding"):
         assert (name, ()) in values, name
+    # the decode loop: how long its graphs ran, and how long it was busy (near the uptime: saturated)
+    ran = [sample(values, "jetcap_batch_{}_run_seconds".format(graph)) for graph in ("encoder", "decoder_step")]
+    assert min(ran) > 0 and sum(ran) <= sample(values, "jetcap_decode_loop_busy_seconds")
+    assert sample(values, "jetcap_batch_decoder_step_mean_run_ms") > 0
 
 
 def test_request_log_is_one_json_line_per_request(servers):
