@@ -67,6 +67,11 @@ class BatchStats(object):
             self.max_queue_seconds = max([self.max_queue_seconds] + list(queue_seconds))
             self.run_seconds += run_seconds
 
+    def add_run(self, seconds):
+        """Run time of a call that is not one of ``calls`` (a failed batch's rows retried one by one)."""
+        with self._lock:
+            self.run_seconds += seconds
+
     def snapshot(self):
         with self._lock:
             calls = max(1, self.calls)
@@ -286,12 +291,12 @@ class DecodeScheduler(object):
                     left, self._waiting = list(self._waiting), collections.deque()
                     break
                 admitted = self._admit()
-            began = time.time()
+            began = time.perf_counter()
             if admitted:
                 self._encode(admitted)
             if self._active:
                 self._step_all()
-            self.busy_seconds += time.time() - began
+            self.busy_seconds += time.perf_counter() - began
         for job in left:
             job.request.finish(job.index, error=UsageError("the decode loop is closed"))
 
@@ -308,21 +313,27 @@ class DecodeScheduler(object):
         return admitted
 
     def _encode(self, jobs):
-        started = time.time()
+        started, clock = time.time(), time.perf_counter()
         try:
             encoded = self.encoder.infer({"images": np.concatenate([job.image for job in jobs])})
         except Exception:  # noqa: BLE001 -- one bad image must not fail its neighbours: encode each alone
             encoded = None
         self.stats["encoder"].record(len(jobs), len(jobs), [started - job.submitted for job in jobs],
-                                     time.time() - started)
+                                     time.perf_counter() - clock)
         for i, job in enumerate(jobs):
             try:
-                outputs = (self.encoder.infer({"images": job.image}) if encoded is None
-                           else self._rows_of(encoded, i))
+                outputs = self._encode_alone(job) if encoded is None else self._rows_of(encoded, i)
                 job.image = None
                 self._start(job, outputs)
             except Exception as exc:  # handed to the request's thread, which raises it as its own
                 job.request.finish(job.index, error=exc)
+
+    def _encode_alone(self, job):
+        clock = time.perf_counter()
+        try:
+            return self.encoder.infer({"images": job.image})
+        finally:
+            self.stats["encoder"].add_run(time.perf_counter() - clock)
 
     def _rows_of(self, encoded, i):
         return dict((name, np.take(value, [i], axis=self.encoder_axes[name])) for name, value in encoded.items())
@@ -398,9 +409,10 @@ class DecodeScheduler(object):
         self._active = [job for job in self._active if job.op is not None]
 
     def _step(self, jobs):
+        started = time.time()
         try:
             feed, jobs = self._feed(jobs)
-            started = time.time()
+            clock = time.perf_counter()
             out = self.step.infer(feed)
         except Exception as exc:  # noqa: BLE001 -- handed to the request's thread, which raises it
             if len(jobs) > 1:  # one bad search must not fail its neighbours: run each alone
@@ -411,7 +423,7 @@ class DecodeScheduler(object):
                 jobs[0].request.finish(jobs[0].index, error=exc)
             return
         self.stats["decoder_step"].record(len(jobs), sum(job.rows for job in jobs),
-                                          [started - job.ready for job in jobs], time.time() - started)
+                                          [started - job.ready for job in jobs], time.perf_counter() - clock)
         protocol = self.protocol
         start = 0
         for job in jobs:

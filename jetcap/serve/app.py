@@ -112,12 +112,12 @@ class EngineServer(Endpoints):
                               ("mean_queue_ms", "mean wait of a request's call before it ran, ms"),
                               ("max_queue_ms", "longest wait of a call before it ran, ms"),
                               ("mean_run_ms", "mean time a call ran (the graph alone), ms"),
-                              ("run_seconds", "seconds its calls ran in all")):
+                              ("run_seconds", "seconds its calls ran since the model was loaded")):
                 registry.gauge("jetcap_batch_{}_{}".format(graph, key), "Batched {} {} (--batching).".format(
                     graph.replace("_", " "), what), function=self._batch_stat(graph, key))
         registry.gauge("jetcap_decode_loop_busy_seconds", "Seconds the decode loop (--batching) spent not waiting "
-                       "for work; minus the graphs' run_seconds, its own Python. Near the uptime: the loop is the "
-                       "bottleneck.", function=self._loop_busy)
+                       "for work since the model was loaded; minus the graphs' run_seconds, its own Python. Growing "
+                       "as fast as the clock: the loop is the bottleneck.", function=self._loop_busy)
 
     def _batch_stat(self, graph, key):
         def value():

@@ -172,7 +172,39 @@ def test_context_rows_refuse_more_rows_or_other_shapes_and_then_rewrite_everythi
 def test_the_loop_reports_its_busy_time_and_its_graphs_run_time(session, reference, scheduler):
     images = reference["task/images"]
     _concurrently(4, lambda i: scheduler.caption(images[i:i + 1])[0].tokens)
+    scheduler.close()  # its last iteration's busy time is added after the last caption is answered
     encoder, step = scheduler.stats["encoder"].snapshot(), scheduler.stats["decoder_step"].snapshot()
     assert encoder["run_seconds"] > 0 and step["run_seconds"] > 0
     assert step["mean_run_ms"] == pytest.approx(1000 * step["run_seconds"] / step["calls"])
     assert encoder["run_seconds"] + step["run_seconds"] <= scheduler.busy_seconds
+
+
+class _FailingEveryThirdBatch(object):
+    """The real step runner, except that every third call of more rows than one search has (a beam of 3)
+    fails: a fault injected to drive the loop's run-each-search-alone path, its context rows laid out again."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.calls = 0
+
+    def infer(self, feed):
+        rows = len(next(iter(feed.values())))
+        if rows > 3:
+            self.calls += 1
+            if self.calls % 3 == 0:
+                raise RuntimeError("injected failure of a batched step")
+        return self.runner.infer(feed)
+
+
+def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(session, reference):
+    images = reference["task/images"]
+    runners = dict(session.runners)
+    runners["decoder_step"] = _FailingEveryThirdBatch(runners["decoder_step"])
+    loop = DecodeScheduler(session.manifest, runners)
+    try:
+        got = _concurrently(len(images), lambda i: loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens)
+    finally:
+        loop.close()
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
+    assert runners["decoder_step"].calls >= 3  # the failure path really ran
