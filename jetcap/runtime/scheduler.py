@@ -164,13 +164,18 @@ def _joined(parts, axis):
 
 
 class _Request(object):
-    """What one ``caption`` call waits for: one job per image."""
+    """What one ``caption`` / ``submit`` call waits for: one job per image (none: done at once)."""
 
-    def __init__(self, count):
+    def __init__(self, count, on_done=None):
         self.results = [None] * count
         self.remaining = count
         self.error = None
         self.done = threading.Event()
+        self.finished = None
+        self.on_done = on_done
+        if not count:
+            self.finished = time.time()
+            self.done.set()
 
     def finish(self, index, result=None, error=None):
         if error is not None and self.error is None:
@@ -178,7 +183,10 @@ class _Request(object):
         self.results[index] = result
         self.remaining -= 1
         if self.remaining <= 0:
+            self.finished = time.time()
             self.done.set()
+            if self.on_done is not None:
+                self.on_done()
 
 
 class _Job(object):
@@ -254,13 +262,24 @@ class DecodeScheduler(object):
     # -- the requests' side -------------------------------------------------------------------------
     def caption(self, images, beam_size=1, max_len=None):
         """Hypotheses for ``images`` (float32 NCHW), as :meth:`CaptionPipeline.caption` gives them."""
+        request = self.submit(images, beam_size, max_len)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def submit(self, images, beam_size=1, max_len=None, on_done=None):
+        """Queue ``images`` and return at once: a request whose ``done`` event is set when all are
+        captioned, with ``results`` (the hypotheses), ``error`` (the first failure, else None) and
+        ``finished`` (its time).  ``on_done()``, when given, is called then, on the loop's thread: it must
+        return at once (wake the caller up, no more)."""
         beam_size = int(beam_size)
         check_beam(beam_size, self.max_batch)
         max_len = int(max_len or self.manifest.decoding.get("max_len", 20))
         images = np.ascontiguousarray(images, dtype=np.float32)
-        request = _Request(len(images))
+        request = _Request(len(images), on_done)
         if not len(images):
-            return []
+            return request
         reserve = min(beam_size, self.max_batch)
         with self._cond:
             if self._closed:
@@ -269,10 +288,7 @@ class DecodeScheduler(object):
                 self._waiting.append(_Job(request, i, images[i:i + 1], beam_size, max_len, reserve,
                                           next(self._numbers)))
             self._cond.notify()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.results
+        return request
 
     def close(self, wait_seconds=5.0):
         """Stop the loop after the searches in flight; requests still waiting get an error."""

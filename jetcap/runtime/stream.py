@@ -133,6 +133,37 @@ class StreamOptions(object):
                                                                          self.overlay))
 
 
+# -- how frames share the model's calls -------------------------------------------------------------
+def uses_decode_loop(source, precision):
+    """Whether frames of ``source`` go through the decode loop (each joins the captions in flight at
+    their next step) rather than a batch at a time.
+
+    A live source does: measured on the COCO-sized captioner, a 100 fps MJPEG pipe, 2 CPU threads
+    (docs/BENCHMARKS.md), 84-90 captions/s with 36-66 of 500 frames dropped, against 78-82 with 75-98,
+    its captions 1-6 ms older (capture to caption p50 33-37 vs 31-32 ms); at 30 fps the same.  A file
+    does not: all its frames are captioned, and whole batches were faster (--queue 8: 141-144 vs 124-131
+    captions/s; about equal at 2).  Nor does a variant whose rows must not share a call (``int8-cpu``).
+    """
+    from jetcap.runtime.manifest import rows_independent
+
+    return bool(source.live) and rows_independent(precision)
+
+
+def decode_loop(manifest, session, beam, log):
+    """The :class:`jetcap.runtime.scheduler.DecodeScheduler` over ``session``'s runners that frames share
+    (from then on only its thread calls them), or None: a bundle whose outputs have no batch axis, or a
+    beam wider than the max batch."""
+    from jetcap.runtime.scheduler import DecodeScheduler
+
+    if beam > int(manifest.axes["batch"]["max"]):
+        return None
+    try:
+        return DecodeScheduler(manifest, session.runners)
+    except UsageError as exc:
+        log("frames are captioned a batch at a time: {}".format(exc))
+        return None
+
+
 # -- statistics -------------------------------------------------------------------------------------
 def percentile(values, q):
     """The ``q``-th percentile (0-100) of ``values``, or None when empty."""
@@ -269,6 +300,7 @@ class StreamRunner(object):
         self.window = False
         self.session = None
         self.pipeline = None
+        self.scheduler = None  # the decode loop, when captions may share the model's calls
         self.preprocessing = None
         self.beam = self.max_len = None
         self.first_image = None
@@ -352,6 +384,8 @@ class StreamRunner(object):
         # warm-up (not recorded): the first inference allocates ONNX Runtime's arenas / TensorRT's context
         self.pipeline.caption(preprocess.preprocess_array(self.first_image[:, :, ::-1], self.preprocessing)[None],
                               beam_size=self.beam, max_len=self.max_len)
+        if uses_decode_loop(self.source, self.session.precision):
+            self.scheduler = decode_loop(manifest, self.session, self.beam, self.log)
 
     def _guard_log(self, event, **fields):
         state = fields.get("state")
@@ -392,25 +426,93 @@ class StreamRunner(object):
         return self.summary
 
     def _loop(self, started):
+        self._ticks = {"status": started, "memory": started, "window": started}
+        self._window_captions = 0
+        self._last_captioned = None
+        if self.scheduler is not None:
+            self._loop_scheduled(started)
+        else:
+            self._loop_batched(started)
+
+    def _keep_going(self, started):
+        """Once per iteration: the stop conditions, the memory check, the status line; False to stop."""
         options = self.options
-        last_status = last_memory_check = window_started = started
-        window_captions = 0
-        last_captioned = None
+        if self.stop_event.is_set():
+            self.stop_reason = self.stop_reason or "stopped"
+            return False
+        now = time.time()
+        if options.duration is not None and now - started >= options.duration:
+            self.stop_reason = "duration ({:g} s)".format(options.duration)
+            return False
+        ticks = self._ticks
+        if now - ticks["memory"] >= options.memory_check_every:
+            self.guard.check()
+            ticks["memory"] = now
+        if options.status_every and now - ticks["status"] >= options.status_every:
+            self._status(now - started, now - ticks["window"], self._window_captions)
+            ticks["status"] = ticks["window"] = now
+            self._window_captions = 0
+        return True
+
+    def _wanted(self, frame):
+        """Whether ``frame`` is captioned (``--every``; not while the memory guard sheds); counts it."""
+        self.summary.frames_processed += 1
+        if self._last_captioned is None or frame.index - self._last_captioned >= self.options.every:
+            self._last_captioned = frame.index
+            if not self.guard.tripped:
+                return True
+            self.summary.skipped_memory += 1
+        return False
+
+    def _loop_scheduled(self, started):
+        """Frames through the decode loop (:class:`jetcap.runtime.scheduler.DecodeScheduler`): a frame
+        taken from the queue starts at once, joining the captions in flight at their next step, while
+        there is room for its rows (the bundle's max batch); when there is none, the newest frames wait
+        in the queue (a live source keeps dropping the oldest).  Records and the overlay follow frame order."""
+        pending = collections.deque()  # [frame, request or None (not captioned), began, captions in flight]
+        # as many captions in flight as the batched path captions together: the frame taken and --queue more
+        room = max(1, min(self.scheduler.max_batch // self.beam, self.options.queue + 1))
+        in_flight = 0
         while True:
-            if self.stop_event.is_set():
-                self.stop_reason = self.stop_reason or "stopped"
+            while pending and (pending[0][1] is None or pending[0][1].done.is_set()):
+                in_flight -= self._finish(pending.popleft())
+            if not self._keep_going(started):
                 break
-            now = time.time()
-            if options.duration is not None and now - started >= options.duration:
-                self.stop_reason = "duration ({:g} s)".format(options.duration)
-                break
-            if now - last_memory_check >= options.memory_check_every:
-                self.guard.check()
-                last_memory_check = now
-            if options.status_every and now - last_status >= options.status_every:
-                self._status(now - started, now - window_started, window_captions)
-                last_status = window_started = now
-                window_captions = 0
+            if in_flight >= room:
+                pending[0][1].done.wait(0.1)
+                continue
+            frame = self.queue.get(timeout=0.1)  # woken early when a caption in flight finishes
+            if frame is FrameQueue.TIMEOUT:
+                continue
+            if frame is None:
+                break  # the capture thread ended
+            entry = [frame, None, time.time(), in_flight + 1]
+            if self._wanted(frame):
+                image = preprocess.preprocess_array(frame.image[:, :, ::-1], self.preprocessing)[None]
+                entry[1] = self.scheduler.submit(image, beam_size=self.beam, max_len=self.max_len,
+                                                 on_done=self.queue.wake)
+                in_flight += 1
+            pending.append(entry)
+        for entry in pending:  # stopped or ended: the captions in flight are finished and written
+            if entry[1] is not None:
+                entry[1].done.wait()
+            self._finish(entry)
+
+    def _finish(self, entry):
+        """Write and show a frame taken by :meth:`_loop_scheduled`; 1 when it was captioned, else 0."""
+        frame, request, began, together = entry
+        if request is not None:
+            if request.error is not None:
+                raise request.error
+            self.caption_text = self._record(frame, request.results[0], (request.finished - began) * 1000.0, together)
+        if self.overlay is not None or self.window:
+            self._show(frame)
+        return 0 if request is None else 1
+
+    def _loop_batched(self, started):
+        """Frames captioned a batch at a time (a variant whose rows must not share a call: ``int8-cpu``
+        captions one image per call, :attr:`CaptionPipeline.image_batch`)."""
+        while self._keep_going(started):
             frame = self.queue.get(timeout=0.1)
             if frame is FrameQueue.TIMEOUT:
                 continue
@@ -427,17 +529,8 @@ class StreamRunner(object):
                     ended = True
                     break
                 frames.append(more)
-            wanted = []
-            for queued in frames:
-                self.summary.frames_processed += 1
-                if last_captioned is None or queued.index - last_captioned >= options.every:
-                    last_captioned = queued.index
-                    if self.guard.tripped:
-                        self.summary.skipped_memory += 1
-                    else:
-                        wanted.append(queued)
+            wanted = [queued for queued in frames if self._wanted(queued)]
             captions = self._caption(wanted) if wanted else {}
-            window_captions += len(captions)
             for queued in frames:
                 if queued.index in captions:
                     self.caption_text = captions[queued.index]
@@ -452,29 +545,32 @@ class StreamRunner(object):
         batch = np.stack([preprocess.preprocess_array(f.image[:, :, ::-1], self.preprocessing) for f in frames])
         hypotheses = self.pipeline.caption(batch, beam_size=self.beam, max_len=self.max_len)
         latency_ms = (time.time() - began) * 1000.0  # every frame of the batch waited for all of it
-        captions = {}
-        for frame, hypothesis in zip(frames, hypotheses):
-            text = self.pipeline.text(hypothesis)
-            captions[frame.index] = text
-            self.latencies.append(latency_ms)
-            self.window_latencies.append(latency_ms)
-            self.summary.captions += 1
-            record = collections.OrderedDict()
-            record["frame"] = frame.index
-            record["timestamp"] = round(frame.timestamp, 6)
-            record["caption"] = text
-            record["score"] = float(hypothesis.score)
-            record["latency_ms"] = round(latency_ms, 3)
-            record["batch"] = len(frames)
-            if self.jsonl is not None:
-                try:
-                    self.jsonl.write(json.dumps(record) + "\n")
-                    self.jsonl.flush()
-                except (IOError, OSError, ValueError) as exc:
-                    raise UsageError("writing --jsonl {} failed: {}".format(self.options.jsonl, exc))
-            if self.on_caption is not None:
-                self.on_caption(record)
-        return captions
+        return dict((frame.index, self._record(frame, hypothesis, latency_ms, len(frames)))
+                    for frame, hypothesis in zip(frames, hypotheses))
+
+    def _record(self, frame, hypothesis, latency_ms, batch):
+        """Count and write one caption (JSONL, ``on_caption``); returns its text."""
+        text = self.pipeline.text(hypothesis)
+        self.latencies.append(latency_ms)
+        self.window_latencies.append(latency_ms)
+        self.summary.captions += 1
+        self._window_captions += 1
+        record = collections.OrderedDict()
+        record["frame"] = frame.index
+        record["timestamp"] = round(frame.timestamp, 6)
+        record["caption"] = text
+        record["score"] = float(hypothesis.score)
+        record["latency_ms"] = round(latency_ms, 3)
+        record["batch"] = batch
+        if self.jsonl is not None:
+            try:
+                self.jsonl.write(json.dumps(record) + "\n")
+                self.jsonl.flush()
+            except (IOError, OSError, ValueError) as exc:
+                raise UsageError("writing --jsonl {} failed: {}".format(self.options.jsonl, exc))
+        if self.on_caption is not None:
+            self.on_caption(record)
+        return text
 
     def _show(self, frame):
         image = draw_caption(self.cv2, frame.image, self.caption_text)
@@ -536,6 +632,9 @@ class StreamRunner(object):
             self.cv2.destroyWindow(WINDOW_NAME)
             self.cv2.waitKey(1)
             self.window = False
+        if self.scheduler is not None:
+            self.scheduler.close()  # before the runners it calls are released
+            self.scheduler = None
         if self.session is not None:
             self.session.close()
             self.session = None

@@ -199,6 +199,7 @@ class FrameQueue(object):
         self._items = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
+        self._woken = False
 
     def __len__(self):
         return len(self._items)
@@ -223,12 +224,16 @@ class FrameQueue(object):
             return True
 
     def get(self, timeout=None):
-        """The oldest item; None once closed and empty; :attr:`TIMEOUT` when ``timeout`` passed first."""
+        """The oldest item; None once closed and empty; :attr:`TIMEOUT` when ``timeout`` passed first, or
+        when :meth:`wake` was called since the last ``get`` that found no item."""
         deadline = None if timeout is None else time.time() + timeout
         with self._cond:
             while not self._items:
                 if self._closed:
                     return None
+                if self._woken:
+                    self._woken = False
+                    return self.TIMEOUT
                 remaining = None if deadline is None else deadline - time.time()
                 if remaining is not None and remaining <= 0:
                     return self.TIMEOUT
@@ -236,6 +241,13 @@ class FrameQueue(object):
             item = self._items.popleft()
             self._cond.notify_all()
             return item
+
+    def wake(self):
+        """Make a waiting (or the next empty) :meth:`get` return :attr:`TIMEOUT` now: the consumer has
+        something else to do (a caption in flight finished)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def close(self):
         """No more puts; waiting producers and consumers wake up (consumers still get what is queued)."""

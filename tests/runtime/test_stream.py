@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from jetcap.errors import UsageError
+from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.memory import MemoryInfo
+from jetcap.runtime import stream as stream_module
 from jetcap.runtime.stream import StreamOptions, default_memory_threshold_mb, run_stream
 from jetcap.runtime.video import (JETSON_CSI_PIPELINE, FrameQueue, draw_caption, parse_source, wrap_words)
 
@@ -86,6 +88,28 @@ def test_live_queue_drops_the_oldest_frames():
     assert queue.get() is None and not queue.put(5)
 
 
+def test_a_woken_queue_returns_at_once_and_only_once():
+    queue = FrameQueue(2, drop_oldest=True)
+    waited = []
+
+    def wait():
+        began = time.time()
+        waited.append((queue.get(timeout=5), time.time() - began))
+
+    getter = threading.Thread(target=wait)
+    getter.start()
+    time.sleep(0.05)
+    queue.wake()  # a caption in flight finished: the consumer must not sleep on until the next frame
+    getter.join(5)
+    assert waited[0][0] is FrameQueue.TIMEOUT and waited[0][1] < 1.0
+    queue.wake()
+    queue.put(1)
+    assert queue.get(timeout=0) == 1  # a frame that is there comes first
+    assert queue.get(timeout=0.5) is FrameQueue.TIMEOUT  # the wake is used up by one empty get
+    began = time.time()
+    assert queue.get(timeout=0.05) is FrameQueue.TIMEOUT and time.time() - began >= 0.04
+
+
 def test_file_queue_waits_and_loses_nothing():
     queue = FrameQueue(1, drop_oldest=False)
 
@@ -138,9 +162,15 @@ def test_draw_caption_writes_on_a_band_at_the_bottom():
 
 
 # -- files ------------------------------------------------------------------------------------------
-def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, frames, reference, tmp_path):
+@pytest.mark.parametrize("loop", ["decode loop", "batches"])
+def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, frames, reference, tmp_path,
+                                                                monkeypatch, loop):
+    """Frames through the decode loop (each joins the captions in flight at their next step), or a batch
+    at a time (the path of a variant whose rows must not share a call): the captions of single frames."""
+    if loop == "decode loop":  # a file's frames go a batch at a time, unless told otherwise
+        monkeypatch.setattr(stream_module, "uses_decode_loop", lambda source, precision: True)
     out = tmp_path / "captions.jsonl"
-    summary, records, lines = stream(bundle, video, jsonl=str(out))
+    summary, records, lines = stream(bundle, video, jsonl=str(out), queue=4)
     assert summary.exit_code == 0 and summary.stop_reason == "end of file"
     assert (summary.frames_read, summary.frames_processed, summary.captions, summary.dropped) == (24, 24, 24, 0)
     assert read_jsonl(out) == records
@@ -148,12 +178,20 @@ def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, f
     assert [r["caption"] for r in records] == reference
     for record in records:
         assert set(record) == {"frame", "timestamp", "caption", "score", "latency_ms", "batch"}
-        assert record["batch"] >= 1  # frames that queued up while a caption ran are captioned together
+        assert record["batch"] >= 1  # captions in flight together (decode loop) / captioned together
         assert record["timestamp"] == pytest.approx(record["frame"] / FPS)  # seconds into the file
         assert record["score"] <= 0 and record["latency_ms"] > 0
     assert summary.latency_p95_ms >= summary.latency_p50_ms > 0
     assert summary.peak_rss_bytes >= summary.rss_start_bytes > 0
     assert lines[-1].startswith("summary: 24 frames") and "dropped 0" in lines[-1]
+    assert max(record["batch"] for record in records) > 1  # a file's frames queue up: they shared calls
+
+
+def test_live_sources_use_the_decode_loop_files_and_int8_cpu_do_not(tmp_path):
+    live, clip = parse_source(make_fifo(tmp_path)), parse_source(str(write_video(tmp_path / "c.avi", frames=2)))
+    assert stream_module.uses_decode_loop(live, "fp32") and stream_module.uses_decode_loop(live, "fp16")
+    assert not stream_module.uses_decode_loop(clip, "fp32")
+    assert not stream_module.uses_decode_loop(live, "int8-cpu")  # its rows must not share a call
 
 
 def test_every_and_max_frames(bundle, video, reference):
@@ -203,9 +241,13 @@ def test_stop_event_finishes_the_frame_in_flight(bundle, video, tmp_path):
 
     summary, _, _ = stream(bundle, video, jsonl=str(out), loop=True, stop_event=stop, on_caption=on_caption)
     assert summary.exit_code == 0 and summary.stop_reason == "stopped"
-    # the batch in flight (frames that had queued up together) is finished and written, nothing after it
+    # the captions in flight (at most the bundle's max batch, the 5th included) are finished and written,
+    # and no frame is taken after the stop
+    most = Manifest.load(bundle).axes["batch"]["max"]
     assert summary.captions == len(records)
-    assert 5 <= len(records) <= 5 + records[4]["batch"] - 1
+    assert 5 <= len(records) <= 5 + most - 1
+    assert all(1 <= record["batch"] <= most for record in records)
+    assert [record["frame"] for record in records] == sorted(record["frame"] for record in records)
     assert read_jsonl(out) == records
 
 
