@@ -1,16 +1,19 @@
 """How fresh ``caption-stream``'s captions are on a live source: capture-to-caption time at a given fps.
 
     .venv/bin/python benchmarks/stream_freshness.py BUNDLE [--data DIR] [--fps 100] [--seconds 5]
-        [--queue 2] [--threads 2] [--backend onnxruntime] [--precision fp32]
+        [--queue 2] [--threads 2] [--backend onnxruntime] [--precision fp32] [--batches]
 
 A thread writes the images of ``--data`` (PNG/JPEG files; default: the shipped samples), JPEG-encoded,
 into a FIFO at ``--fps`` frames per second for ``--seconds`` (a raw MJPEG stream, what ``ffmpeg -f
 mjpeg`` sends to a pipe: a LIVE source, whose oldest frames are dropped when inference falls behind),
-and the stream (:func:`jetcap.runtime.stream.run_stream`, in this process) captions it.  For each
-caption, the time from the frame's capture (its record's ``timestamp``: wall time for a live source) to
-the caption being written is what a camera app shows late.  Prints captions/s, dropped frames and that
-time's p50/p95 (the first 20 captions, warm-up, left out), besides the stream's own ``latency_ms``
-(from the frame leaving the queue).  It sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (unless set) so that
+and the stream (:func:`jetcap.runtime.stream.run_stream`, in this process) captions it.  As a camera,
+the writer never catches up on frames it could not deliver in time (while the bundle loads, or while
+the pipe is full): it skips them.  For each caption, the time from the frame's capture (its record's
+``timestamp``: wall time for a live source) to the caption being written is what a camera app shows
+late.  Prints captions/s between the 20th and the last caption (warm-up and the source's end left
+out), frames skipped by the writer and dropped by the stream, and that time's p50/p95 over the same
+captions, besides the stream's own ``latency_ms`` (from the frame leaving the queue).  ``--batches``
+captions the live source a batch at a time (``caption-stream --no-decode-loop``), as it does a file.  It sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (unless set) so that
 OpenCV's FFmpeg backend does not probe 5 MB of the pipe first, which would hold back the first seconds
 of frames and deliver them in one burst.  Needs OpenCV, as the command does; Python 3.6 compatible.
 """
@@ -44,14 +47,20 @@ def frames_of(data):
     return [cv2.imencode(".jpg", cv2.imread(path))[1].tobytes() for path in paths]
 
 
-def write_live(path, blobs, fps, count):
-    """Write ``count`` frames into the FIFO ``path`` at ``fps``, then close it (the source ends)."""
+def write_live(path, blobs, fps, count, counts):
+    """Offer ``count`` frames to the FIFO ``path`` at ``fps``, then close it (the source ends).  A frame
+    whose time has passed (the reader was not there) is skipped, not sent late: ``counts["skipped"]``."""
     try:
         with open(path, "wb") as handle:
             began = time.time()
             for index in range(count):
+                due = began + index / fps
+                if time.time() > due + 1.0 / fps:
+                    counts["skipped"] += 1
+                    continue
                 handle.write(blobs[index % len(blobs)])
                 handle.flush()
+                counts["written"] += 1
                 delay = began + (index + 1) / fps - time.time()
                 if delay > 0:
                     time.sleep(delay)
@@ -78,27 +87,39 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--batches", action="store_true", help="a batch at a time, not the decode loop")
     args = parser.parse_args()
     blobs = frames_of(args.data)
     folder = tempfile.mkdtemp(prefix="jetcap-fresh-")
     try:
         fifo = os.path.join(folder, "live.mjpeg")
         os.mkfifo(fifo)
-        writer = threading.Thread(target=write_live, args=(fifo, blobs, args.fps, int(args.fps * args.seconds)))
+        counts = {"written": 0, "skipped": 0}
+        writer = threading.Thread(target=write_live, args=(fifo, blobs, args.fps, int(args.fps * args.seconds), counts))
         writer.daemon = True
         writer.start()
-        fresh = []
+        written = []  # (when the caption was written, how late)
+
+        def on_caption(record):
+            now = time.time()
+            written.append((now, now - record["timestamp"]))
+
         summary = run_stream(args.bundle, StreamOptions(fifo, backend=args.backend, precision=args.precision,
-                                                        threads=args.threads, queue=args.queue, status_every=0),
-                             on_caption=lambda record: fresh.append(time.time() - record["timestamp"]),
-                             handle_signals=False)
+                                                        threads=args.threads, queue=args.queue, status_every=0,
+                                                        decode_loop=not args.batches),
+                             on_caption=on_caption, handle_signals=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    fresh = [1000.0 * value for value in fresh[WARMUP:]]
-    print("live MJPEG pipe at {:g} fps, --queue {}: {} captions in {:.2f} s ({:.1f}/s), {} frames dropped; "
-          "capture-to-caption p50 {:.1f} ms, p95 {:.1f} ms; latency_ms p50 {:.1f}".format(
-              args.fps, args.queue, summary.captions, summary.seconds, summary.captions / max(summary.seconds, 1e-9),
-              summary.dropped, percentile(fresh, 0.5), percentile(fresh, 0.95), summary.latency_p50_ms or 0.0))
+    steady = written[WARMUP:]
+    if len(steady) < 2:
+        raise SystemExit("only {} captions: stream longer (--seconds)".format(len(written)))
+    rate = (len(steady) - 1) / max(steady[-1][0] - steady[0][0], 1e-9)
+    late = [1000.0 * value for _, value in steady]
+    print("live MJPEG pipe at {:g} fps, --queue {}, {}: {} frames sent ({} skipped by the source), {} dropped by "
+          "the stream, {} captions, {:.1f}/s; capture-to-caption p50 {:.1f} ms, p95 {:.1f} ms; latency_ms p50 "
+          "{:.1f}".format(args.fps, args.queue, "batches" if args.batches else "decode loop", counts["written"],
+                          counts["skipped"], summary.dropped, summary.captions, rate, percentile(late, 0.5),
+                          percentile(late, 0.95), summary.latency_p50_ms or 0.0))
 
 
 if __name__ == "__main__":

@@ -42,13 +42,17 @@ from jetcap.commands.options import backend_option, log, max_memory_option, prec
                    "MemAvailable); 0 turns it off.")
 @click.option("--queue", type=click.IntRange(min=1), default=2, show_default=True, metavar="N",
               help="Frames that may wait for inference; a live source drops the oldest beyond this.")
+@click.option("--decode-loop/--no-decode-loop", default=None,
+              help="Frames that queue up join the captions in flight at their next decoder step (the decode "
+                   "loop: more captions, each a little older), or are captioned a batch at a time (fresher). "
+                   "[default: the loop for a live source, batches for a file]")
 @click.option("--loop", is_flag=True, help="Play a video file again from its start at its end (soak tests).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads [default: its own choice].")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout instead of the caption lines.")
 def command(bundle, source, every, backend, precision, beam, max_len, engine_cache, max_memory_mb, memory_threshold_mb,
-            jsonl, overlay, display, duration, max_frames, status_every, queue, loop, threads, as_json):
+            jsonl, overlay, display, duration, max_frames, status_every, queue, decode_loop, loop, threads, as_json):
     """Caption the video SOURCE with the captioner BUNDLE as it plays (OpenCV capture, no PyTorch).
 
     SOURCE is a camera index (0), a device (/dev/video0), a video file, a FIFO carrying a video stream,
@@ -70,7 +74,7 @@ def command(bundle, source, every, backend, precision, beam, max_len, engine_cac
                             beam=beam, max_len=max_len, max_memory_mb=max_memory_mb,
                             memory_threshold_mb=memory_threshold_mb, jsonl=jsonl, overlay=overlay, display=display,
                             duration=duration, max_frames=max_frames, status_every=status_every, queue=queue,
-                            loop=loop, threads=threads)
+                            loop=loop, threads=threads, decode_loop=decode_loop)
     previous = [None]
 
     def print_changes(record):

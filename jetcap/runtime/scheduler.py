@@ -173,20 +173,26 @@ class _Request(object):
         self.done = threading.Event()
         self.finished = None
         self.on_done = on_done
+        self.on_done_error = None
         if not count:
             self.finished = time.time()
             self.done.set()
 
     def finish(self, index, result=None, error=None):
+        if self.remaining <= 0:
+            return  # answered already (a failure after its last image): the first answer stands
         if error is not None and self.error is None:
             self.error = error
         self.results[index] = result
         self.remaining -= 1
-        if self.remaining <= 0:
+        if self.remaining == 0:
             self.finished = time.time()
             self.done.set()
             if self.on_done is not None:
-                self.on_done()
+                try:
+                    self.on_done()
+                except Exception as exc:  # noqa: BLE001 -- a caller's wake-up must not stop the loop that
+                    self.on_done_error = exc  # serves everyone else; kept for the caller to see
 
 
 class _Job(object):
@@ -243,6 +249,7 @@ class DecodeScheduler(object):
         self.topk = self.protocol.topk["k"] if self.protocol.topk else 0
         self.stats = {"encoder": BatchStats(self.max_batch), "decoder_step": BatchStats(self.max_batch)}
         self._waiting = collections.deque()
+        self._admitting = []
         self._active = []
         self._carried = self.protocol.state_outputs  # {step output: step input}
         self._fetch = {True: list(self.protocol.fetch_topk or ()), False: list(self.protocol.fetch)}
@@ -272,7 +279,8 @@ class DecodeScheduler(object):
         """Queue ``images`` and return at once: a request whose ``done`` event is set when all are
         captioned, with ``results`` (the hypotheses), ``error`` (the first failure, else None) and
         ``finished`` (its time).  ``on_done()``, when given, is called then, on the loop's thread: it must
-        return at once (wake the caller up, no more)."""
+        return at once (wake the caller up, no more).  A request of no images is done at once, without
+        ``on_done``."""
         beam_size = int(beam_size)
         check_beam(beam_size, self.max_batch)
         max_len = int(max_len or self.manifest.decoding.get("max_len", 20))
@@ -291,14 +299,34 @@ class DecodeScheduler(object):
         return request
 
     def close(self, wait_seconds=5.0):
-        """Stop the loop after the searches in flight; requests still waiting get an error."""
+        """Stop the loop after the searches in flight; requests still waiting get an error.  True when
+        the loop has stopped; False when a search was still running after ``wait_seconds`` (its runners
+        must then not be released under it)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(wait_seconds)
+        return not self._thread.is_alive()
 
     # -- the loop -----------------------------------------------------------------------------------
     def _loop(self):
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 -- a bug or MemoryError outside the per-request guards:
+            self._fail_everyone(exc)  # every request waiting on this thread is answered, none hangs
+            raise
+
+    def _fail_everyone(self, exc):
+        with self._cond:
+            self._closed = True
+            jobs = list(self._waiting) + self._admitting + self._active
+            self._waiting, self._admitting, self._active = collections.deque(), [], []
+        error = JetcapError("the decode loop stopped: {}: {}".format(type(exc).__name__, exc))
+        for job in jobs:
+            if not job.request.done.is_set():
+                job.request.finish(job.index, error=error)
+
+    def _run(self):
         while True:
             with self._cond:
                 while not self._waiting and not self._active and not self._closed:
@@ -309,7 +337,9 @@ class DecodeScheduler(object):
                 admitted = self._admit()
             began = time.perf_counter()
             if admitted:
+                self._admitting = admitted  # neither waiting nor active while encoded
                 self._encode(admitted)
+                self._admitting = []
             if self._active:
                 self._step_all()
             self.busy_seconds += time.perf_counter() - began

@@ -394,8 +394,8 @@ class ModelState(object):
             self.error_type = type(exc).__name__
             session, self.session, self.pipeline = self.session, None, None
             scheduler, self.scheduler = self.scheduler, None
-        if scheduler is not None:
-            scheduler.close()
+        if scheduler is not None and not scheduler.close():
+            session = None  # a search still running on its runners: they are left to the process exit
         if session is not None:  # loaded but the warm-up failed: give the memory back
             session.close()
         self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
@@ -516,8 +516,10 @@ class ModelState(object):
             session, self.session = self.session, None
             self.state = "closed"
             self.reason = "the server is shutting down"
-        if self.scheduler is not None:
-            self.scheduler.close()
+        if self.scheduler is not None and not self.scheduler.close():
+            self.log("runners_kept", detail="a caption was still running after 5 s; its runners are left to the "
+                     "process exit")
+            session = None
         if session is not None:
             session.close()
             self.log("runners_released", backend=session.backend)

@@ -88,11 +88,15 @@ class StreamOptions(object):
         loop: play a file source again from the start at its end (default False).
         threads: ONNX Runtime intra-op threads (default: its own choice).
         memory_check_every: seconds between memory checks (default 1).
+        decode_loop: frames that queue up go through the decode loop, each joining the captions in flight
+            at their next step (True), or a batch at a time (False); default None: the loop for a live
+            source, batches for a file (:func:`uses_decode_loop`).
     """
 
     def __init__(self, source, every=1, backend="auto", precision="fp32", engine_cache=None, beam=None, max_len=None,
                  max_memory_mb=None, memory_threshold_mb=None, jsonl=None, overlay=None, display=False, duration=None,
-                 max_frames=None, status_every=5.0, queue=2, loop=False, threads=None, memory_check_every=1.0):
+                 max_frames=None, status_every=5.0, queue=2, loop=False, threads=None, memory_check_every=1.0,
+                 decode_loop=None):
         self.source = source
         self.every = int(every)
         self.backend = backend
@@ -112,6 +116,7 @@ class StreamOptions(object):
         self.loop = bool(loop)
         self.threads = threads
         self.memory_check_every = float(memory_check_every)
+        self.decode_loop = None if decode_loop is None else bool(decode_loop)
         self._check()
 
     def _check(self):
@@ -134,19 +139,23 @@ class StreamOptions(object):
 
 
 # -- how frames share the model's calls -------------------------------------------------------------
-def uses_decode_loop(source, precision):
+def uses_decode_loop(source, precision, wanted=None):
     """Whether frames of ``source`` go through the decode loop (each joins the captions in flight at
-    their next step) rather than a batch at a time.
+    their next step) rather than a batch at a time; ``wanted`` (``--decode-loop/--no-decode-loop``)
+    decides when given, except for a variant whose rows must not share a call (``int8-cpu``: never).
 
-    A live source does: measured on the COCO-sized captioner, a 100 fps MJPEG pipe, 2 CPU threads
-    (docs/BENCHMARKS.md), 84-90 captions/s with 36-66 of 500 frames dropped, against 78-82 with 75-98,
-    its captions 1-6 ms older (capture to caption p50 33-37 vs 31-32 ms); at 30 fps the same.  A file
+    By default a live source does, as ``serve-engine``'s requests do: measured on the COCO-sized
+    captioner, a paced 100 fps MJPEG pipe, 2 CPU threads (docs/BENCHMARKS.md), 96-97 captions/s with
+    28-30 of ~575 frames dropped, against 88-89 with 67-73 a batch at a time; but each caption is older
+    (capture to caption p50 36-37 vs 31 ms): ``--no-decode-loop`` when freshness matters more.  A file
     does not: all its frames are captioned, and whole batches were faster (--queue 8: 141-144 vs 124-131
-    captions/s; about equal at 2).  Nor does a variant whose rows must not share a call (``int8-cpu``).
+    captions/s; about equal at 2).
     """
     from jetcap.runtime.manifest import rows_independent
 
-    return bool(source.live) and rows_independent(precision)
+    if not rows_independent(precision):
+        return False
+    return bool(source.live) if wanted is None else bool(wanted)
 
 
 def decode_loop(manifest, session, beam, log):
@@ -384,8 +393,11 @@ class StreamRunner(object):
         # warm-up (not recorded): the first inference allocates ONNX Runtime's arenas / TensorRT's context
         self.pipeline.caption(preprocess.preprocess_array(self.first_image[:, :, ::-1], self.preprocessing)[None],
                               beam_size=self.beam, max_len=self.max_len)
-        if uses_decode_loop(self.source, self.session.precision):
+        if uses_decode_loop(self.source, self.session.precision, options.decode_loop):
             self.scheduler = decode_loop(manifest, self.session, self.beam, self.log)
+        elif options.decode_loop:
+            self.log("--decode-loop: {} captions one frame per call (its rows must not share a call)".format(
+                self.session.precision))
 
     def _guard_log(self, event, **fields):
         state = fields.get("state")
@@ -633,8 +645,10 @@ class StreamRunner(object):
             self.cv2.waitKey(1)
             self.window = False
         if self.scheduler is not None:
-            self.scheduler.close()  # before the runners it calls are released
-            self.scheduler = None
+            scheduler, self.scheduler = self.scheduler, None
+            if not scheduler.close():  # a search still running: its runners must not be freed under it
+                self.log("a caption was still running after 5 s; the runners are left to the process exit")
+                self.session = None
         if self.session is not None:
             self.session.close()
             self.session = None

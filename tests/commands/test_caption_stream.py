@@ -79,9 +79,11 @@ def test_jsonl_of_a_real_process_equals_the_in_process_captions(bundle, video, r
     assert [float(t) for _, t, _ in changes] == [pytest.approx(i / 10.0) for i, _ in expected]
 
 
-def test_every_and_max_frames(bundle, video, reference, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--decode-loop"], ["--no-decode-loop"]])
+def test_every_and_max_frames(bundle, video, reference, tmp_path, flags):
     out = tmp_path / "every.jsonl"
-    result = invoke(bundle, video, "--every", 4, "--max-frames", 10, "--jsonl", out, "--json", "--status-every", 0)
+    result = invoke(bundle, video, "--every", 4, "--max-frames", 10, "--jsonl", out, "--json", "--status-every", 0,
+                    *flags)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["frames_read"], summary["captions"], summary["dropped"]) == (10, 3, 0)

@@ -208,3 +208,38 @@ def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(sessio
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
     assert runners["decoder_step"].calls >= 3  # the failure path really ran
+
+
+class _AnsweringNothing(object):
+    """The real step runner's inputs checked, but no outputs returned: a fault outside the loop's
+    per-request guards (reading the outputs fails), as a bug or a MemoryError there would be."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def infer(self, feed):
+        self.runner.check_feed(feed)
+        return {}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its traceback, on purpose
+def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, reference):
+    images = reference["task/images"]
+    runners = dict(session.runners)
+    runners["decoder_step"] = _AnsweringNothing(runners["decoder_step"])
+    loop = DecodeScheduler(session.manifest, runners)
+    try:
+        def work(i):
+            try:
+                return loop.caption(images[i:i + 1])
+            except Exception as exc:  # noqa: BLE001 -- each request must get an error, not hang
+                return exc
+        results = _concurrently(4, work)
+        # those in the loop when it died get its reason, any later one the closed loop's refusal
+        assert all(isinstance(r, Exception) for r in results), results
+        assert all("the decode loop stopped: KeyError" in str(r) or "closed" in str(r) for r in results), results
+        assert any("the decode loop stopped: KeyError" in str(r) for r in results)
+        with pytest.raises(UsageError, match="closed"):
+            loop.caption(images[:1])
+    finally:
+        assert loop.close()

@@ -163,14 +163,11 @@ def test_draw_caption_writes_on_a_band_at_the_bottom():
 
 # -- files ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("loop", ["decode loop", "batches"])
-def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, frames, reference, tmp_path,
-                                                                monkeypatch, loop):
+def test_file_captions_equal_the_pipeline_on_the_decoded_frames(bundle, video, frames, reference, tmp_path, loop):
     """Frames through the decode loop (each joins the captions in flight at their next step), or a batch
     at a time (the path of a variant whose rows must not share a call): the captions of single frames."""
-    if loop == "decode loop":  # a file's frames go a batch at a time, unless told otherwise
-        monkeypatch.setattr(stream_module, "uses_decode_loop", lambda source, precision: True)
-    out = tmp_path / "captions.jsonl"
-    summary, records, lines = stream(bundle, video, jsonl=str(out), queue=4)
+    out = tmp_path / "captions.jsonl"  # a file's frames go a batch at a time, unless told otherwise
+    summary, records, lines = stream(bundle, video, jsonl=str(out), queue=4, decode_loop=(loop == "decode loop"))
     assert summary.exit_code == 0 and summary.stop_reason == "end of file"
     assert (summary.frames_read, summary.frames_processed, summary.captions, summary.dropped) == (24, 24, 24, 0)
     assert read_jsonl(out) == records
@@ -192,6 +189,9 @@ def test_live_sources_use_the_decode_loop_files_and_int8_cpu_do_not(tmp_path):
     assert stream_module.uses_decode_loop(live, "fp32") and stream_module.uses_decode_loop(live, "fp16")
     assert not stream_module.uses_decode_loop(clip, "fp32")
     assert not stream_module.uses_decode_loop(live, "int8-cpu")  # its rows must not share a call
+    assert stream_module.uses_decode_loop(clip, "fp32", wanted=True)  # --decode-loop
+    assert not stream_module.uses_decode_loop(live, "fp32", wanted=False)  # --no-decode-loop
+    assert not stream_module.uses_decode_loop(live, "int8-cpu", wanted=True)
 
 
 def test_every_and_max_frames(bundle, video, reference):
