@@ -68,15 +68,10 @@ def write_live(path, blobs, fps, count, counts):
         pass  # the stream stopped reading first
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
-
-
 def main():
     import numpy as np  # noqa: F401 -- jetcap's runtime needs it; fail here, not in the writer thread
 
-    from jetcap.runtime.stream import StreamOptions, run_stream
+    from jetcap.runtime.stream import StreamOptions, percentile, run_stream
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle")
@@ -118,8 +113,8 @@ def main():
     print("live MJPEG pipe at {:g} fps, --queue {}, {}: {} frames sent ({} skipped by the source), {} dropped by "
           "the stream, {} captions, {:.1f}/s; capture-to-caption p50 {:.1f} ms, p95 {:.1f} ms; latency_ms p50 "
           "{:.1f}".format(args.fps, args.queue, "batches" if args.batches else "decode loop", counts["written"],
-                          counts["skipped"], summary.dropped, summary.captions, rate, percentile(late, 0.5),
-                          percentile(late, 0.95), summary.latency_p50_ms or 0.0))
+                          counts["skipped"], summary.dropped, summary.captions, rate, percentile(late, 50),
+                          percentile(late, 95), summary.latency_p50_ms or 0.0))
 
 
 if __name__ == "__main__":

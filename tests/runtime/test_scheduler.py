@@ -196,18 +196,22 @@ class _FailingEveryThirdBatch(object):
         return self.runner.infer(feed)
 
 
+def _loop_with_step(session, wrapper):
+    """A decode loop over the session's runners, its step runner wrapped in ``wrapper``; and the wrapper."""
+    step = wrapper(session.runners["decoder_step"])
+    return DecodeScheduler(session.manifest, dict(session.runners, decoder_step=step)), step
+
+
 def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(session, reference):
     images = reference["task/images"]
-    runners = dict(session.runners)
-    runners["decoder_step"] = _FailingEveryThirdBatch(runners["decoder_step"])
-    loop = DecodeScheduler(session.manifest, runners)
+    loop, step = _loop_with_step(session, _FailingEveryThirdBatch)
     try:
         got = _concurrently(len(images), lambda i: loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens)
     finally:
         loop.close()
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
-    assert runners["decoder_step"].calls >= 3  # the failure path really ran
+    assert step.calls >= 3  # the failure path really ran
 
 
 class _AnsweringNothing(object):
@@ -225,9 +229,7 @@ class _AnsweringNothing(object):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its traceback, on purpose
 def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, reference):
     images = reference["task/images"]
-    runners = dict(session.runners)
-    runners["decoder_step"] = _AnsweringNothing(runners["decoder_step"])
-    loop = DecodeScheduler(session.manifest, runners)
+    loop, _ = _loop_with_step(session, _AnsweringNothing)
     try:
         def work(i):
             try:
