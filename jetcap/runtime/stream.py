@@ -44,6 +44,14 @@ SEED_FLOOR_FRACTION = 1.0 - 2.5 / 4.0
 SEED_FLOOR_MB = 1536
 LATENCY_WINDOW = 10000  # the summary's latency percentiles cover the last this many captions
 DEFAULT_LIVE_FPS = 30.0
+# OpenCV's FFmpeg backend analyses ~5 s of a pipe before it returns the first frame, then delivers them
+# in a burst (a 30 fps MJPEG pipe: first caption 4.6 s after the source started, 130 of the first 200
+# frames dropped; with the options below 0.4 s and 6).  Not set for the user: MJPEG and AVI (MJPG, MPEG-4,
+# XVID) pipes open with them, MPEG-TS and raw H.264 could not be tried, and too short a probe could fail
+# to recognise a format that opens today, only later.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+PIPE_PROBE_HINT = ("note: OpenCV reads ~5 s of a pipe before its first frame; for an MJPEG pipe, "
+                   "OPENCV_FFMPEG_CAPTURE_OPTIONS='probesize;32|analyzeduration;0' starts captioning at once")
 
 
 def _quiet(message):
@@ -348,6 +356,8 @@ class StreamRunner(object):
         if options.display:
             check_display(self.cv2)
             self.window = True
+        if self.source.kind == "pipe" and not os.environ.get(FFMPEG_OPTIONS_ENV):
+            self.log(PIPE_PROBE_HINT)
         self.capture = open_capture(self.cv2, self.source)
         ok, first = self.capture.read()
         if not ok or first is None:

@@ -252,13 +252,15 @@ def test_stop_event_finishes_the_frame_in_flight(bundle, video, tmp_path):
 
 
 # -- live -------------------------------------------------------------------------------------------
-def test_live_pipe_drops_when_behind_and_vanishing_exits_1(bundle, tmp_path):
+def test_live_pipe_drops_when_behind_and_vanishing_exits_1(bundle, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
     fifo = make_fifo(tmp_path)
     writer = FifoWriter(fifo, frames=150)  # as fast as it can: far faster than captioning
     writer.start()
     before = time.time()
     out = tmp_path / "live.jsonl"
     summary, records, lines = stream(bundle, fifo, jsonl=str(out), queue=1)
+    assert any(line.startswith("note: OpenCV reads ~5 s of a pipe") for line in lines)  # the probe, and the fix
     writer.join(10)
     assert writer.written == 150
     assert summary.exit_code == 1 and summary.stop_reason.startswith("source vanished")
