@@ -173,7 +173,6 @@ class _Request(object):
         self.done = threading.Event()
         self.finished = None
         self.on_done = on_done
-        self.on_done_error = None
         if not count:
             self.finished = time.time()
             self.done.set()
@@ -189,10 +188,7 @@ class _Request(object):
             self.finished = time.time()
             self.done.set()
             if self.on_done is not None:
-                try:
-                    self.on_done()
-                except Exception as exc:  # noqa: BLE001 -- a caller's wake-up must not stop the loop that
-                    self.on_done_error = exc  # serves everyone else; kept for the caller to see
+                self.on_done()
 
 
 class _Job(object):
@@ -279,7 +275,8 @@ class DecodeScheduler(object):
         """Queue ``images`` and return at once: a request whose ``done`` event is set when all are
         captioned, with ``results`` (the hypotheses), ``error`` (the first failure, else None) and
         ``finished`` (its time).  ``on_done()``, when given, is called then, on the loop's thread: it must
-        return at once (wake the caller up, no more).  A request of no images is done at once, without
+        return at once and never raise (wake the caller up, no more: what it raised would stop the loop,
+        which then fails every request in flight).  A request of no images is done at once, without
         ``on_done``."""
         beam_size = int(beam_size)
         check_beam(beam_size, self.max_batch)

@@ -166,14 +166,12 @@ def uses_decode_loop(source, precision, wanted=None):
     return bool(source.live) if wanted is None else bool(wanted)
 
 
-def decode_loop(manifest, session, beam, log):
+def decode_loop(manifest, session, log):
     """The :class:`jetcap.runtime.scheduler.DecodeScheduler` over ``session``'s runners that frames share
-    (from then on only its thread calls them), or None: a bundle whose outputs have no batch axis, or a
-    beam wider than the max batch."""
+    (from then on only its thread calls them), or None for a bundle whose outputs have no batch axis.  (A
+    beam wider than the max batch never gets here: the warm-up caption refuses it.)"""
     from jetcap.runtime.scheduler import DecodeScheduler
 
-    if beam > int(manifest.axes["batch"]["max"]):
-        return None
     try:
         return DecodeScheduler(manifest, session.runners)
     except UsageError as exc:
@@ -404,7 +402,7 @@ class StreamRunner(object):
         self.pipeline.caption(preprocess.preprocess_array(self.first_image[:, :, ::-1], self.preprocessing)[None],
                               beam_size=self.beam, max_len=self.max_len)
         if uses_decode_loop(self.source, self.session.precision, options.decode_loop):
-            self.scheduler = decode_loop(manifest, self.session, self.beam, self.log)
+            self.scheduler = decode_loop(manifest, self.session, self.log)
         elif options.decode_loop:
             self.log("--decode-loop: {} captions one frame per call (its rows must not share a call)".format(
                 self.session.precision))
