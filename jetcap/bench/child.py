@@ -6,7 +6,8 @@ Each configuration runs in a fresh interpreter so that its peak resident memory 
 * ``cold``: import what the configuration needs, load the model, read one input from disk, produce
   one result, and record wall-clock stamps (the parent measures from before it started the process);
 * ``measure``: warm-up and repeated timings of every stage, at batch 1 and the bundle's largest batch;
-* ``matmul``: the machine's GEMM rates (:mod:`jetcap.bench.matmul`).
+* ``matmul``: the machine's GEMM rates (:mod:`jetcap.bench.matmul`), on the GPU for ``--device cuda``;
+* ``probe``: what torch finds of a CUDA GPU (the parent never imports torch).
 
 Only the standard library is imported at module level, so a cold start counts every import the
 configuration itself needs.  Python 3.6 compatible.
@@ -36,7 +37,18 @@ def read_status(path="/proc/self/status"):
 
 def _memory():
     status = read_status()
-    return {"peak_rss_mb": status.get("VmHWM", 0) / 1024.0, "rss_mb": status.get("VmRSS", 0) / 1024.0}
+    out = {"peak_rss_mb": status.get("VmHWM", 0) / 1024.0, "rss_mb": status.get("VmRSS", 0) / 1024.0}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # PyTorch on a GPU: its allocator's peak there
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 1048576.0
+    return out
+
+
+def _open(spec):
+    from jetcap.bench.subjects import open_subject
+
+    return open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"),
+                        spec.get("checkpoint_options"))
 
 
 def _tile(items, count):
@@ -46,15 +58,12 @@ def _tile(items, count):
 # -- cold start ---------------------------------------------------------------------------------------
 def cold(spec):
     """Import, load, read one input, run once; stamps (``time.time()``) of each phase and peak RSS."""
-    from jetcap.bench.subjects import open_subject
-
     stamps = {"started_at": STARTED_AT}
     kind = spec["config"]["kind"]
     # the framework's import is part of what the process pays; stamped separately from loading
     __import__({"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}.get(kind, "torch"))
     stamps["imports_done_at"] = time.time()
-    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"),
-                           spec.get("checkpoint_options"))
+    subject = _open(spec)
     stamps["loaded_at"] = time.time()
     if spec["family"] == "captioner":
         from jetcap.runtime.preprocess import load_images
@@ -148,15 +157,14 @@ def measure(spec):
     """Load the configuration (timed), then run every measurement; peak RSS at the end."""
     import numpy as np
 
-    from jetcap.bench.subjects import open_subject
     from jetcap.runtime.manifest import Manifest
 
     manifest = Manifest.load(spec["bundle"])
     max_batch = int(manifest.axes["batch"]["max"])
     start = time.perf_counter()
-    subject = open_subject(spec["config"], spec["bundle"], spec.get("checkpoint"), spec.get("threads"),
-                           spec.get("checkpoint_options"))
-    out = {"load_s": time.perf_counter() - start, "after_load": _memory(), "max_batch": max_batch}
+    subject = _open(spec)
+    out = {"load_s": time.perf_counter() - start, "after_load": _memory(), "max_batch": max_batch,
+           "ran_on": subject.ran_on()}
     if spec["family"] == "captioner":
         from jetcap.runtime.preprocess import load_images
 
@@ -177,10 +185,27 @@ def matmul(spec):
     from jetcap.bench.matmul import measure_matmul
 
     return measure_matmul(threads=spec.get("threads"), shapes=[tuple(s) for s in spec.get("shapes", [])],
-                          peak_size=int(spec.get("peak_size", 1024)), repeat=int(spec.get("peak_repeat", 10)))
+                          peak_size=int(spec.get("peak_size", 1024)), repeat=int(spec.get("peak_repeat", 10)),
+                          device=spec.get("device", "cpu"))
 
 
-MODES = {"cold": cold, "measure": measure, "matmul": matmul}
+def probe(spec):
+    """``{"cuda": bool, "why": str, "gpu": name, "torch": version, "cuda_version": str}`` of this machine."""
+    try:
+        import torch
+    except ImportError as exc:
+        return {"cuda": False, "why": "torch does not import: {}".format(exc)}
+    out = {"torch": torch.__version__, "cuda_version": torch.version.cuda, "cuda": False}
+    if torch.version.cuda is None:
+        out["why"] = "torch {} is a CPU-only build".format(torch.__version__)
+    elif not torch.cuda.is_available():
+        out["why"] = "torch {} (CUDA {}) sees no GPU".format(torch.__version__, torch.version.cuda)
+    else:
+        out.update(cuda=True, gpu=torch.cuda.get_device_name(0))
+    return out
+
+
+MODES = {"cold": cold, "measure": measure, "matmul": matmul, "probe": probe}
 
 
 def main(argv=None):

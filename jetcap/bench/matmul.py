@@ -1,4 +1,5 @@
-"""The machine's matrix-multiply throughput, measured: numpy's BLAS and ONNX Runtime (Python 3.6).
+"""The machine's matrix-multiply throughput, measured: numpy's BLAS and ONNX Runtime, or torch on a GPU
+(Python 3.6).
 
 The "limit" the benchmark compares each graph with: a large square GEMM gives the peak rate of this
 CPU at the thread count used; a GEMM of the exact shape of a graph's largest matmul at batch 1 gives
@@ -61,8 +62,45 @@ def onnxruntime_gemm(m, k, n, threads=None, repeat=10, warmup=2, seed=0):
     return result
 
 
-def measure_matmul(threads=None, shapes=(), peak_size=PEAK_SIZE, repeat=10, shape_repeat=200):
-    """The machine's GEMM rates.
+def torch_gemm(m, k, n, device, repeat=10, warmup=2, seed=0):
+    """``{gflops, p50_ms, n, shape}`` of float32 ``(m, k) @ (k, n)`` with torch on ``device`` (a GPU: each
+    timed call ends with ``torch.cuda.synchronize``; torch's default float32 matmul precision)."""
+    torch = require("torch")
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=generator).to(device)
+    b = torch.randn(k, n, generator=generator).to(device)
+    out = torch.empty(m, n, device=device)
+
+    def call(i):
+        torch.mm(a, b, out=out)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+
+    result = _rate(2.0 * m * k * n, time_calls(call, repeat, warmup))
+    result["shape"] = [m, k, n]
+    return result
+
+
+def measure_gpu_matmul(shapes=(), peak_size=PEAK_SIZE, repeat=10, shape_repeat=200):
+    """The GPU's GEMM rates through torch (``--device cuda``): ``{torch_peak, peak_gflops, shapes, device}``,
+    or ``{device, error}`` where torch has no CUDA GPU (the limit is then not measured)."""
+    try:
+        torch = require("torch")
+    except MissingDependencyError as exc:
+        return {"device": "cuda", "error": exc.message}
+    if not torch.cuda.is_available():
+        return {"device": "cuda", "error": "torch {} sees no CUDA GPU: the GPU's matmul rate is not measured".format(
+            torch.__version__)}
+    size = int(peak_size)
+    # the square GEMM runs long enough on a GPU only when large; 4x the CPU side, at least 4096
+    peak = torch_gemm(max(4096, 4 * size), max(4096, 4 * size), max(4096, 4 * size), "cuda", repeat=repeat)
+    return {"device": "cuda", "gpu": torch.cuda.get_device_name(0), "torch_peak": peak,
+            "peak_gflops": peak["gflops"],
+            "shapes": [torch_gemm(int(m), int(k), int(n), "cuda", repeat=shape_repeat, warmup=10) for m, k, n in shapes]}
+
+
+def measure_matmul(threads=None, shapes=(), peak_size=PEAK_SIZE, repeat=10, shape_repeat=200, device="cpu"):
+    """The machine's GEMM rates (on ``device`` "cuda": :func:`measure_gpu_matmul`).
 
     Args:
         threads: ONNX Runtime intra-op threads (numpy's come from the environment).
@@ -74,6 +112,8 @@ def measure_matmul(threads=None, shapes=(), peak_size=PEAK_SIZE, repeat=10, shap
         ``{numpy_peak, onnxruntime_peak, peak_gflops, shapes: [{shape, gflops, ...}]}``;
         ``peak_gflops`` is the better of the two square-GEMM rates.
     """
+    if device == "cuda":
+        return measure_gpu_matmul(shapes, peak_size, repeat, shape_repeat)
     size = int(peak_size)
     result = {"numpy_peak": numpy_gemm(size, size, size, repeat=repeat)}
     try:

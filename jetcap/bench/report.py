@@ -307,16 +307,22 @@ def _header(run):
             ", ".join("{} {}".format(k, versions[k]) for k in sorted(versions))),
     ]
     limit = run.get("limit") or {}
+    if run.get("device", "cpu") != "cpu":
+        lines.append("device: {}{}: PyTorch and ONNX Runtime run there; the matmul limit is the GPU's".format(
+            run["device"], " ({})".format(limit["gpu"]) if limit.get("gpu") else ""))
     if limit.get("peak_gflops"):
         parts = ["peak {} GFLOP/s".format(_number(limit["peak_gflops"]))]
-        for name in ("numpy_peak", "onnxruntime_peak"):
+        for name in ("numpy_peak", "onnxruntime_peak", "torch_peak"):
             if "gflops" in limit.get(name, {}):
                 parts.append("{} {} GFLOP/s at {}".format(name.split("_")[0], _number(limit[name]["gflops"]),
                                                           "x".join(str(d) for d in limit[name]["shape"])))
+        by = "torch" if limit.get("device") == "cuda" else "onnxruntime"
         for shape in limit.get("shapes", []):
-            parts.append("onnxruntime {} GFLOP/s at {} (one matmul as big as the graph at batch 1)".format(
-                _number(shape["gflops"]), "x".join(str(d) for d in shape["shape"])))
+            parts.append("{} {} GFLOP/s at {} (one matmul as big as the graph at batch 1)".format(
+                by, _number(shape["gflops"]), "x".join(str(d) for d in shape["shape"])))
         lines.append("matmul limit: " + "; ".join(parts))
+    elif limit.get("error"):
+        lines.append("matmul limit: not measured: " + limit["error"])
     if run["flops"]:
         lines.append("FLOPs (FP32 graphs): " + ", ".join(
             "{} {}".format(key, _flop_text(run["flops"][key])) for key in sorted(run["flops"], key=_natural)))

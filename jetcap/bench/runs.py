@@ -6,6 +6,7 @@ the machine's GEMM measurement and each configuration in fresh child processes
 (:mod:`jetcap.bench.child`), counts the graphs' FLOPs (:mod:`jetcap.bench.flops`) and hands everything
 to :mod:`jetcap.bench.report`.  The parent never imports torch.  Python 3.6 compatible.
 """
+import collections
 import importlib.util
 import json
 import os
@@ -18,15 +19,16 @@ import time
 
 import numpy as np
 
+from jetcap.bench import devices
 from jetcap.errors import MissingDependencyError, UsageError
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.fsio import sha256_file
 
 LABELS = {
-    "pytorch-reproject": "PyTorch eager, re-projecting every step",
-    "pytorch": "PyTorch eager, same algorithm",
-    "onnxruntime": "ONNX Runtime {}",
-    "tensorrt": "TensorRT {}",
+    "pytorch-reproject": "PyTorch eager{on}, re-projecting every step",
+    "pytorch": "PyTorch eager{on}, same algorithm",
+    "onnxruntime": "ONNX Runtime{on} {precision}",
+    "tensorrt": "TensorRT {precision}",
 }
 CLASSIFIER_T = (32, 64)  # besides the bundle's min/opt/max T
 SAMPLE_IMAGES = 8
@@ -54,10 +56,15 @@ class BenchOptions(object):
         checkpoint_options: where the checkpoint's model comes from when it is the user's code, as
             ``jetcap validate --checkpoint`` takes it (``models``, ``model_args``, ``adapter``,
             ``trust_pickle``, ``code_path``, ``word_map``; default {}: jetcap's built-in families).
+        device: "cpu" (default) or "cuda": where PyTorch eager and ONNX Runtime run
+            (:mod:`jetcap.bench.devices`); TensorRT runs on the GPU either way.
     """
 
     def __init__(self, bundle, checkpoint=None, repeat=50, warmup=5, cold_runs=3, threads=None, precisions=None,
-                 only=None, timeout=900, matmul_size=1024, rounds=1, data=None, checkpoint_options=None):
+                 only=None, timeout=900, matmul_size=1024, rounds=1, data=None, checkpoint_options=None, device="cpu"):
+        if device not in devices.DEVICES:
+            raise UsageError("unknown device {!r} (one of {})".format(device, ", ".join(devices.DEVICES)))
+        self.device = device
         self.bundle = str(bundle)
         self.checkpoint_options = dict(checkpoint_options or {})
         self.data = str(data) if data else None
@@ -113,18 +120,30 @@ def machine_info():
 
 
 # -- planning ------------------------------------------------------------------------------------------
-def _config(kind, precision=None, family="captioner"):
+def _config(kind, precision=None, family="captioner", device="cpu", providers=None):
+    """One configuration: ``name`` (what ``--only`` takes), ``kind``, ``precision``, ``label``, ``device``
+    ("cpu"/"cuda"; TensorRT always "cuda") and, for ONNX Runtime, the execution ``providers``."""
     name = kind if precision is None else "{}-{}".format(kind, precision)
-    label = LABELS[kind].format(precision.upper()) if precision else LABELS[kind]
+    on = devices.label_words(device)
+    label = LABELS[kind].format(on=on, precision=(precision or "").upper())
     if family == "classifier" and kind == "pytorch":
-        label = "PyTorch eager"
-    return {"name": name, "kind": kind, "precision": precision or "fp32", "label": label, "notes": []}
+        label = "PyTorch eager" + on
+    config = {"name": name, "kind": kind, "precision": precision or "fp32", "label": label, "notes": [],
+              "device": "cuda" if kind == "tensorrt" else device}
+    if providers is not None:
+        config["providers"] = list(providers)
+    return config
 
 
-def precision_notes(kind, precision):
+def precision_notes(kind, precision, device="cpu"):
     """Honest notes on what a precision means on this machine's backend."""
     notes = []
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+    if device == "cuda":
+        if kind == "onnxruntime" and precision == "int8":
+            notes.append("Q/DQ graph for TensorRT: ONNX Runtime's CUDA provider runs most of it in float; the "
+                         "INT8 speed-up belongs to TensorRT")
+        return notes
     if kind == "onnxruntime" and precision == "fp16":
         notes.append("FP16 on CPU is a fidelity simulation (FP16 weights, casts around the kernels), not a "
                      "speed-up; it shows what FP16 does to the results before a GPU build")
@@ -138,12 +157,18 @@ def precision_notes(kind, precision):
     return notes
 
 
-def plan(manifest, options):
-    """``(configurations, skipped)``: the configurations to run, and ``[{name, reason}]`` of those skipped."""
+def plan(manifest, options, providers=None, torch_probe=None):
+    """``(configurations, skipped)``: the configurations to run, and ``[{name, reason}]`` of those skipped.
+
+    ``providers`` (default: the installed onnxruntime's) and ``torch_probe`` (a callable returning what a
+    child process found of ``torch.cuda``; default :func:`probe_torch`, called only for ``--device cuda``)
+    say what this machine can run on the options' device."""
     family = manifest.family
+    device = getattr(options, "device", "cpu")
     configs, skipped = [], []
     torch_kinds = ["pytorch-reproject", "pytorch"] if family == "captioner" else ["pytorch"]
-    if (manifest.data.get("source") or {}).get("kind") == "user code" and "pytorch-reproject" in torch_kinds:
+    user_code = (manifest.data.get("source") or {}).get("kind") == "user code"
+    if user_code and "pytorch-reproject" in torch_kinds:
         # the per-step re-projection is a variant of jetcap's built-in decoder; the user's code is timed as is
         torch_kinds.remove("pytorch-reproject")
         skipped.append({"name": "pytorch-reproject", "reason": "the bundle is the user's code: PyTorch is timed "
@@ -155,12 +180,30 @@ def plan(manifest, options):
         skipped += [{"name": k, "reason": "no --checkpoint given; PyTorch configurations skipped"}
                     for k in torch_kinds]
     else:
-        configs += [_config(k, family=family) for k in torch_kinds]
+        why = None
+        wanted = not options.only or any(k in options.only for k in torch_kinds)
+        if device != "cpu" and wanted:  # a child looks at torch.cuda (the parent never imports torch)
+            probe = {} if user_code else (torch_probe or probe_torch)(options)
+            why = devices.torch_reason(device, probe, user_code)
+        if why:
+            skipped += [{"name": k, "reason": why} for k in torch_kinds]
+        else:
+            configs += [_config(k, family=family, device=device) for k in torch_kinds]
+    if providers is None:
+        from jetcap.runtime.backends.onnxruntime import available_providers
+
+        providers = available_providers()
+    chosen, why = devices.onnxruntime_providers(device, providers)
     precisions = options.precisions or manifest.precisions
     for precision in precisions:
         manifest.variant(precision)  # BundleError naming the variants there are
-        config = _config("onnxruntime", precision, family)
-        config["notes"] = precision_notes("onnxruntime", precision)
+        name = "onnxruntime-" + precision
+        reason = why or devices.precision_reason(device, precision)
+        if reason:
+            skipped.append({"name": name, "reason": reason})
+            continue
+        config = _config("onnxruntime", precision, family, device, chosen)
+        config["notes"] = precision_notes("onnxruntime", precision, device)
         configs.append(config)
     from jetcap.runtime.backends.trt_api import tensorrt_available
 
@@ -187,9 +230,32 @@ def plan(manifest, options):
         configs = [c for c in configs if c["name"] in options.only]
         skipped = [s for s in skipped if s["name"] in options.only or s["name"] == "tensorrt"]
         if not configs:
-            raise UsageError("none of {} can run here: {}".format(", ".join(options.only), "; ".join(
-                s["reason"] for s in skipped) or "not in this bundle"))
+            raise UsageError("none of {} can run here: {}".format(", ".join(options.only), skip_reasons(skipped)
+                                                                 or "not in this bundle"))
+    if not configs:
+        raise UsageError("nothing to benchmark on {}: {}".format(device, skip_reasons(skipped)))
     return configs, skipped
+
+
+def skip_reasons(skipped):
+    """The reasons of ``skipped`` configurations in one line, each reason once with the names it covers."""
+    names = collections.OrderedDict()
+    for entry in skipped:
+        names.setdefault(entry["reason"], []).append(entry["name"])
+    return "; ".join(reason if reason.startswith(", ".join(covered) + ":") else "{}: {}".format(
+        ", ".join(covered), reason) for reason, covered in names.items())
+
+
+def probe_torch(options):
+    """What a child process finds of ``torch.cuda`` (:func:`jetcap.bench.child.probe`): ``{"cuda": bool,
+    "why": str, "gpu": name, ...}``; the parent never imports torch itself."""
+    workdir = tempfile.mkdtemp(prefix="jetcap-bench-probe-")
+    try:
+        return run_child({"mode": "probe"}, workdir, options.timeout, child_env(options.threads))[0]
+    except ChildFailed as exc:
+        return {"cuda": False, "why": "importing torch failed ({})".format(exc)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -404,7 +470,9 @@ def best_of_rounds(results):
 def best_limit(limits):
     """The matmul rates of several rounds, each rate the best round's (a busy machine only lowers them)."""
     best = dict(limits[0])
-    for key in ("numpy_peak", "onnxruntime_peak"):
+    if not all(l.get("peak_gflops") for l in limits):  # not measured (a GPU without torch.cuda): said once
+        return best
+    for key in ("numpy_peak", "onnxruntime_peak", "torch_peak"):
         rates = [l[key] for l in limits if "gflops" in l.get(key, {})]
         if rates:
             best[key] = max(rates, key=lambda r: r["gflops"])
@@ -443,7 +511,7 @@ def run_benchmark(options, log=lambda message: None):
         log("counting FLOPs")
         flops = count_graph_flops(manifest, log)
         matmul_spec = {"mode": "matmul", "threads": options.threads, "shapes": limit_shapes(manifest, flops),
-                       "peak_size": options.matmul_size}
+                       "peak_size": options.matmul_size, "device": options.device}
         limits = []
         entries = [dict(config, measures=[], colds=[], seconds=0.0) for config in configs]
         for round_index in range(options.rounds):
@@ -453,7 +521,8 @@ def run_benchmark(options, log=lambda message: None):
             for entry in entries:
                 if "error" in entry:
                     continue
-                spec = {"config": dict((k, entry[k]) for k in ("name", "kind", "precision", "label")),
+                spec = {"config": dict((k, entry[k]) for k in ("name", "kind", "precision", "label", "device",
+                                                               "providers") if k in entry),
                         "bundle": manifest.bundle_dir, "checkpoint": options.checkpoint, "family": manifest.family,
                         "checkpoint_options": options.checkpoint_options, "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
                         "inputs": inputs}
@@ -483,6 +552,7 @@ def run_benchmark(options, log=lambda message: None):
         "bundle": manifest.bundle_dir, "family": manifest.family, "checkpoint": options.checkpoint,
         "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
         "cold_runs": options.cold_runs, "rounds": options.rounds, "max_batch": int(manifest.axes["batch"]["max"]),
+        "device": options.device,
         "machine": machine_info(), "limit": limit, "flops": flops, "configurations": results,
         "skipped": skipped, "notes": notes,
     }

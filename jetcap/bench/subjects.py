@@ -8,6 +8,7 @@ jetcap's own runtime (ONNX Runtime or TensorRT, no torch); the PyTorch ones live
 """
 import numpy as np
 
+from jetcap.errors import JetcapError
 from jetcap.runtime import decoding
 
 KINDS = ("pytorch-reproject", "pytorch", "onnxruntime", "tensorrt")
@@ -32,6 +33,9 @@ class BundleCaptioner(object):
     def caption(self, images):
         return [h.tokens for h in self.pipeline.caption(images, beam_size=1, max_len=self.max_len)]
 
+    def ran_on(self):
+        return ran_on(self.session)
+
     def close(self):
         self.session.close()
 
@@ -46,15 +50,39 @@ class BundleClassifier(object):
     def logits(self, sequences):
         return self.runner.infer({"sequence": np.ascontiguousarray(sequences, dtype=np.float32)})["logits"]
 
+    def ran_on(self):
+        return ran_on(self.session)
+
     def close(self):
         self.session.close()
+
+
+def ran_on(session):
+    """``{graph: what ran it}`` of a bundle session: ONNX Runtime's providers in use, or the backend."""
+    out = {}
+    for graph, runner in session.runners.items():
+        providers = getattr(getattr(runner, "session", None), "get_providers", None)
+        out[graph] = list(providers()) if providers is not None else [runner.backend]
+    return out
+
+
+def check_providers(session, providers):
+    """JetcapError when ONNX Runtime fell back from the CUDA provider asked for (``onnxruntime-gpu`` whose
+    CUDA or cuDNN libraries do not load runs everything on the CPU, with only a warning)."""
+    if not providers or providers[0] != "CUDAExecutionProvider":
+        return
+    for graph, used in ran_on(session).items():
+        if "CUDAExecutionProvider" not in used:
+            raise JetcapError("ONNX Runtime did not put {} on the GPU (providers in use: {}): its CUDA or cuDNN "
+                              "libraries did not load".format(graph, ", ".join(used)))
 
 
 def open_subject(config, bundle, checkpoint=None, threads=None, checkpoint_options=None):
     """The subject of a configuration ``{name, kind, precision}`` for ``bundle``.
 
     Args:
-        config: ``kind`` is one of :data:`KINDS`; ``precision`` the bundle variant (bundle kinds).
+        config: ``kind`` is one of :data:`KINDS`; ``precision`` the bundle variant (bundle kinds); ``device``
+            "cpu" or "cuda" (PyTorch kinds); ``providers`` ONNX Runtime's execution providers.
         bundle: the bundle directory.
         checkpoint: the PyTorch checkpoint (PyTorch kinds).
         threads: intra-op threads of ONNX Runtime / PyTorch.
@@ -69,12 +97,19 @@ def open_subject(config, bundle, checkpoint=None, threads=None, checkpoint_optio
         from jetcap.bench import torch_subjects
 
         return torch_subjects.open_torch_subject(manifest, checkpoint, reproject=(kind == "pytorch-reproject"),
-                                                 threads=threads, checkpoint_options=checkpoint_options)
+                                                 threads=threads, checkpoint_options=checkpoint_options,
+                                                 device=config.get("device", "cpu"))
     if kind not in KINDS:
         raise ValueError("unknown configuration kind {!r}".format(kind))
     from jetcap.runtime.session import open_bundle
 
-    session = open_bundle(manifest, backend=kind, precision=config["precision"], threads=threads)
+    providers = config.get("providers")
+    session = open_bundle(manifest, backend=kind, precision=config["precision"], threads=threads, providers=providers)
+    try:
+        check_providers(session, providers)
+    except JetcapError:
+        session.close()
+        raise
     if manifest.family == "captioner":
         return BundleCaptioner(session)
     return BundleClassifier(session)

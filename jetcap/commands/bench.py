@@ -28,14 +28,18 @@ from jetcap.runtime.manifest import PRECISIONS
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Folder of real images (captioner) or .npy/.json sequences (classifier) to feed, e.g. real-size "
                    "photos for a 224x224 model [default: the shipped 96x96 samples, resized].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where PyTorch eager and ONNX Runtime run: the CPU (ONNX Runtime's CPU provider only, even with "
+                   "onnxruntime-gpu), or a CUDA GPU (torch.cuda; onnxruntime-gpu's CUDA provider). TensorRT runs "
+                   "on the GPU either way.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw latency, memory and cold-start bars per configuration into this PNG.")
 @model_source_options
 @click.option("--word-map", type=click.Path(dir_okay=False), default=None,
               help="With --checkpoint: the captioner's word map, if the checkpoint lacks it [default: the bundle's].")
 @json_option
-def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, data, plot,
-            models, model_args, adapter, trust_pickle, code_path, word_map, as_json):
+def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, precisions, only, matmul_size, data, device,
+            plot, models, model_args, adapter, trust_pickle, code_path, word_map, as_json):
     """Benchmark BUNDLE: PyTorch eager (from --checkpoint) against ONNX Runtime (FP32/FP16/INT8) and
     TensorRT (when installed), one fresh process per configuration.
 
@@ -57,7 +61,7 @@ def command(bundle, checkpoint, repeat, warmup, cold_runs, rounds, threads, prec
 
     options = BenchOptions(bundle, checkpoint=checkpoint, repeat=repeat, warmup=warmup, cold_runs=cold_runs,
                            rounds=rounds, threads=threads, precisions=precisions, only=only, matmul_size=matmul_size,
-                           data=data, checkpoint_options=checkpoint_options(
+                           data=data, device=device, checkpoint_options=checkpoint_options(
                                checkpoint, models, model_args, adapter, trust_pickle, code_path, word_map))
     report = run_benchmark(options, log=log)
     if plot:

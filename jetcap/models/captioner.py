@@ -141,7 +141,8 @@ class MobileNetCaptioningModel(nn.Module):
 
 
 class TorchDecoderSession:
-    """Decoder session (see ``jetcap.runtime.decoding``) running the PyTorch decoder step."""
+    """Decoder session (see ``jetcap.runtime.decoding``) running the PyTorch decoder step on the features'
+    device (the CPU, or a GPU for ``jetcap bench --device cuda``); the search reads numpy arrays."""
 
     def __init__(self, decoder: DecoderWithAttention, features: torch.Tensor):
         self.decoder = decoder
@@ -149,12 +150,12 @@ class TorchDecoderSession:
         self.projected, self.h, self.c = decoder.prepare(features)
 
     def step(self, prev_words: np.ndarray):
-        scores, self.h, self.c, alpha = self.decoder.step(
-            torch.from_numpy(np.asarray(prev_words, dtype=np.int64)), self.h, self.c, self.features, self.projected)
-        return F.log_softmax(scores, dim=1).numpy(), alpha.numpy()
+        words = torch.from_numpy(np.asarray(prev_words, dtype=np.int64)).to(self.features.device)
+        scores, self.h, self.c, alpha = self.decoder.step(words, self.h, self.c, self.features, self.projected)
+        return F.log_softmax(scores, dim=1).cpu().numpy(), alpha.cpu().numpy()
 
     def reorder(self, rows: np.ndarray) -> None:
-        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.features.device)
         self.h, self.c = self.h[index], self.c[index]
         self.features, self.projected = self.features[index], self.projected[index]
 
