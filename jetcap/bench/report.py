@@ -308,8 +308,11 @@ def _header(run):
     ]
     limit = run.get("limit") or {}
     if run.get("device", "cpu") != "cpu":
-        lines.append("device: {}{}: PyTorch and ONNX Runtime run there; the matmul limit is the GPU's".format(
-            run["device"], " ({})".format(limit["gpu"]) if limit.get("gpu") else ""))
+        there = [label for kind, label in (("pytorch", "PyTorch"), ("onnxruntime", "ONNX Runtime"), ("tensorrt",
+                 "TensorRT")) if any(c["kind"].startswith(kind) for c in run["configurations"])]
+        lines.append("device: {}{}: {} ran there, float32 math {}; the matmul limit is the GPU's".format(
+            run["device"], " ({})".format(limit["gpu"]) if limit.get("gpu") else "", " and ".join(there),
+            run.get("float32_math") or "-"))
     if limit.get("peak_gflops"):
         parts = ["peak {} GFLOP/s".format(_number(limit["peak_gflops"]))]
         for name in ("numpy_peak", "onnxruntime_peak", "torch_peak"):

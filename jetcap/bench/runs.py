@@ -157,17 +157,19 @@ def precision_notes(kind, precision, device="cpu"):
     return notes
 
 
-def plan(manifest, options, providers=None, torch_probe=None):
+def plan(manifest, options, providers=None, torch_probe=None, ort_version=None):
     """``(configurations, skipped)``: the configurations to run, and ``[{name, reason}]`` of those skipped.
 
-    ``providers`` (default: the installed onnxruntime's) and ``torch_probe`` (a callable returning what a
-    child process found of ``torch.cuda``; default :func:`probe_torch`, called only for ``--device cuda``)
-    say what this machine can run on the options' device."""
+    ``providers`` and ``ort_version`` (default: the installed onnxruntime's available providers and
+    version) and ``torch_probe`` (a callable returning what a child process found of ``torch.cuda``;
+    default :func:`probe_torch`, called only for ``--device cuda``) say what this machine can run on the
+    options' device."""
     family = manifest.family
     device = getattr(options, "device", "cpu")
     configs, skipped = [], []
     torch_kinds = ["pytorch-reproject", "pytorch"] if family == "captioner" else ["pytorch"]
-    user_code = (manifest.data.get("source") or {}).get("kind") == "user code"
+    user_code = not devices.is_builtin_bundle((manifest.data.get("source") or {}).get("kind"),
+                                              getattr(options, "checkpoint_options", None))
     if user_code and "pytorch-reproject" in torch_kinds:
         # the per-step re-projection is a variant of jetcap's built-in decoder; the user's code is timed as is
         torch_kinds.remove("pytorch-reproject")
@@ -193,7 +195,9 @@ def plan(manifest, options, providers=None, torch_probe=None):
         from jetcap.runtime.backends.onnxruntime import available_providers
 
         providers = available_providers()
-    chosen, why = devices.onnxruntime_providers(device, providers)
+    if ort_version is None and device != "cpu":
+        ort_version = installed_onnxruntime_version()
+    chosen, why = devices.onnxruntime_providers(device, providers, ort_version)
     precisions = options.precisions or manifest.precisions
     for precision in precisions:
         manifest.variant(precision)  # BundleError naming the variants there are
@@ -244,6 +248,16 @@ def skip_reasons(skipped):
         names.setdefault(entry["reason"], []).append(entry["name"])
     return "; ".join(reason if reason.startswith(", ".join(covered) + ":") else "{}: {}".format(
         ", ".join(covered), reason) for reason, covered in names.items())
+
+
+def installed_onnxruntime_version():
+    """The installed onnxruntime's version as a tuple (``(0,)`` for a version string it cannot read)."""
+    from jetcap.util import versions
+
+    try:
+        return versions.parse_version(__import__("onnxruntime").__version__, "onnxruntime version")
+    except UsageError:  # a custom build's version string: the options every release takes
+        return (0,)
 
 
 def probe_torch(options):
@@ -496,11 +510,11 @@ def run_benchmark(options, log=lambda message: None):
         raise UsageError("jetcap bench knows captioner and classifier bundles, not {!r}".format(manifest.family))
     if importlib.util.find_spec("onnxruntime") is None:
         raise MissingDependencyError("onnxruntime is required for jetcap bench", hint="pip install onnxruntime")
+    if options.checkpoint and not os.path.isfile(options.checkpoint):
+        raise UsageError("checkpoint not found: {}".format(options.checkpoint))
     configs, skipped = plan(manifest, options)
     notes = []
     if options.checkpoint:
-        if not os.path.isfile(options.checkpoint):
-            raise UsageError("checkpoint not found: {}".format(options.checkpoint))
         source = manifest.data.get("source", {})
         if source.get("sha256") and sha256_file(options.checkpoint) != source["sha256"]:
             notes.append("the checkpoint is not the file the bundle was exported from (sha256 differs)")
@@ -515,8 +529,9 @@ def run_benchmark(options, log=lambda message: None):
         limits = []
         entries = [dict(config, measures=[], colds=[], seconds=0.0) for config in configs]
         for round_index in range(options.rounds):
-            log("round {}/{}: measuring the machine's matmul rate ({} threads)".format(
-                round_index + 1, options.rounds, options.threads))
+            log("round {}/{}: measuring {} matmul rate{}".format(
+                round_index + 1, options.rounds, "the GPU's" if options.device == "cuda" else "the machine's",
+                "" if options.device == "cuda" else " ({} threads)".format(options.threads)))
             limits.append(run_child(matmul_spec, workdir, options.timeout, env)[0])
             for entry in entries:
                 if "error" in entry:
@@ -553,6 +568,8 @@ def run_benchmark(options, log=lambda message: None):
         "threads": options.threads, "repeat": options.repeat, "warmup": options.warmup,
         "cold_runs": options.cold_runs, "rounds": options.rounds, "max_batch": int(manifest.axes["batch"]["max"]),
         "device": options.device,
+        "float32_math": devices.float32_math(options.device, next(
+            (c.get("providers") for c in configs if c["kind"] == "onnxruntime"), None)),
         "machine": machine_info(), "limit": limit, "flops": flops, "configurations": results,
         "skipped": skipped, "notes": notes,
     }

@@ -69,7 +69,9 @@ def ran_on(session):
 def check_providers(session, providers):
     """JetcapError when ONNX Runtime fell back from the CUDA provider asked for (``onnxruntime-gpu`` whose
     CUDA or cuDNN libraries do not load runs everything on the CPU, with only a warning)."""
-    if not providers or providers[0] != "CUDAExecutionProvider":
+    from jetcap.bench.devices import provider_name
+
+    if not providers or provider_name(providers[0]) != "CUDAExecutionProvider":
         return
     for graph, used in ran_on(session).items():
         if "CUDAExecutionProvider" not in used:
@@ -103,7 +105,9 @@ def open_subject(config, bundle, checkpoint=None, threads=None, checkpoint_optio
         raise ValueError("unknown configuration kind {!r}".format(kind))
     from jetcap.runtime.session import open_bundle
 
-    providers = config.get("providers")
+    from jetcap.bench.devices import session_providers
+
+    providers = session_providers(config.get("providers"))
     session = open_bundle(manifest, backend=kind, precision=config["precision"], threads=threads, providers=providers)
     try:
         check_providers(session, providers)

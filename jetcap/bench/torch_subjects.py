@@ -9,8 +9,10 @@ weights as the bundle:
   called on the raw features at every step, so ``encoder_att`` re-projects all pixels every word.
 
 On ``--device cuda`` the model, its inputs and the decoder state live on the GPU; each timed call ends
-with its results on the host (the search reads numpy arrays, as jetcap's does) or, for the encoder,
-with ``torch.cuda.synchronize``, so no timing stops before the GPU's work has.
+with its results on the host (the search reads numpy arrays, as jetcap's does) or, for the encoder and
+a new decoder session, with ``torch.cuda.synchronize``, so no timing stops before the GPU's work has and
+none inherits work queued before it.  Float32 math is strict FP32 there (TF32 off, as for ONNX Runtime:
+:mod:`jetcap.bench.devices`).
 """
 import numpy as np
 import torch
@@ -47,17 +49,26 @@ def synchronize(device):
 
 
 def describe(device):
-    """``{"device": ..., "gpu": name}`` of a torch device, for the report."""
+    """``{"model": [what ran it]}`` of a torch device, for the report (the bundle subjects name their graphs)."""
     if device.type == "cuda":
-        return {"device": str(device), "gpu": torch.cuda.get_device_name(device)}
-    return {"device": "cpu"}
+        return {"model": ["torch {} ({})".format(device, torch.cuda.get_device_name(device))]}
+    return {"model": ["torch cpu"]}
+
+
+def use_device(device):
+    """The torch device for ``device``; on a GPU, float32 matmuls and convolutions in strict FP32."""
+    target = torch.device(device)
+    if target.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return target
 
 
 class TorchCaptioner(object):
     """The checkpoint's captioner in PyTorch eager mode (no_grad, eval), on ``device`` ("cpu" or "cuda")."""
 
     def __init__(self, model, vocab, max_len, reproject, device="cpu"):
-        self.device = torch.device(device)
+        self.device = use_device(device)
         self.model = model.to(self.device)
         self.reproject = reproject
         self.start_id, self.end_id = vocab.start_id, vocab.end_id
@@ -80,8 +91,11 @@ class TorchCaptioner(object):
     def decoder_session(self, encoded):
         with torch.no_grad():
             if self.reproject:
-                return _NoGrad(ReprojectingDecoderSession(self.model.decoder, encoded[0]))
-            return _NoGrad(TorchDecoderSession(self.model.decoder, encoded[0]))
+                session = ReprojectingDecoderSession(self.model.decoder, encoded[0])
+            else:
+                session = TorchDecoderSession(self.model.decoder, encoded[0])
+            synchronize(self.device)  # its initial state is computed before the first timed step
+            return _NoGrad(session)
 
     def caption(self, images):
         with torch.no_grad():
@@ -119,7 +133,7 @@ class TorchClassifier(object):
 
     def __init__(self, logits_of, device="cpu"):
         self.logits_of = logits_of
-        self.device = torch.device(device)
+        self.device = use_device(device)
 
     def logits(self, sequences):
         with torch.no_grad():
@@ -153,7 +167,7 @@ class UserCodeCaptioner(object):
             return [h.tokens for h in self.subject.caption(images, self.max_len)]
 
     def ran_on(self):
-        return {"device": "cpu"}
+        return describe(torch.device("cpu"))
 
     def close(self):
         self.subject = None
@@ -184,6 +198,6 @@ def open_torch_subject(manifest, checkpoint, reproject=False, threads=None, chec
     model = subject.loaded.model.eval()
     if manifest.family == "captioner":
         return TorchCaptioner(model, manifest.vocabulary(), manifest.decoding.get("max_len", 20), reproject, device)
-    target = torch.device(device)
+    target = use_device(device)
     model = model.to(target)
     return TorchClassifier(lambda sequences: model(torch.from_numpy(sequences).to(target))[0].cpu().numpy(), target)

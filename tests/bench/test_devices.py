@@ -16,10 +16,31 @@ WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_onnxruntime_providers_per_device():
-    assert devices.onnxruntime_providers("cpu", WITH_CUDA) == (["CPUExecutionProvider"], None)
-    assert devices.onnxruntime_providers("cuda", WITH_CUDA) == (WITH_CUDA, None)
+    assert devices.onnxruntime_providers("cpu", WITH_CUDA, (1, 32)) == (["CPUExecutionProvider"], None)
+    assert devices.onnxruntime_providers("cuda", WITH_CUDA, (1, 17, 3)) == (WITH_CUDA, None)
+    providers, _ = devices.onnxruntime_providers("cuda", WITH_CUDA, (1, 18))
+    assert providers == [["CUDAExecutionProvider", {"use_tf32": "0"}], "CPUExecutionProvider"]
     providers, why = devices.onnxruntime_providers("cuda", ["CPUExecutionProvider"])
     assert providers is None and "no CUDAExecutionProvider" in why and "onnxruntime-gpu" in why
+
+
+def test_provider_entries_survive_json_and_say_their_float32_math():
+    entries = json.loads(json.dumps(devices.onnxruntime_providers("cuda", WITH_CUDA, (1, 20))[0]))
+    assert devices.session_providers(entries) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert [devices.provider_name(p) for p in entries] == WITH_CUDA
+    assert devices.session_providers(None) is None
+    assert devices.float32_math("cpu", entries) is None
+    assert devices.float32_math("cuda", entries) == devices.STRICT_FP32
+    assert devices.float32_math("cuda", None) == devices.STRICT_FP32  # PyTorch alone
+    assert "before 1.18" in devices.float32_math("cuda", WITH_CUDA)
+
+
+def test_which_bundles_are_builtin():
+    assert devices.is_builtin_bundle("built-in family") and devices.is_builtin_bundle(None)
+    for kind in ("user code", "pickled modules", "python api"):
+        assert not devices.is_builtin_bundle(kind)
+    assert not devices.is_builtin_bundle("built-in family", {"trust_pickle": True})
+    assert not devices.is_builtin_bundle(None, {"models": {"model": "mine.Captioner"}})
 
 
 def test_torch_and_precision_reasons():
@@ -39,7 +60,7 @@ def _options(bundle, device, **extra):
 def test_cpu_keeps_onnxruntime_on_the_cpu_even_with_a_cuda_provider(captioner_bundle):
     """onnxruntime-gpu installed must not put one side of a CPU comparison on the GPU."""
     manifest = Manifest.load(captioner_bundle)
-    configs, _ = runs.plan(manifest, _options(captioner_bundle, "cpu"), providers=WITH_CUDA,
+    configs, _ = runs.plan(manifest, _options(captioner_bundle, "cpu"), providers=WITH_CUDA, ort_version=(1, 32),
                            torch_probe=lambda options: pytest.fail("no probe on the CPU"))
     ort = [c for c in configs if c["kind"] == "onnxruntime"]
     assert ort and all(c["providers"] == ["CPUExecutionProvider"] and c["device"] == "cpu" for c in ort)
@@ -50,7 +71,7 @@ def test_cpu_keeps_onnxruntime_on_the_cpu_even_with_a_cuda_provider(captioner_bu
 def test_cuda_plan_with_a_gpu(captioner_bundle):
     manifest = Manifest.load(captioner_bundle)
     configs, skipped = runs.plan(manifest, _options(captioner_bundle, "cuda"), providers=WITH_CUDA,
-                                 torch_probe=lambda options: GPU)
+                                 ort_version=(1, 17), torch_probe=lambda options: GPU)
     by_name = dict((c["name"], c) for c in configs)
     assert by_name["pytorch"]["device"] == "cuda" and by_name["pytorch"]["label"] == "PyTorch eager CUDA, same algorithm"
     assert by_name["onnxruntime-fp32"]["providers"] == WITH_CUDA
@@ -62,21 +83,27 @@ def test_cuda_plan_with_a_gpu(captioner_bundle):
 def test_cuda_plan_without_torch_cuda_or_for_user_code(captioner_bundle):
     manifest = Manifest.load(captioner_bundle)
     configs, skipped = runs.plan(manifest, _options(captioner_bundle, "cuda"), providers=WITH_CUDA,
-                                 torch_probe=lambda options: NO_GPU)
+                                 ort_version=(1, 17), torch_probe=lambda options: NO_GPU)
     assert [c["kind"] for c in configs] == ["onnxruntime"] * 3
     assert [s["name"] for s in skipped][:2] == ["pytorch-reproject", "pytorch"]
-    manifest.data["source"] = {"kind": "user code", "model": "mine.Captioner"}
-    configs, skipped = runs.plan(manifest, _options(captioner_bundle, "cuda"), providers=WITH_CUDA,
-                                 torch_probe=lambda options: pytest.fail("user code is never probed"))
-    assert "pytorch" not in [c["name"] for c in configs]
-    assert any(s["name"] == "pytorch" and "built-in families" in s["reason"] for s in skipped)
+    for kind in ("user code", "pickled modules"):
+        manifest.data["source"] = {"kind": kind, "model": "mine.Captioner"}
+        configs, skipped = runs.plan(manifest, _options(captioner_bundle, "cuda"), providers=WITH_CUDA,
+                                     ort_version=(1, 17), torch_probe=lambda options: pytest.fail("never probed"))
+        assert "pytorch" not in [c["name"] for c in configs]
+        assert any(s["name"] == "pytorch" and "built-in families" in s["reason"] for s in skipped)
+        # on the CPU the user's model is timed as written, never re-projected by jetcap's decoder
+        configs, skipped = runs.plan(manifest, _options(captioner_bundle, "cpu"), providers=WITH_CUDA)
+        assert [c["name"] for c in configs][0] == "pytorch"
+        assert any(s["name"] == "pytorch-reproject" for s in skipped)
 
 
 def test_only_onnxruntime_on_cuda_does_not_probe_torch(captioner_bundle):
     manifest = Manifest.load(captioner_bundle)
     configs, _ = runs.plan(manifest, _options(captioner_bundle, "cuda", only=["onnxruntime-fp32"]),
-                           providers=WITH_CUDA, torch_probe=lambda options: pytest.fail("not wanted"))
+                           providers=WITH_CUDA, ort_version=(1, 32), torch_probe=lambda options: pytest.fail("not wanted"))
     assert [c["name"] for c in configs] == ["onnxruntime-fp32"]
+    assert configs[0]["providers"][0] == ["CUDAExecutionProvider", {"use_tf32": "0"}]
 
 
 def test_nothing_on_the_device_is_one_line_naming_each_reason_once(captioner_bundle):
@@ -133,8 +160,8 @@ def test_torch_gemm_rate_on_the_cpu_and_the_gpu_limit_without_one():
 
 @pytest.mark.gpu
 def test_pytorch_and_onnxruntime_on_the_gpu(captioner_bundle):
-    """Where a CUDA GPU is: PyTorch eager on it, same captions as on the CPU; ONNX Runtime on it when
-    onnxruntime-gpu is installed."""
+    """Where a CUDA GPU is: PyTorch eager on it in strict FP32, and ONNX Runtime on it when onnxruntime-gpu
+    is installed, with the same captions as PyTorch there."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
@@ -146,10 +173,11 @@ def test_pytorch_and_onnxruntime_on_the_gpu(captioner_bundle):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     pytorch = [c for c in report["configurations"] if c["name"] == "pytorch"][0]
-    assert pytorch["measure"]["ran_on"]["device"].startswith("cuda")
+    assert pytorch["measure"]["ran_on"]["model"][0].startswith("torch cuda")
     assert pytorch["measure"]["gpu_peak_mb"] > 0
-    assert report["limit"]["peak_gflops"] > 0
+    assert report["limit"]["peak_gflops"] > 0 and report["float32_math"].startswith(devices.STRICT_FP32)
     for entry in report["configurations"]:
         assert "error" not in entry, entry
         if entry["kind"] == "onnxruntime":
             assert all("CUDAExecutionProvider" in used for used in entry["measure"]["ran_on"].values())
+            assert entry["agreement"]["same"] == entry["agreement"]["of"]
