@@ -75,7 +75,8 @@ from jetcap.commands.options import (
 @click.option("--grid", type=click.IntRange(min=0), default=None,
               help="Built-in captioner family: side of the pooled feature map (0: no pooling) when the checkpoint "
                    "does not store it [default: 7, with a warning].")
-@click.option("--no-simplify", is_flag=True, help="Skip onnxslim graph simplification.")
+@click.option("--no-simplify", is_flag=True,
+              help="Skip graph simplification (onnxslim, and the exact rewrite of attention-weighted sums as MatMul).")
 @click.option("--target", default=None, metavar="DEVICE|VERSION",
               help="Device (nano, xavier-nx, xavier, orin-nano, orin) or TensorRT version the bundle is for: "
                    "the TensorRT pre-flight (jetcap check) runs for it at the end [default: nano].")

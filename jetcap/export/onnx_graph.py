@@ -11,6 +11,7 @@ import numpy as np
 
 from jetcap.errors import JetcapError
 from jetcap.export.options import Exporter
+from jetcap.export.rewrites import weighted_sums_as_matmul
 from jetcap.models.registry import GraphSpec
 from jetcap.util.fdcapture import silenced_output
 from jetcap.util.lazy import require
@@ -78,7 +79,8 @@ def _dynamic_shapes(module, per_input):
 
 
 def tidy_graph(path: Path, spec: GraphSpec, simplify: bool = True) -> List[str]:
-    """Full ``onnx.checker`` check, shape inference, optional onnxslim simplification, I/O names kept.
+    """Full ``onnx.checker`` check, shape inference, optional simplification (onnxslim, then the exact
+    rewrites of :mod:`jetcap.export.rewrites`), I/O names kept.
 
     Returns notes of what was done (node counts before/after simplification).
     """
@@ -96,6 +98,9 @@ def tidy_graph(path: Path, spec: GraphSpec, simplify: bool = True) -> List[str]:
             raise ExportError("onnxslim returned nothing for graph {!r}".format(spec.name))
         model = slim
         notes.append("{}: onnxslim {} -> {} nodes".format(spec.name, before, len(model.graph.node)))
+        rewritten = weighted_sums_as_matmul(model)
+        if rewritten:
+            notes.append("{}: {} attention-weighted sum(s) (Mul + ReduceSum) as MatMul".format(spec.name, rewritten))
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     names_in = [i.name for i in model.graph.input]
     names_out = [o.name for o in model.graph.output]

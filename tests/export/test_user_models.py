@@ -167,6 +167,8 @@ def test_pickled_sat_modules_export_as_written(sat_relu):
     assert checks["adapter reproduces the model's own forward"]["status"] == "passed"
     assert checks["attention projection once per image"]["status"] == "passed"
     assert manifest.graph("decoder_step")["inputs"][3]["shape"] == ["batch", 196, 48]  # the 14x14 grid, not 7x7
+    # the tutorial's (encoder_out * alpha.unsqueeze(2)).sum(dim=1) runs as one MatMul (jetcap/export/rewrites.py)
+    assert "decoder_step: 1 attention-weighted sum(s) (Mul + ReduceSum) as MatMul" in manifest.data["export"]["notes"]
     # the values no tensor holds are recorded with where they came from, assumptions named
     assert manifest.data["config_sources"]["image_size"] == "--image-size"
     assert manifest.data["config_sources"]["mean"].startswith("assumed")
@@ -223,6 +225,7 @@ def test_user_classes_with_a_weights_only_checkpoint(sat_tanh, checkpoints, tmp_
     out, manifest = sat_tanh
     assert manifest.data["source"]["kind"] == "user code"
     assert "weights read with torch.load(weights_only=True)" in manifest.data["export"]["notes"]
+    assert "decoder_step: 1 attention-weighted sum(s) (Mul + ReduceSum) as MatMul" in manifest.data["export"]["notes"]
     assert _opsets(manifest) == {13}
     # the INT8 search's task step ends with every caption agreeing, and a layer it kept float says so.
     # Whether it has to act depends on the CPU's float kernels: fully quantized, one beam caption (a near-tie,

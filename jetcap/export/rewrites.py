@@ -1,0 +1,185 @@
+"""Exact rewrites of exported graphs that runtimes execute faster (needs onnx; run at export).
+
+The one rewrite so far: an **attention-weighted sum** written the usual Show-Attend-Tell way,
+``(features * alpha.unsqueeze(2)).sum(dim=1)``, exports as ``Mul`` (broadcasting a (B, P, 1) weight
+over (B, P, C) features) then ``ReduceSum`` over the pixels.  ONNX Runtime runs that as an elementwise
+pass writing a (B, P, C) temporary and a reduction reading it back: 107 + 29 us of a 1.3 ms decoder step
+at 7x7x1280 features (measured on the benchmark captioner, 2 threads).  The same sum is the matrix
+product ``alpha.unsqueeze(1) @ features`` -> (B, 1, C), one ``MatMul`` with no temporary.  The rewrite
+is exact in real arithmetic; in float32 only the order of the P additions changes, which the export's
+numeric check against PyTorch then covers like any other difference.
+
+Attention pooling written ``(x * weights).sum(dim=1)`` with (B, T, 1) weights (a scoring layer with
+one output, softmaxed over T) is the same sum: there the weights are transposed to (B, 1, T).
+
+It applies only where the shapes prove the two equal: features of rank 3, weights of rank 2 unsqueezed
+at their last axis or of rank 3 with a last axis of 1, the sum over axis 1 of the product, the pixel dimensions of both the same (same
+size or the same named axis: a weight broadcast over pixels is left alone), and the product read by
+nothing else.  Opset 11-12 (axes as attributes) and 13+ (axes as inputs) graphs are both handled.
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from jetcap.util.lazy import require
+
+
+def _opset(model) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+class _Graph:
+    """Lookups over one graph: producers, consumers, constants, ranks and dimensions."""
+
+    def __init__(self, onnx, model):
+        self.onnx = onnx
+        self.model = model
+        graph = model.graph
+        self.producer = dict((out, node) for node in graph.node for out in node.output)
+        self.consumers: Dict[str, List] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = set(o.name for o in graph.output)
+        self.initializers = dict((i.name, i) for i in graph.initializer)
+        inferred = onnx.shape_inference.infer_shapes(model)
+        self.values = dict((v.name, v) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
+                           + list(inferred.graph.output))
+
+    def constant_ints(self, name: str) -> Optional[List[int]]:
+        numpy_helper = self.onnx.numpy_helper
+        if name in self.initializers:
+            return [int(v) for v in numpy_helper.to_array(self.initializers[name]).reshape(-1)]
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    return [int(v) for v in numpy_helper.to_array(attribute.t).reshape(-1)]
+        return None
+
+    def axes(self, node, opset_with_inputs: int) -> Optional[List[int]]:
+        """A node's ``axes``: its attribute before ``opset_with_inputs``, its second input from then on."""
+        if _opset(self.model) >= opset_with_inputs:
+            return self.constant_ints(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        for attribute in node.attribute:
+            if attribute.name == "axes":
+                return list(attribute.ints)
+        return None
+
+    def dims(self, name: str) -> Optional[List]:
+        """The dimensions of a value (an int, an axis name, or None when unknown), None without a rank."""
+        value = self.values.get(name)
+        if value is None or not value.type.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in value.type.tensor_type.shape.dim]
+
+    def attribute(self, node, name: str, default: int) -> int:
+        for attribute in node.attribute:
+            if attribute.name == name:
+                return int(attribute.i)
+        return default
+
+
+def _same_dim(a, b) -> bool:
+    return a is not None and b is not None and a == b
+
+
+def _match(graph: _Graph, reduce_node):
+    """``(mul, unsqueeze, weights, features, keepdims)`` when ``reduce_node`` sums a weighted product over
+    pixels that a MatMul computes equally, else None.  ``unsqueeze`` is the node that gave (B, P) weights
+    their last axis, or None where the weights are (B, P, 1) already (attention pooling whose scoring
+    layer has one output)."""
+    axes = graph.axes(reduce_node, 13)
+    if axes not in ([1], [-2]):
+        return None
+    mul = graph.producer.get(reduce_node.input[0])
+    if mul is None or mul.op_type != "Mul" or mul.output[0] in graph.outputs:
+        return None
+    if len(graph.consumers.get(mul.output[0], [])) != 1:
+        return None
+    for weighted, features in ((mul.input[1], mul.input[0]), (mul.input[0], mul.input[1])):
+        f_dims = graph.dims(features)
+        if f_dims is None or len(f_dims) != 3:
+            continue
+        unsqueeze = graph.producer.get(weighted)
+        if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze":
+            weights, w_dims = unsqueeze.input[0], graph.dims(unsqueeze.input[0])
+            if w_dims is None or len(w_dims) != 2 or graph.axes(unsqueeze, 13) not in ([2], [-1]):
+                continue
+        else:
+            unsqueeze, weights, w_dims = None, weighted, graph.dims(weighted)
+            if w_dims is None or len(w_dims) != 3 or w_dims[2] != 1:
+                continue
+        if not _same_dim(w_dims[1], f_dims[1]):  # a weight broadcast over the pixels is another sum
+            continue
+        return mul, unsqueeze, weights, features, graph.attribute(reduce_node, "keepdims", 1)
+    return None
+
+
+def weighted_sums_as_matmul(model) -> int:
+    """Rewrite every attention-weighted sum of ``model`` (an ``onnx.ModelProto``, changed in place) as a
+    MatMul (see the module docstring); returns how many were rewritten."""
+    onnx = require("onnx")
+    helper = onnx.helper
+    opset = _opset(model)
+    if opset < 11:
+        return 0
+    rewritten = 0
+    while True:
+        graph = _Graph(onnx, model)
+        found = None
+        for node in model.graph.node:
+            if node.op_type == "ReduceSum" and node.input:
+                match = _match(graph, node)
+                if match is not None:
+                    found = (node, match)
+                    break
+        if found is None:
+            return rewritten
+        reduce_node, (mul, unsqueeze, weights, features, keepdims) = found
+        prefix = (reduce_node.name or reduce_node.output[0]) + "/as_matmul"
+        new_nodes = []
+        row, product = prefix + "/weights_row", prefix + "/product"
+        axes = prefix + "/axis_1"
+        if opset >= 13:
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
+        if unsqueeze is None:  # (B, P, 1) -> (B, 1, P)
+            new_nodes.append(helper.make_node("Transpose", [weights], [row], name=prefix + "/Transpose", perm=[0, 2, 1]))
+        elif opset >= 13:
+            new_nodes.append(helper.make_node("Unsqueeze", [weights, axes], [row], name=prefix + "/Unsqueeze"))
+        else:
+            new_nodes.append(helper.make_node("Unsqueeze", [weights], [row], name=prefix + "/Unsqueeze", axes=[1]))
+        # (B, 1, P) @ (B, P, C) -> (B, 1, C): what the sum with keepdims gives; squeezed otherwise
+        if keepdims:
+            new_nodes.append(helper.make_node("MatMul", [row, features], [reduce_node.output[0]], name=prefix))
+        else:
+            new_nodes.append(helper.make_node("MatMul", [row, features], [product], name=prefix))
+            if opset >= 13:
+                new_nodes.append(helper.make_node("Squeeze", [product, axes], [reduce_node.output[0]],
+                                                  name=prefix + "/Squeeze"))
+            else:
+                new_nodes.append(helper.make_node("Squeeze", [product], [reduce_node.output[0]],
+                                                  name=prefix + "/Squeeze", axes=[1]))
+        nodes = list(model.graph.node)
+        at = nodes.index(mul)
+        drop = [mul, reduce_node]
+        if (unsqueeze is not None and len(graph.consumers.get(unsqueeze.output[0], [])) == 1
+                and unsqueeze.output[0] not in graph.outputs):
+            drop.append(unsqueeze)
+        kept = [n for n in nodes[:at] if n not in drop] + new_nodes + [n for n in nodes[at:] if n not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        _drop_stale_value_info(model, [mul.output[0]] + ([unsqueeze.output[0]] if unsqueeze in drop else []))
+        if opset >= 13 and keepdims and unsqueeze is None:  # the axes initializer went unused
+            model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == axes))
+        rewritten += 1
+
+
+def _drop_stale_value_info(model, names) -> None:
+    stale = [v for v in model.graph.value_info if v.name in names]
+    for value in stale:
+        model.graph.value_info.remove(value)
