@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List
 
 from jetcap.export.onnx_graph import ExportError, _check
+from jetcap.export.rewrites import is_weighted_sum
 from jetcap.util.lazy import require
 
 # Ops whose FP16 evaluation loses too much: exponentials/normalizations and reductions over pixels/time.
@@ -41,14 +42,20 @@ def topological_sort(graph) -> None:
 
 
 def convert_fp16(src: Path, dst: Path, keep_ops: tuple = FP32_OPS) -> List[str]:
-    """Write the FP16 version of ``src`` to ``dst``; returns notes (which op types stayed FP32)."""
+    """Write the FP16 version of ``src`` to ``dst``; returns notes (which op types stayed FP32).  An
+    attention-weighted sum that export wrote as a MatMul (:mod:`jetcap.export.rewrites`) stays FP32 like the
+    ReduceSum it replaced."""
     onnx = require("onnx")
     float16 = require("onnxruntime.transformers.float16")
     model = onnx.load(str(src))
+    sums = [n.name for n in model.graph.node if is_weighted_sum(n)]
     converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=list(keep_ops) + list(float16.DEFAULT_OP_BLOCK_LIST))
+        model, keep_io_types=True, op_block_list=list(keep_ops) + list(float16.DEFAULT_OP_BLOCK_LIST),
+        node_block_list=sums)
     topological_sort(converted.graph)
     _check(onnx, converted, Path(dst).name)
     onnx.save(converted, str(dst))
     kept = sorted({n.op_type for n in converted.graph.node if n.op_type in keep_ops})
+    if sums:
+        kept.append("the attention-weighted sum (MatMul)")
     return ["fp16: weights FP16, I/O FP32, kept FP32: {}".format(", ".join(kept) or "none")]

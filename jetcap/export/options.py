@@ -29,6 +29,8 @@ EXPORTER_OPSETS = {Exporter.TORCHSCRIPT: (9, 17), Exporter.DYNAMO: (18, 23)}
 # Variants export can write, in the order it writes them (int8-cpu: ONNX Runtime on a CPU, not TensorRT).
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 # TensorRT 8.2 (JetPack 4.6) parses ONNX opsets up to 13.
+# QuantizeLinear / DequantizeLinear take a per-channel ``axis`` from opset 13 on.
+QDQ_PER_CHANNEL_OPSET = 13
 JETPACK46_MAX_OPSET = 13
 
 
@@ -131,6 +133,10 @@ class ExportOptions:
         if unknown:
             raise UsageError("unknown precision(s): " + ", ".join(sorted(unknown)))
         self.precisions = tuple(p for p in EXPORT_PRECISIONS if p in set(self.precisions) | {"fp32"})
+        if "int8" in self.precisions and self.opset < QDQ_PER_CHANNEL_OPSET:
+            raise UsageError("--precision int8 writes per-channel Q/DQ nodes (their axis attribute), which need opset "
+                             ">= {}, not {}".format(QDQ_PER_CHANNEL_OPSET, self.opset),
+                             hint="drop --opset (13, what TensorRT 8.2 parses) or use --precision int8-cpu")
         if self.max_batch < 1:
             raise UsageError("--max-batch must be >= 1")
         if self.exporter is Exporter.DYNAMO and self.max_batch < 2:

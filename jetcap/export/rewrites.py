@@ -24,6 +24,30 @@ import numpy as np
 from jetcap.util.lazy import require
 
 
+# the rewritten MatMul's node name ends so: the FP16 variant keeps it in FP32, as it keeps reductions
+WEIGHTED_SUM_SUFFIX = "/as_matmul"
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def is_weighted_sum(node) -> bool:
+    """Whether ``node`` is a weighted sum this module wrote as a MatMul."""
+    return node.op_type == "MatMul" and node.name.endswith(WEIGHTED_SUM_SUFFIX)
+
+
+def _subgraph_reads(graph, reads=None) -> set:
+    """Names read by the nodes of ``graph``'s subgraphs (If / Loop / Scan bodies), at any depth: a body
+    reads outer values by name without listing them as its node's inputs."""
+    reads = set() if reads is None else reads
+    for node in graph.node:
+        for attribute in node.attribute:
+            bodies = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+            for body in bodies:
+                for inner in body.node:
+                    reads.update(inner.input)
+                _subgraph_reads(body, reads)
+    return reads
+
+
 def _opset(model) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -44,10 +68,28 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.outputs = set(o.name for o in graph.output)
-        self.initializers = dict((i.name, i) for i in graph.initializer)
-        inferred = onnx.shape_inference.infer_shapes(model)
+        self.inner_reads = _subgraph_reads(graph)
+        graph_inputs = set(i.name for i in graph.input)
+        # an initializer that is also a graph input is a default the caller may replace: not a constant
+        self.initializers = dict((i.name, i) for i in graph.initializer if i.name not in graph_inputs)
+        self.taken = (graph_inputs | self.outputs | set(i.name for i in graph.initializer) | set(self.producer)
+                      | set(v.name for v in graph.value_info) | self.inner_reads)
+        inferred = onnx.shape_inference.infer_shapes(model)  # not strict: unknown ops just leave shapes unknown
         self.values = dict((v.name, v) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
                            + list(inferred.graph.output))
+
+    def readers(self, name: str) -> int:
+        """How many nodes read ``name``: this graph's, plus one when a subgraph or the graph's outputs do."""
+        return len(self.consumers.get(name, [])) + (name in self.inner_reads) + (name in self.outputs)
+
+    def fresh(self, base: str) -> str:
+        """A value name starting with ``base`` that nothing in the graph uses yet (then taken)."""
+        name, index = base, 0
+        while name in self.taken:
+            index += 1
+            name = "{}_{}".format(base, index)
+        self.taken.add(name)
+        return name
 
     def constant_ints(self, name: str) -> Optional[List[int]]:
         numpy_helper = self.onnx.numpy_helper
@@ -93,20 +135,19 @@ def _match(graph: _Graph, reduce_node):
     pixels that a MatMul computes equally, else None.  ``unsqueeze`` is the node that gave (B, P) weights
     their last axis, or None where the weights are (B, P, 1) already (attention pooling whose scoring
     layer has one output)."""
-    axes = graph.axes(reduce_node, 13)
-    if axes not in ([1], [-2]):
+    if reduce_node.domain not in ONNX_DOMAINS or graph.axes(reduce_node, 13) not in ([1], [-2]):
         return None
     mul = graph.producer.get(reduce_node.input[0])
-    if mul is None or mul.op_type != "Mul" or mul.output[0] in graph.outputs:
+    if mul is None or mul.op_type != "Mul" or mul.domain not in ONNX_DOMAINS:
         return None
-    if len(graph.consumers.get(mul.output[0], [])) != 1:
+    if graph.readers(mul.output[0]) != 1:  # the product itself is read elsewhere (a body, an output)
         return None
     for weighted, features in ((mul.input[1], mul.input[0]), (mul.input[0], mul.input[1])):
         f_dims = graph.dims(features)
         if f_dims is None or len(f_dims) != 3:
             continue
         unsqueeze = graph.producer.get(weighted)
-        if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze":
+        if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" and unsqueeze.domain in ONNX_DOMAINS:
             weights, w_dims = unsqueeze.input[0], graph.dims(unsqueeze.input[0])
             if w_dims is None or len(w_dims) != 2 or graph.axes(unsqueeze, 13) not in ([2], [-1]):
                 continue
@@ -141,11 +182,10 @@ def weighted_sums_as_matmul(model) -> int:
         if found is None:
             return rewritten
         reduce_node, (mul, unsqueeze, weights, features, keepdims) = found
-        prefix = (reduce_node.name or reduce_node.output[0]) + "/as_matmul"
+        prefix = (reduce_node.name or reduce_node.output[0]) + WEIGHTED_SUM_SUFFIX
         new_nodes = []
-        row, product = prefix + "/weights_row", prefix + "/product"
-        axes = prefix + "/axis_1"
-        if opset >= 13:
+        row, product, axes = (graph.fresh(prefix + part) for part in ("/weights_row", "/product", "/axis_1"))
+        if opset >= 13 and not (keepdims and unsqueeze is None):
             model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
         if unsqueeze is None:  # (B, P, 1) -> (B, 1, P)
             new_nodes.append(helper.make_node("Transpose", [weights], [row], name=prefix + "/Transpose", perm=[0, 2, 1]))
@@ -167,15 +207,13 @@ def weighted_sums_as_matmul(model) -> int:
         nodes = list(model.graph.node)
         at = nodes.index(mul)
         drop = [mul, reduce_node]
-        if (unsqueeze is not None and len(graph.consumers.get(unsqueeze.output[0], [])) == 1
-                and unsqueeze.output[0] not in graph.outputs):
+        if unsqueeze is not None and graph.readers(unsqueeze.output[0]) == 1:
             drop.append(unsqueeze)
         kept = [n for n in nodes[:at] if n not in drop] + new_nodes + [n for n in nodes[at:] if n not in drop]
         del model.graph.node[:]
         model.graph.node.extend(kept)
         _drop_stale_value_info(model, [mul.output[0]] + ([unsqueeze.output[0]] if unsqueeze in drop else []))
-        if opset >= 13 and keepdims and unsqueeze is None:  # the axes initializer went unused
-            model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == axes))
+        _drop_unread_constants(model, [name for node in drop for name in node.input[1:]])
         rewritten += 1
 
 
@@ -183,3 +221,16 @@ def _drop_stale_value_info(model, names) -> None:
     stale = [v for v in model.graph.value_info if v.name in names]
     for value in stale:
         model.graph.value_info.remove(value)
+
+
+def _drop_unread_constants(model, names) -> None:
+    """Remove the initializers and Constant nodes among ``names`` (the removed nodes' axes) that nothing
+    reads any more, so the bundle carries no dead values (other runtimes warn about them)."""
+    graph = model.graph
+    read = set(n for node in graph.node for n in node.input) | _subgraph_reads(graph) | set(o.name for o in graph.output)
+    inputs = set(i.name for i in graph.input)
+    for name in set(names) - read - inputs:
+        for initializer in [i for i in graph.initializer if i.name == name]:
+            graph.initializer.remove(initializer)
+        for node in [n for n in graph.node if n.op_type == "Constant" and list(n.output) == [name]]:
+            graph.node.remove(node)

@@ -46,6 +46,7 @@ def test_existing_bundle_needs_force(tmp_path):
     (["--output", "nosuch"], "the built-in classifier family exports its own logits"),
     (["--target", "bogus"], "unknown target"),
     (["--image-size", "0"], "0 is not in the range"),
+    (["--opset", "12", "--precision", "int8"], "per-channel Q/DQ nodes (their axis attribute), which need opset >= 13"),
 ])
 def test_bad_options_exit_2(tmp_path, args, message):
     result = run(["export", str(samples.classifier_checkpoint()), "-o", str(tmp_path / "b")] + args)

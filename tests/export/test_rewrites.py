@@ -117,6 +117,95 @@ def test_other_sums_are_left_alone(variant):
     assert count == 0 and "ReduceSum" in ops
 
 
+def _with_if_reading(model, name):
+    """``model`` with an If node whose branches read ``name`` from the outer scope (as a scripted helper's
+    data-dependent ``if`` exports) and whose result is one more graph output."""
+    graph = model.graph
+    branch = lambda scale: helper.make_graph(  # noqa: E731
+        [helper.make_node("Mul", [name, "scale_" + scale], ["branch_" + scale]),
+         helper.make_node("Identity", ["branch_" + scale], ["then_" + scale])], "branch_" + scale, [],
+        [helper.make_tensor_value_info("then_" + scale, TensorProto.FLOAT, ["B", P, C] if name == "product"
+                                       else ["B", P, 1])],
+        initializer=[numpy_helper.from_array(np.array(float(len(scale)), dtype=np.float32), "scale_" + scale)])
+    graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    graph.node.append(helper.make_node("If", ["flag"], ["chosen"], then_branch=branch("a"), else_branch=branch("bb")))
+    graph.output.append(helper.make_tensor_value_info("chosen", TensorProto.FLOAT, ["B", P, C] if name == "product"
+                                                      else ["B", P, 1]))
+    return model
+
+
+def test_values_read_inside_a_branch_are_kept():
+    """An If/Loop body reads outer values by name without listing them as its node's inputs: a product read
+    there is not rewritten, and an unsqueezed weight read there stays beside the new MatMul."""
+    model = _with_if_reading(weighted_sum_model(), "product")
+    assert weighted_sums_as_matmul(model) == 0
+    model = _with_if_reading(weighted_sum_model(), "weighted")
+    assert weighted_sums_as_matmul(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Unsqueeze") == 2 and "ReduceSum" not in ops
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.RandomState(0)
+    session.run(None, {"features": rng.standard_normal((2, P, C)).astype(np.float32),
+                       "weights": rng.standard_normal((2, P)).astype(np.float32), "flag": np.array(True)})
+
+
+def test_only_onnx_operators_and_constant_axes_are_read():
+    model = weighted_sum_model()
+    next(n for n in model.graph.node if n.op_type == "Mul").domain = "custom.domain"
+    model.opset_import.append(helper.make_opsetid("custom.domain", 1))
+    assert weighted_sums_as_matmul(model) == 0
+    model = weighted_sum_model()  # the ReduceSum's axes are an initializer the caller may override
+    model.graph.input.append(helper.make_tensor_value_info("reduce_axes", TensorProto.INT64, [1]))
+    assert weighted_sums_as_matmul(model) == 0
+
+
+def test_new_names_never_collide_and_dead_axes_go():
+    model = weighted_sum_model(extra_reader=False)
+    for node in model.graph.node:  # a value already named like the rewrite's
+        if node.op_type == "Relu":
+            node.output[0] = "attention/ReduceSum/as_matmul/weights_row"
+            model.graph.output[0].name = node.output[0]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([5], dtype=np.int64),
+                                                           "attention/ReduceSum/as_matmul/axis_1"))
+    count, _ = _rewrite(model)
+    assert count == 1
+    names = [o for n in model.graph.node for o in n.output] + [i.name for i in model.graph.initializer]
+    assert len(names) == len(set(names))
+    assert "reduce_axes" not in names and "unsqueeze_axes" not in names  # read by nothing any more
+    model = weighted_sum_model(constant_nodes=True)
+    _rewrite(model)
+    assert "Constant" not in [n.op_type for n in model.graph.node]  # both axes went with their nodes
+    # duplicate node names (legal ONNX) give distinct values
+    model = weighted_sum_model()
+    twin = onnx.load_from_string(model.SerializeToString())
+    graph = helper.make_graph(list(model.graph.node) + [
+        helper.make_node(n.op_type, [i + "_2" if i in ("weighted", "product", "context") else i for i in n.input],
+                         [o + "_2" for o in n.output], name=n.name, **{a.name: helper.get_attribute_value(a)
+                                                                       for a in n.attribute})
+        for n in twin.graph.node if n.op_type in ("Unsqueeze", "Mul", "ReduceSum")], "twins",
+        list(model.graph.input), list(model.graph.output) + [helper.make_tensor_value_info(
+            "context_2", TensorProto.FLOAT, ["B", C])], initializer=list(model.graph.initializer))
+    twins = helper.make_model(graph, opset_imports=list(model.opset_import))
+    twins.ir_version = 7
+    assert weighted_sums_as_matmul(twins) == 2  # (ONNX Runtime itself refuses duplicate node names)
+    onnx.checker.check_model(twins, full_check=True)
+    names = [o for n in twins.graph.node for o in n.output] + [i.name for i in twins.graph.initializer]
+    assert len(names) == len(set(names))
+
+
+def test_fp16_keeps_the_weighted_sum_in_fp32_like_the_reduction_it_replaced(captioner_bundle):
+    from jetcap.runtime.manifest import Manifest
+
+    manifest = Manifest.load(captioner_bundle)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(manifest.graph_path("fp16", "decoder_step"))))
+    types = dict((v.name, v.type.tensor_type.elem_type) for v in list(model.graph.value_info) + list(model.graph.input))
+    matmul = next(n for n in model.graph.node if n.name.endswith("/as_matmul"))
+    assert [types.get(i) for i in matmul.input] == [TensorProto.FLOAT, TensorProto.FLOAT]
+    assert "fp16: weights FP16, I/O FP32, kept FP32: LogSoftmax, Softmax, TopK, the attention-weighted sum (MatMul)" \
+        in manifest.data["variants"]["fp16"]["notes"]
+
+
 def test_the_exported_decoder_step_has_its_weighted_sum_as_a_matmul(captioner_bundle):
     """The shipped sample's step graph (jetcap's built-in Show-Attend-Tell attention), as export wrote it."""
     model = onnx.load(str(captioner_bundle / "decoder_step.onnx"))
