@@ -21,7 +21,8 @@ imports torch.
 DEVICES = ("cpu", "cuda")
 CPU_PROVIDERS = ["CPUExecutionProvider"]
 CUDA_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-# ONNX Runtime's CUDA provider reads ``use_tf32`` from 1.18 on; an older one refuses an unknown option
+# ONNX Runtime's CUDA provider reads ``use_tf32`` from 1.18 on (microsoft/onnxruntime PRs 19357 and 19426,
+# merged after 1.17 was cut); an older one refuses an unknown option
 TF32_OPTION_SINCE = (1, 18)
 STRICT_FP32 = "strict FP32 (TF32 off)"
 # the manifest's source kinds of jetcap's own families (jetcap.models.sources.BUILTIN; that module imports

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List
 
 from jetcap.export.onnx_graph import ExportError, _check
-from jetcap.export.rewrites import is_weighted_sum
+from jetcap.export.rewrites import in_weighted_sum, is_weighted_sum
 from jetcap.util.lazy import require
 
 # Ops whose FP16 evaluation loses too much: exponentials/normalizations and reductions over pixels/time.
@@ -43,15 +43,16 @@ def topological_sort(graph) -> None:
 
 def convert_fp16(src: Path, dst: Path, keep_ops: tuple = FP32_OPS) -> List[str]:
     """Write the FP16 version of ``src`` to ``dst``; returns notes (which op types stayed FP32).  An
-    attention-weighted sum that export wrote as a MatMul (:mod:`jetcap.export.rewrites`) stays FP32 like the
-    ReduceSum it replaced."""
+    attention-weighted sum that export wrote as a MatMul (:mod:`jetcap.export.rewrites`) runs in FP32 like
+    the ReduceSum it replaced, the reshaping of its weights too; the values it reads are the FP16 graph's,
+    cast back (as the Mul before it read them), and its products and their sum are FP32."""
     onnx = require("onnx")
     float16 = require("onnxruntime.transformers.float16")
     model = onnx.load(str(src))
     sums = [n.name for n in model.graph.node if is_weighted_sum(n)]
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(keep_ops) + list(float16.DEFAULT_OP_BLOCK_LIST),
-        node_block_list=sums)
+        node_block_list=[n.name for n in model.graph.node if in_weighted_sum(n)])
     topological_sort(converted.graph)
     _check(onnx, converted, Path(dst).name)
     onnx.save(converted, str(dst))

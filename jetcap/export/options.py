@@ -28,9 +28,9 @@ class CalibrationMethod(str, enum.Enum):
 EXPORTER_OPSETS = {Exporter.TORCHSCRIPT: (9, 17), Exporter.DYNAMO: (18, 23)}
 # Variants export can write, in the order it writes them (int8-cpu: ONNX Runtime on a CPU, not TensorRT).
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
-# TensorRT 8.2 (JetPack 4.6) parses ONNX opsets up to 13.
 # QuantizeLinear / DequantizeLinear take a per-channel ``axis`` from opset 13 on.
 QDQ_PER_CHANNEL_OPSET = 13
+# TensorRT 8.2 (JetPack 4.6) parses ONNX opsets up to 13.
 JETPACK46_MAX_OPSET = 13
 
 

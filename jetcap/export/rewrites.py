@@ -34,18 +34,37 @@ def is_weighted_sum(node) -> bool:
     return node.op_type == "MatMul" and node.name.endswith(WEIGHTED_SUM_SUFFIX)
 
 
-def _subgraph_reads(graph, reads=None) -> set:
-    """Names read by the nodes of ``graph``'s subgraphs (If / Loop / Scan bodies), at any depth: a body
-    reads outer values by name without listing them as its node's inputs."""
-    reads = set() if reads is None else reads
+def in_weighted_sum(node) -> bool:
+    """Whether ``node`` is one of the nodes that compute a rewritten weighted sum (the MatMul and the
+    Unsqueeze / Transpose / Squeeze around it): the FP16 variant keeps them all in FP32."""
+    return is_weighted_sum(node) or WEIGHTED_SUM_SUFFIX + "/" in node.name
+
+
+def _bodies(graph):
+    """The subgraphs (If / Loop / Scan bodies) of ``graph``'s nodes, at any depth."""
     for node in graph.node:
         for attribute in node.attribute:
-            bodies = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
-            for body in bodies:
-                for inner in body.node:
-                    reads.update(inner.input)
-                _subgraph_reads(body, reads)
-    return reads
+            for body in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                yield body
+                for inner in _bodies(body):
+                    yield inner
+
+
+def _subgraph_reads(graph) -> set:
+    """Names read by the nodes of ``graph``'s subgraphs: a body reads outer values by name without
+    listing them as its node's inputs."""
+    return set(name for body in _bodies(graph) for node in body.node for name in node.input)
+
+
+def _subgraph_names(graph) -> set:
+    """Every name a subgraph reads or defines (its inputs, outputs, initializers, node outputs): a new
+    outer value must not shadow one of them."""
+    names = _subgraph_reads(graph)
+    for body in _bodies(graph):
+        names.update(v.name for v in list(body.input) + list(body.output) + list(body.value_info))
+        names.update(i.name for i in body.initializer)
+        names.update(o for node in body.node for o in node.output)
+    return names
 
 
 def _opset(model) -> int:
@@ -73,7 +92,7 @@ class _Graph:
         # an initializer that is also a graph input is a default the caller may replace: not a constant
         self.initializers = dict((i.name, i) for i in graph.initializer if i.name not in graph_inputs)
         self.taken = (graph_inputs | self.outputs | set(i.name for i in graph.initializer) | set(self.producer)
-                      | set(v.name for v in graph.value_info) | self.inner_reads)
+                      | set(v.name for v in graph.value_info) | _subgraph_names(graph))
         inferred = onnx.shape_inference.infer_shapes(model)  # not strict: unknown ops just leave shapes unknown
         self.values = dict((v.name, v) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
                            + list(inferred.graph.output))
@@ -100,6 +119,8 @@ class _Graph:
             for attribute in node.attribute:
                 if attribute.name == "value":
                     return [int(v) for v in numpy_helper.to_array(attribute.t).reshape(-1)]
+                if attribute.name in ("value_ints", "value_int"):
+                    return [int(v) for v in attribute.ints] if attribute.name == "value_ints" else [int(attribute.i)]
         return None
 
     def axes(self, node, opset_with_inputs: int) -> Optional[List[int]]:
@@ -234,3 +255,4 @@ def _drop_unread_constants(model, names) -> None:
             graph.initializer.remove(initializer)
         for node in [n for n in graph.node if n.op_type == "Constant" and list(n.output) == [name]]:
             graph.node.remove(node)
+        _drop_stale_value_info(model, [name])

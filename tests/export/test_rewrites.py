@@ -117,44 +117,73 @@ def test_other_sums_are_left_alone(variant):
     assert count == 0 and "ReduceSum" in ops
 
 
-def _with_if_reading(model, name):
-    """``model`` with an If node whose branches read ``name`` from the outer scope (as a scripted helper's
-    data-dependent ``if`` exports) and whose result is one more graph output."""
+def _branches(name, shape, local="branch", depth=1):
+    """Two If branches that read ``name`` from the outer scope (as a scripted helper's data-dependent
+    ``if`` exports), each defining a local value named ``local``; at ``depth`` 2 the reading happens in an
+    If nested inside each branch."""
+    def branch(tag):
+        out = "then_" + tag
+        if depth > 1:
+            inner_then, inner_else = _branches(name, shape, local + "_in" + tag, depth - 1)
+            nodes = [helper.make_node("If", ["flag"], [out], then_branch=inner_then, else_branch=inner_else)]
+            initializers = []
+        else:
+            value = local if tag == "a" else local + "_" + tag  # the then-branch's is named exactly ``local``
+            nodes = [helper.make_node("Mul", [name, "scale_" + tag], [value]),
+                     helper.make_node("Identity", [value], [out])]
+            initializers = [numpy_helper.from_array(np.array(float(len(tag)), dtype=np.float32), "scale_" + tag)]
+        return helper.make_graph(nodes, "branch_" + tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT,
+                                                                                            shape)],
+                                 initializer=initializers)
+    return branch("a" * depth), branch("bb" * depth)
+
+
+def _with_if_reading(model, name, local="branch", depth=1):
+    """``model`` with an If node whose branches read ``name`` (see :func:`_branches`) and whose result is one
+    more graph output, chosen by a new boolean input ``flag``."""
     graph = model.graph
-    branch = lambda scale: helper.make_graph(  # noqa: E731
-        [helper.make_node("Mul", [name, "scale_" + scale], ["branch_" + scale]),
-         helper.make_node("Identity", ["branch_" + scale], ["then_" + scale])], "branch_" + scale, [],
-        [helper.make_tensor_value_info("then_" + scale, TensorProto.FLOAT, ["B", P, C] if name == "product"
-                                       else ["B", P, 1])],
-        initializer=[numpy_helper.from_array(np.array(float(len(scale)), dtype=np.float32), "scale_" + scale)])
+    shape = ["B", P, C] if name in ("product", "features") else ["B", P, 1]
+    then_branch, else_branch = _branches(name, shape, local, depth)
     graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
-    graph.node.append(helper.make_node("If", ["flag"], ["chosen"], then_branch=branch("a"), else_branch=branch("bb")))
-    graph.output.append(helper.make_tensor_value_info("chosen", TensorProto.FLOAT, ["B", P, C] if name == "product"
-                                                      else ["B", P, 1]))
+    graph.node.append(helper.make_node("If", ["flag"], ["chosen"], then_branch=then_branch, else_branch=else_branch))
+    graph.output.append(helper.make_tensor_value_info("chosen", TensorProto.FLOAT, shape))
     return model
 
 
-def test_values_read_inside_a_branch_are_kept():
-    """An If/Loop body reads outer values by name without listing them as its node's inputs: a product read
-    there is not rewritten, and an unsqueezed weight read there stays beside the new MatMul."""
-    model = _with_if_reading(weighted_sum_model(), "product")
+def _run_flagged(model, flag):
+    rng = np.random.RandomState(0)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"features": rng.standard_normal((2, P, C)).astype(np.float32),
+                              "weights": rng.standard_normal((2, P)).astype(np.float32), "flag": np.array(flag)})
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_values_read_inside_a_branch_are_kept(depth):
+    """A subgraph (an If branch, or an If inside one) reads outer values by name without listing them as its
+    node's inputs: a product read there is not rewritten, and an unsqueezed weight read there stays beside
+    the new MatMul, with the same results."""
+    model = _with_if_reading(weighted_sum_model(), "product", depth=depth)
     assert weighted_sums_as_matmul(model) == 0
-    model = _with_if_reading(weighted_sum_model(), "weighted")
+    model = _with_if_reading(weighted_sum_model(), "weighted", depth=depth)
+    before = [_run_flagged(model, flag) for flag in (True, False)]
     assert weighted_sums_as_matmul(model) == 1
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Unsqueeze") == 2 and "ReduceSum" not in ops
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.RandomState(0)
-    session.run(None, {"features": rng.standard_normal((2, P, C)).astype(np.float32),
-                       "weights": rng.standard_normal((2, P)).astype(np.float32), "flag": np.array(True)})
+    for flag, expected in zip((True, False), before):
+        for a, b in zip(expected, _run_flagged(model, flag)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_only_onnx_operators_and_constant_axes_are_read():
+@pytest.mark.parametrize("op", ["Mul", "ReduceSum", "Unsqueeze"])
+def test_only_onnx_operators_are_read(op):
     model = weighted_sum_model()
-    next(n for n in model.graph.node if n.op_type == "Mul").domain = "custom.domain"
+    next(n for n in model.graph.node if n.op_type == op).domain = "custom.domain"
     model.opset_import.append(helper.make_opsetid("custom.domain", 1))
     assert weighted_sums_as_matmul(model) == 0
+
+
+def test_only_constant_axes_are_read():
     model = weighted_sum_model()  # the ReduceSum's axes are an initializer the caller may override
     model.graph.input.append(helper.make_tensor_value_info("reduce_axes", TensorProto.INT64, [1]))
     assert weighted_sums_as_matmul(model) == 0
@@ -176,6 +205,26 @@ def test_new_names_never_collide_and_dead_axes_go():
     model = weighted_sum_model(constant_nodes=True)
     _rewrite(model)
     assert "Constant" not in [n.op_type for n in model.graph.node]  # both axes went with their nodes
+    # a name a branch defines for itself is not reused outside it
+    model = _with_if_reading(weighted_sum_model(), "features", local="attention/ReduceSum/as_matmul/weights_row")
+    assert weighted_sums_as_matmul(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    # axes still read elsewhere stay: by a branch, and as a graph output
+    model = _with_if_reading(weighted_sum_model(), "reduce_axes")
+    model.graph.output[-1].type.tensor_type.elem_type = TensorProto.INT64
+    del model.graph.output[-1].type.tensor_type.shape.dim[:]
+    model.graph.output[-1].type.tensor_type.shape.dim.add().dim_value = 1
+    for body in (model.graph.node[-1].attribute[0].g, model.graph.node[-1].attribute[1].g):
+        body.node[0].op_type = "Identity"
+        del body.node[0].input[1:]
+        body.output[0].type.tensor_type.elem_type = TensorProto.INT64
+        del body.output[0].type.tensor_type.shape.dim[:]
+        body.output[0].type.tensor_type.shape.dim.add().dim_value = 1
+        del body.initializer[:]
+    model.graph.output.append(helper.make_tensor_value_info("unsqueeze_axes", TensorProto.INT64, [1]))
+    assert weighted_sums_as_matmul(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert {"reduce_axes", "unsqueeze_axes"} <= set(i.name for i in model.graph.initializer)
     # duplicate node names (legal ONNX) give distinct values
     model = weighted_sum_model()
     twin = onnx.load_from_string(model.SerializeToString())
@@ -202,6 +251,8 @@ def test_fp16_keeps_the_weighted_sum_in_fp32_like_the_reduction_it_replaced(capt
     types = dict((v.name, v.type.tensor_type.elem_type) for v in list(model.graph.value_info) + list(model.graph.input))
     matmul = next(n for n in model.graph.node if n.name.endswith("/as_matmul"))
     assert [types.get(i) for i in matmul.input] == [TensorProto.FLOAT, TensorProto.FLOAT]
+    row = next(n for n in model.graph.node if n.name.endswith("/as_matmul/Unsqueeze"))  # FP32 around it too
+    assert types.get(row.input[0]) == TensorProto.FLOAT
     assert "fp16: weights FP16, I/O FP32, kept FP32: LogSoftmax, Softmax, TopK, the attention-weighted sum (MatMul)" \
         in manifest.data["variants"]["fp16"]["notes"]
 
