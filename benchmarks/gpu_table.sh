@@ -30,7 +30,7 @@ fi
 simplify=()
 "$py" -c "import onnxslim" 2>/dev/null || simplify=(--no-simplify)
 "$py" -m jetcap export "$work/realistic_captioner.pt" -o "$work/bundle" --precision fp32 --precision fp16 \
-    "${simplify[@]}" --force 2>&1 | tail -3
+    ${simplify[@]+"${simplify[@]}"} --force 2>&1 | tail -3
 [ -f "$work/bundle/manifest.json" ] || exit 1
 status=0
 bench() {  # bench NAME OPTIONS...: NAME.json (complete or absent) and NAME.txt
