@@ -108,3 +108,10 @@ def is_builtin_bundle(source_kind, checkpoint_options=None):
     pickled modules or a model handed over in Python), from the manifest's source kind and the options."""
     options = checkpoint_options or {}
     return source_kind in BUILTIN_SOURCES and not (options.get("models") or options.get("trust_pickle"))
+
+
+def strict_fp32(torch):
+    """Set ``torch`` (the module) to strict FP32 float32 matmuls and convolutions on a GPU (TF32 off), the
+    policy above; the caller imports torch, this module never does."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False

@@ -65,8 +65,10 @@ def onnxruntime_gemm(m, k, n, threads=None, repeat=10, warmup=2, seed=0):
 def torch_gemm(m, k, n, device, repeat=10, warmup=2, seed=0):
     """``{gflops, p50_ms, n, shape}`` of float32 ``(m, k) @ (k, n)`` with torch on ``device`` (a GPU: each
     timed call ends with ``torch.cuda.synchronize``; strict FP32, TF32 off, as the benchmark runs the graphs)."""
+    from jetcap.bench.devices import strict_fp32
+
     torch = require("torch")
-    torch.backends.cuda.matmul.allow_tf32 = False
+    strict_fp32(torch)
     generator = torch.Generator().manual_seed(seed)
     a = torch.randn(m, k, generator=generator).to(device)
     b = torch.randn(k, n, generator=generator).to(device)

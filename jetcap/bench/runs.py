@@ -191,12 +191,12 @@ def plan(manifest, options, providers=None, torch_probe=None, ort_version=None):
             skipped += [{"name": k, "reason": why} for k in torch_kinds]
         else:
             configs += [_config(k, family=family, device=device) for k in torch_kinds]
-    if providers is None:
-        from jetcap.runtime.backends.onnxruntime import available_providers
+    from jetcap.runtime.backends.onnxruntime import available_providers, onnxruntime_version
 
+    if providers is None:
         providers = available_providers()
     if ort_version is None and device != "cpu":
-        ort_version = installed_onnxruntime_version()
+        ort_version = onnxruntime_version()
     chosen, why = devices.onnxruntime_providers(device, providers, ort_version)
     precisions = options.precisions or manifest.precisions
     for precision in precisions:
@@ -248,16 +248,6 @@ def skip_reasons(skipped):
         names.setdefault(entry["reason"], []).append(entry["name"])
     return "; ".join(reason if reason.startswith(", ".join(covered) + ":") else "{}: {}".format(
         ", ".join(covered), reason) for reason, covered in names.items())
-
-
-def installed_onnxruntime_version():
-    """The installed onnxruntime's version as a tuple (``(0,)`` for a version string it cannot read)."""
-    from jetcap.util import versions
-
-    try:
-        return versions.parse_version(__import__("onnxruntime").__version__, "onnxruntime version")
-    except UsageError:  # a custom build's version string: the options every release takes
-        return (0,)
 
 
 def probe_torch(options):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jetcap.bench.devices import strict_fp32
 from jetcap.bench.subjects import greedy_tokens
 from jetcap.models.captioner import TorchDecoderSession
 
@@ -59,8 +60,7 @@ def use_device(device):
     """The torch device for ``device``; on a GPU, float32 matmuls and convolutions in strict FP32."""
     target = torch.device(device)
     if target.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        strict_fp32(torch)
     return target
 
 

@@ -45,6 +45,8 @@ def test_the_release_that_reads_the_key_is_compared_as_numbers():
     assert spins_during_runs("1.19.0.dev20240101") and spins_during_runs("1.16.3+cu118")
     # a custom build's version string: only a speed choice, never a failed load
     assert not spins_during_runs("nightly") and not spins_during_runs("")
+    assert backend.onnxruntime_version("1.18.0rc1") == (1, 18, 0) and backend.onnxruntime_version("nightly") == (0,)
+    assert backend.onnxruntime_version() >= (1, 0)  # the installed one
 
 
 def test_versions_are_parsed_as_tuples_of_ints():

@@ -154,15 +154,22 @@ def check_graph_io(path, io_spec, inputs, outputs):
                           hint="a damaged or replaced graph file: re-export the bundle")
 
 
-def spins_during_runs(version=None):
-    """Whether the installed ONNX Runtime (or ``version``, a string or tuple) can stop its pools spinning
-    when a run returns (``session.force_spinning_stop``, read from 1.12 on; ignored by older releases)."""
+def onnxruntime_version(version=None):
+    """``version`` (a string or tuple; default the installed onnxruntime's) as a tuple of ints, ``(0,)`` for a
+    custom build's string that names no release: such a build gets what every release takes."""
     if version is None:
         version = getattr(require("onnxruntime"), "__version__", "")
     try:
-        return versions.parse_version(version, "onnxruntime version") >= SPIN_DURING_RUNS_SINCE
-    except UsageError:  # a custom build's version string: only a speed choice, so the older policies
-        return False
+        return versions.parse_version(version, "onnxruntime version")
+    except UsageError:
+        return (0,)
+
+
+def spins_during_runs(version=None):
+    """Whether the installed ONNX Runtime (or ``version``, a string or tuple) can stop its pools spinning
+    when a run returns (``session.force_spinning_stop``, read from 1.12 on; ignored by older releases).  An
+    unreadable version gets the older policies: spinning is only a speed choice."""
+    return onnxruntime_version(version) >= SPIN_DURING_RUNS_SINCE
 
 
 def spinning_policy(graphs, graph, spinning=None, during_runs=None):
