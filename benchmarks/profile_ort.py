@@ -13,6 +13,13 @@
    and only while a run lasts (``session.force_spinning_stop``, ONNX Runtime 1.12+).  The encoder and
    the decoder step each own an intra-op thread pool; a pool spinning between runs competes with the
    other's on a small CPU, a pool that never spins pays a wake-up on each of its layers.
+3. What an encoder call costs the decoder steps after it (median us, batch 1 and the bundle's largest):
+   steps back to back; the steps that follow one batch-1 encoder call, by position (#1 .. #8); a step
+   after each encoder call ("alternating", as in a decode loop fed a new image every step); and a step
+   after a sweep through N MB of memory instead (read and written), beside the encoder's own footprint
+   (its weights and the sum of its intermediate tensors at batch 1).  A step whose weights stay in the
+   last-level cache between calls is faster than one that reads them from DRAM; an encoder call between
+   two steps can evict them, which is the price of interleaving images and steps in one loop.
 """
 import argparse
 import collections
@@ -155,6 +162,93 @@ def captions(manifest, precision, threads, count, data=None):
         print("  {:<58} {:9.2f} {:11.2f}".format("{} ({})".format(label, spins), one * 1e3, many * 1e3))
 
 
+def _encoder_footprint(path):
+    """(weights MB, sum of the intermediate tensors' MB at batch 1) of an ONNX graph: what one call touches."""
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    model = onnx.load(path)
+    weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.dim_value:
+                dim.dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    total = 0
+    for value in model.graph.value_info:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims and all(dims):
+            total += int(np.prod(dims)) * helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+    return weights / 1e6, total / 1e6
+
+
+def interference(manifest, precision, threads, rounds, data=None):
+    """Part 3: decoder steps right after an encoder call, by position, and after memory sweeps."""
+    from jetcap import samples
+    from jetcap.bench.flops import graph_input_shapes
+    from jetcap.runtime.backends.onnxruntime import bundle_runners
+    from jetcap.runtime.decoder_protocol import DecoderProtocol
+    from jetcap.runtime.preprocess import IMAGE_SUFFIXES, load_images
+    from jetcap.util.fsio import list_inputs
+
+    paths = list_inputs(data, IMAGE_SUFFIXES, 1) if data else samples.sample_images()[:1]
+    image = load_images(paths, manifest.preprocessing)[:1]
+    runners = bundle_runners(manifest, precision, threads=threads)
+    for runner in runners.values():
+        runner.activate()
+    encoder, step = runners["encoder"].session, runners["decoder_step"].session
+    encoder_feed = {encoder.get_inputs()[0].name: image}
+    protocol = DecoderProtocol.from_manifest(manifest)
+    fetch = list(protocol.state_outputs) + list(protocol.fetch_topk or protocol.fetch)
+    spec = manifest.graph("decoder_step")
+    weights, intermediates = _encoder_footprint(manifest.graph_path(precision, "encoder"))
+    print("3. decoder steps after an encoder call, {} ({} threads), median us; the encoder touches {:.1f} MB "
+          "of weights and {:.1f} MB of intermediate tensors per batch-1 call".format(
+              precision, threads, weights, intermediates))
+    positions = 8
+    sweeps = (16, 32, 64, 128)
+    print("  {:>5} {:>12} {}  {:>11}  {}".format(
+        "batch", "back to back", " ".join("{:>6}".format("#{}".format(i + 1)) for i in range(positions)),
+        "alternating", " ".join("{:>8}".format("{} MB".format(mb)) for mb in sweeps)))
+    rng = np.random.RandomState(0)
+    for batch in sorted(set([1, int(manifest.axes["batch"]["max"])])):
+        sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
+        sizes["batch"] = batch
+        shapes = graph_input_shapes(spec, sizes)
+        feed = dict((t["name"], np.ones(shapes[t["name"]], dtype=np.int64) if t["dtype"] == "int64"
+                     else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
+        alone = _median(lambda i: step.run(fetch, feed), rounds * positions, 50)
+        after = [[] for _ in range(positions)]
+        for _ in range(rounds):
+            encoder.run(None, encoder_feed)
+            for position in range(positions):
+                began = time.perf_counter()
+                step.run(fetch, feed)
+                after[position].append(time.perf_counter() - began)
+        alternating = []
+        for _ in range(rounds):
+            encoder.run(None, encoder_feed)
+            began = time.perf_counter()
+            step.run(fetch, feed)
+            alternating.append(time.perf_counter() - began)
+        swept = []
+        for mb in sweeps:
+            buffer = np.ones(mb << 18, dtype=np.float32)
+            times = []
+            for _ in range(rounds):
+                np.add(buffer, 1, out=buffer)  # every line read and written, as an encoder's activations are
+                began = time.perf_counter()
+                step.run(fetch, feed)
+                times.append(time.perf_counter() - began)
+            swept.append(sorted(times)[len(times) // 2])
+            del buffer
+        print("  {:>5} {:>12.0f} {}  {:>11.0f}  {}".format(
+            batch, alone * 1e6, " ".join("{:>6.0f}".format(sorted(t)[len(t) // 2] * 1e6) for t in after),
+            sorted(alternating)[len(alternating) // 2] * 1e6, " ".join("{:>8.0f}".format(s * 1e6) for s in swept)))
+    for runner in runners.values():
+        runner.deactivate()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle")
@@ -171,6 +265,7 @@ def main(argv=None):
     print("load average before: {}".format(open("/proc/loadavg").read().strip()))
     decoder_step(manifest, args.precision, args.threads, args.steps)
     captions(manifest, args.precision, args.threads, args.captions, args.data)
+    interference(manifest, args.precision, args.threads, max(20, args.captions), args.data)
     print("load average after: {}".format(open("/proc/loadavg").read().strip()))
     return 0
 
