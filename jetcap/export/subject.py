@@ -74,12 +74,13 @@ class TorchRunner:
         self.module = module
         self.spec = spec
 
-    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def infer(self, feed: Dict[str, np.ndarray], outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         with torch.no_grad():
             outs = self.module(*[torch.from_numpy(np.array(feed[n], copy=True)) for n in self.spec.input_names])
         if not isinstance(outs, (tuple, list)):
             outs = (outs,)
-        return {n: o.detach().numpy() for n, o in zip(self.spec.output_names, outs)}
+        wanted = set(self.spec.output_names if outputs is None else outputs)
+        return {n: o.detach().numpy() for n, o in zip(self.spec.output_names, outs) if n in wanted}
 
 
 @dataclass

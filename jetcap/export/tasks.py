@@ -338,9 +338,9 @@ class _RecordingRunner(object):
         self.runner = runner
         self.feeds = feeds
 
-    def infer(self, feed):
+    def infer(self, feed, outputs=None):
         self.feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
-        return self.runner.infer(feed)
+        return self.runner.infer(feed, outputs)
 
 
 class ClassifierExport(FamilyExport):

@@ -132,6 +132,16 @@ class DecoderProtocol(object):
             return None
         return (self.topk["log_probs"], self.topk["ids"]) + ((self.attention,) if self.attention else ())
 
+    def step_outputs(self, kinds):
+        """The outputs a step call asks for, in order and each once: the carried state, then what its
+        searches read; ``kinds``: the searches' kinds, True for a top-k search (:attr:`fetch_topk`),
+        False for one that reads the whole distribution (:attr:`fetch`)."""
+        names = list(self.state_outputs)
+        for topk in sorted(set(kinds)):
+            names.extend((self.fetch_topk or ()) if topk else self.fetch)
+        seen = set()
+        return [name for name in names if not (name in seen or seen.add(name))]
+
     def initial(self, encoded, rows=None):
         """``{step input: array}`` of the first step from the encoder outputs ``encoded`` (optionally
         only the batch ``rows``, e.g. one image for beam search)."""

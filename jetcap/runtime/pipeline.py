@@ -44,7 +44,8 @@ class HostDecoderSession(object):
     """Decoder session keeping the step's state and context as host numpy arrays (any runner).
 
     Args:
-        runner: the decoder-step runner (``infer(feed) -> {output: array}``).
+        runner: the decoder-step runner (``infer(feed, outputs) -> {output: array}``): asked for the carried
+            state and what the search reads, never the whole distribution of a top-k search.
         initial: ``{step input: array}`` of the first step (see ``DecoderProtocol.initial``).
         protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
     """
@@ -57,19 +58,19 @@ class HostDecoderSession(object):
         self.topk = protocol.topk["k"] if protocol.topk and use_topk else 0
         self.vocab_size = protocol.vocab_size
 
-    def _run(self, prev_words):
+    def _run(self, prev_words, topk):
         feed = dict(self.state)
         feed[self.protocol.word_input] = np.ascontiguousarray(prev_words, dtype=np.int64)
-        out = self.runner.infer(feed)
+        out = self.runner.infer(feed, self.protocol.step_outputs([topk]))
         for output, name in self.protocol.state_outputs.items():
             self.state[name] = out[output]
         return out
 
     def step(self, prev_words):
-        return self.protocol.split(self._run(prev_words))
+        return self.protocol.split(self._run(prev_words, False))
 
     def step_topk(self, prev_words):
-        return self.protocol.split_topk(self._run(prev_words))
+        return self.protocol.split_topk(self._run(prev_words, True))
 
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)

@@ -249,6 +249,10 @@ class DecodeScheduler(object):
         self._active = []
         self._carried = self.protocol.state_outputs  # {step output: step input}
         self._fetch = {True: list(self.protocol.fetch_topk or ()), False: list(self.protocol.fetch)}
+        # what a step call asks the runner for, by the kinds of search in it (top-k or not): the carried
+        # state and what those searches read, never the 10 000-wide distribution of top-k searches
+        self._outputs = dict((kinds, self.protocol.step_outputs(kinds))
+                             for kinds in (frozenset([True]), frozenset([False]), frozenset([True, False])))
         self._context = [name for name, _ in self.protocol.context]
         self._numbers = itertools.count()
         self.busy_seconds = 0.0  # the loop's time not waiting for work; its graph calls' share: ``stats``
@@ -456,7 +460,7 @@ class DecodeScheduler(object):
         try:
             feed, jobs = self._feed(jobs)
             clock = time.perf_counter()
-            out = self.step.infer(feed)
+            out = self.step.infer(feed, self._outputs[frozenset(job.op[2] for job in jobs)])
         except Exception as exc:  # noqa: BLE001 -- handed to the request's thread, which raises it
             if len(jobs) > 1:  # one bad search must not fail its neighbours: run each alone
                 for job in jobs:

@@ -40,9 +40,11 @@ class BlsRunner(object):
         self.column_inputs = set(t["name"] for t in self.inputs if list(t["shape"]) == ["batch"])
         self.name = "triton-bls:{}".format(model_name)
 
-    def infer(self, feed):
-        """``{output: ndarray}`` of one BLS request with the arrays of ``feed`` (batch-first)."""
+    def infer(self, feed, outputs=None):
+        """``{output: ndarray}`` of one BLS request with the arrays of ``feed`` (batch-first); ``outputs``:
+        those to request (default this runner's), so the served model sends only what is read."""
         pb_utils = self.pb_utils
+        names = list(outputs) if outputs is not None else self.output_names
         tensors = []
         for spec in self.inputs:
             dtype = np.dtype(self.dtypes.get(spec["name"], spec["dtype"]))
@@ -50,13 +52,13 @@ class BlsRunner(object):
             if spec["name"] in self.column_inputs:
                 array = array.reshape(-1, 1)
             tensors.append(pb_utils.Tensor(spec["name"], array))
-        request = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=self.output_names,
+        request = pb_utils.InferenceRequest(model_name=self.model_name, requested_output_names=names,
                                             inputs=tensors)
         response = request.exec()
         if response.has_error():
             raise TritonModelError("model {} failed: {}".format(self.model_name, response.error().message()))
         result = {}
-        for name in self.output_names:
+        for name in names:
             tensor = pb_utils.get_output_tensor_by_name(response, name)
             if tensor is None:
                 raise TritonModelError("model {} returned no output {!r}".format(self.model_name, name))

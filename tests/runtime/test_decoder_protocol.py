@@ -49,3 +49,19 @@ def test_an_inconsistent_entry_is_a_bundle_error(change, message):
 def test_legacy_bundles_use_show_attend_tell_names():
     names = [s["input"] for s in LEGACY_DECODER["state"]] + [c["input"] for c in LEGACY_DECODER["context"]]
     assert names == ["h", "c", "features", "projected"]
+
+
+def test_step_outputs_name_the_state_then_what_the_searches_read_each_once():
+    import copy
+
+    step = copy.deepcopy(STEP)
+    step["outputs"] += [{"name": "alpha", "shape": ["batch", 9]}, {"name": "topk_log_probs", "shape": ["batch", 4]},
+                        {"name": "topk_ids", "shape": ["batch", 4]}]
+    entry = dict(ENTRY, attention="alpha", topk={"log_probs": "topk_log_probs", "ids": "topk_ids", "k": 4})
+    protocol = DecoderProtocol(entry, step, ENCODER)
+    assert protocol.step_outputs([True]) == ["h_new", "c_new", "topk_log_probs", "topk_ids", "alpha"]
+    assert protocol.step_outputs([False]) == ["h_new", "c_new", "log_probs", "alpha"]
+    assert protocol.step_outputs({True, False}) == ["h_new", "c_new", "log_probs", "alpha", "topk_log_probs",
+                                                    "topk_ids"]
+    # a step graph without top-k outputs: a top-k search never runs on it, and asks for the state only
+    assert DecoderProtocol(ENTRY, STEP, ENCODER).step_outputs([True]) == ["h_new", "c_new"]

@@ -188,3 +188,47 @@ def test_the_steps_top_k_gives_the_captions_of_the_full_distribution(caption_ses
             got, want = [decoding.beam_search(s, beam, start, end, 20) for s in sessions]
         assert got.tokens == want.tokens
         assert abs(got.score - want.score) < 1e-9
+
+
+def test_a_runner_returns_the_outputs_asked_for_and_refuses_unknown_ones(caption_session, captioner_reference):
+    step = caption_session.runners["decoder_step"]
+    pipeline = caption_session.caption_pipeline()
+    protocol = pipeline.protocol
+    feed = dict(protocol.initial(pipeline.encode(captioner_reference["task/images"][:2])))
+    feed[protocol.word_input] = np.zeros(2, dtype=np.int64)
+    everything = step.infer(feed)
+    assert list(everything) == step.output_names
+    some = step.infer(feed, ["topk_ids", "h_new"])
+    assert list(some) == ["topk_ids", "h_new"]
+    np.testing.assert_array_equal(some["topk_ids"], everything["topk_ids"])
+    np.testing.assert_array_equal(some["h_new"], everything["h_new"])
+    with pytest.raises(UsageError, match=r"no outputs \['logits'\]"):
+        step.infer(feed, ["h_new", "logits"])
+
+
+class _Asked(object):
+    """The real step runner, recording the outputs each call asks for."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.asked = []
+
+    def infer(self, feed, outputs=None):
+        self.asked.append(None if outputs is None else list(outputs))
+        return self.runner.infer(feed, outputs)
+
+
+@pytest.mark.parametrize("use_topk", [True, False])
+def test_a_decoder_session_asks_only_for_the_state_and_what_its_search_reads(caption_session, captioner_reference,
+                                                                              use_topk):
+    from jetcap.runtime import decoding
+
+    pipeline = caption_session.caption_pipeline()
+    protocol = pipeline.protocol
+    step = _Asked(pipeline.step)
+    session = HostDecoderSession(step, protocol.initial(pipeline.encode(captioner_reference["task/images"][:2])),
+                                 protocol, use_topk=use_topk)
+    decoding.greedy_decode(session, 2, pipeline.vocab.start_id, pipeline.vocab.end_id, 20)
+    state = sorted(protocol.state_outputs)
+    read = ["topk_log_probs", "topk_ids", "alpha"] if use_topk else ["log_probs", "alpha"]
+    assert step.asked and all(sorted(asked) == sorted(state + read) for asked in step.asked)

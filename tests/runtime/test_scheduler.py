@@ -187,13 +187,13 @@ class _FailingEveryThirdBatch(object):
         self.runner = runner
         self.calls = 0
 
-    def infer(self, feed):
+    def infer(self, feed, outputs=None):
         rows = len(next(iter(feed.values())))
         if rows > 3:
             self.calls += 1
             if self.calls % 3 == 0:
                 raise RuntimeError("injected failure of a batched step")
-        return self.runner.infer(feed)
+        return self.runner.infer(feed, outputs)
 
 
 def _loop_with_step(session, wrapper):
@@ -221,7 +221,7 @@ class _AnsweringNothing(object):
     def __init__(self, runner):
         self.runner = runner
 
-    def infer(self, feed):
+    def infer(self, feed, outputs=None):
         self.runner.check_feed(feed)
         return {}
 
@@ -245,3 +245,30 @@ def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, re
             loop.caption(images[:1])
     finally:
         assert loop.close()
+
+
+class _Asked(object):
+    """The real step runner, recording the outputs each call asks for."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.asked = []
+
+    def infer(self, feed, outputs=None):
+        self.asked.append(None if outputs is None else sorted(outputs))
+        return self.runner.infer(feed, outputs)
+
+
+def test_step_calls_ask_for_the_state_and_the_top_k_never_the_whole_distribution(session, reference):
+    images = reference["task/images"]
+    loop, step = _loop_with_step(session, _Asked)
+    try:
+        got = _concurrently(len(images), lambda i: loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens)
+    finally:
+        loop.close()
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
+    protocol = pipeline.protocol
+    assert step.asked and set(map(tuple, step.asked)) == {tuple(sorted(list(protocol.state_outputs) +
+                                                                     list(protocol.fetch_topk)))}
+    assert "log_probs" not in step.asked[0]

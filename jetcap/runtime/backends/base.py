@@ -55,12 +55,28 @@ class Runner(object):
     def __exit__(self, exc_type, exc, tb):
         self.deactivate()
 
-    def infer(self, feed):
-        """Run the graph on ``feed`` ``{input_name: ndarray}`` -> ``{output_name: ndarray}``."""
+    def infer(self, feed, outputs=None):
+        """Run the graph on ``feed`` ``{input_name: ndarray}`` -> ``{output_name: ndarray}``.
+
+        ``outputs``: the outputs to return (default all).  A backend that keeps its outputs elsewhere
+        (TensorRT on the GPU, a Triton model) copies only these: a decoder step's top-k search needs a
+        few numbers per row, not the whole distribution.
+        """
         if not self.is_active:
             raise RuntimeError("{} is not active; use it as a context manager or call activate()".format(self.name))
         self.check_feed(feed)
-        return self.infer_impl(feed)
+        return self.infer_impl(feed, self.check_outputs(outputs))
+
+    def check_outputs(self, outputs):
+        """The output names to return (``outputs`` as a list; all of them for None); UsageError for a name
+        the graph does not have."""
+        if outputs is None:
+            return self.output_names
+        outputs = list(outputs)
+        unknown = sorted(set(outputs) - set(self.output_names))
+        if unknown:
+            raise UsageError("{}: no outputs {} (has {})".format(self.name, unknown, self.output_names))
+        return outputs
 
     def check_feed(self, feed):
         """UsageError when names, ranks, fixed dims or dtypes of ``feed`` do not fit the graph."""
@@ -87,7 +103,7 @@ class Runner(object):
     def activate_impl(self):
         raise NotImplementedError
 
-    def infer_impl(self, feed):
+    def infer_impl(self, feed, outputs):
         raise NotImplementedError
 
     def deactivate_impl(self):

@@ -134,9 +134,8 @@ class OnnxRuntimeRunner(Runner):
                        [(t.name, t.shape) for t in session.get_outputs()])
         self.session = session
 
-    def infer_impl(self, feed):
-        values = self.session.run(self.output_names, feed)
-        return dict(zip(self.output_names, values))
+    def infer_impl(self, feed, outputs):
+        return dict(zip(outputs, self.session.run(outputs, feed)))
 
     def deactivate_impl(self):
         self.session = None

@@ -471,8 +471,8 @@ class TensorRTRunner(Runner):
                                       state_outputs=protocol.state_outputs, fetch=protocol.fetch,
                                       batch_axes=protocol.batch_axes, protocol=protocol)
 
-    def infer_impl(self, feed):
-        return self.infer_device(feed=feed)
+    def infer_impl(self, feed, outputs):
+        return self.infer_device(feed=feed, fetch=outputs)
 
     def infer_device(self, feed=None, device_inputs=None, device_outputs=None, fetch=None):
         """Run once with inputs from the host and/or the device, leaving outputs on the device.
