@@ -15,11 +15,13 @@
    other's on a small CPU, a pool that never spins pays a wake-up on each of its layers.
 3. What an encoder call costs the decoder steps after it (median us, batch 1 and the bundle's largest):
    steps back to back; the steps that follow one batch-1 encoder call, by position (#1 .. #8); a step
-   after each encoder call ("alternating", as in a decode loop fed a new image every step); and a step
-   after a sweep through N MB of memory instead (read and written), beside the encoder's own footprint
-   (its weights and the sum of its intermediate tensors at batch 1).  A step whose weights stay in the
-   last-level cache between calls is faster than one that reads them from DRAM; an encoder call between
-   two steps can evict them, which is the price of interleaving images and steps in one loop.
+   after each encoder call ("alternating", as in a decode loop fed a new image every step); a step after
+   both cores idled as long as an encoder call ("after idle": the control, the pools' wake-up without
+   any memory touched); and a step after a sweep through N MB of memory instead (read and written),
+   beside the encoder's own footprint (its weights and, at most, its intermediate tensors at batch 1).
+   A step whose weights stay in the last-level cache between calls is faster than one that reads them
+   from DRAM; an encoder call between two steps can evict them, which is a price of interleaving
+   images and steps in one loop.
 """
 import argparse
 import collections
@@ -162,17 +164,18 @@ def captions(manifest, precision, threads, count, data=None):
         print("  {:<58} {:9.2f} {:11.2f}".format("{} ({})".format(label, spins), one * 1e3, many * 1e3))
 
 
-def _encoder_footprint(path):
-    """(weights MB, sum of the intermediate tensors' MB at batch 1) of an ONNX graph: what one call touches."""
+def _encoder_footprint(path, shapes):
+    """(weights MB, sum of the intermediate tensors' MB) of an ONNX graph fed inputs of ``shapes`` (``{input:
+    shape}``): at most what one call touches (ONNX Runtime fuses nodes and reuses buffers)."""
     import onnx
     from onnx import helper, numpy_helper, shape_inference
 
     model = onnx.load(path)
     weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
     for value in model.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.dim_value:
-                dim.dim_value = 1
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                dim.dim_value = int(size)
     model = shape_inference.infer_shapes(model)
     total = 0
     for value in model.graph.value_info:
@@ -201,15 +204,17 @@ def interference(manifest, precision, threads, rounds, data=None):
     protocol = DecoderProtocol.from_manifest(manifest)
     fetch = list(protocol.state_outputs) + list(protocol.fetch_topk or protocol.fetch)
     spec = manifest.graph("decoder_step")
-    weights, intermediates = _encoder_footprint(manifest.graph_path(precision, "encoder"))
-    print("3. decoder steps after an encoder call, {} ({} threads), median us; the encoder touches {:.1f} MB "
-          "of weights and {:.1f} MB of intermediate tensors per batch-1 call".format(
-              precision, threads, weights, intermediates))
+    weights, intermediates = _encoder_footprint(manifest.graph_path(precision, "encoder"),
+                                                dict((name, value.shape) for name, value in encoder_feed.items()))
+    encoder_seconds = _median(lambda i: encoder.run(None, encoder_feed), rounds, 5)
+    print("3. decoder steps after an encoder call, {} ({} threads), median us; a batch-1 encoder call ({:.1f} ms) "
+          "reads {:.1f} MB of weights and writes at most {:.1f} MB of intermediate tensors".format(
+              precision, threads, encoder_seconds * 1e3, weights, intermediates))
     positions = 8
     sweeps = (16, 32, 64, 128)
-    print("  {:>5} {:>12} {}  {:>11}  {}".format(
+    print("  {:>5} {:>12} {}  {:>11}  {:>10}  {}".format(
         "batch", "back to back", " ".join("{:>6}".format("#{}".format(i + 1)) for i in range(positions)),
-        "alternating", " ".join("{:>8}".format("{} MB".format(mb)) for mb in sweeps)))
+        "alternating", "after idle", " ".join("{:>8}".format("{} MB".format(mb)) for mb in sweeps)))
     rng = np.random.RandomState(0)
     for batch in sorted(set([1, int(manifest.axes["batch"]["max"])])):
         sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
@@ -231,6 +236,12 @@ def interference(manifest, precision, threads, rounds, data=None):
             began = time.perf_counter()
             step.run(fetch, feed)
             alternating.append(time.perf_counter() - began)
+        idle = []  # the control: both cores idle for as long as an encoder call, no memory touched
+        for _ in range(rounds):
+            time.sleep(encoder_seconds)
+            began = time.perf_counter()
+            step.run(fetch, feed)
+            idle.append(time.perf_counter() - began)
         swept = []
         for mb in sweeps:
             buffer = np.ones(mb << 18, dtype=np.float32)
@@ -242,9 +253,10 @@ def interference(manifest, precision, threads, rounds, data=None):
                 times.append(time.perf_counter() - began)
             swept.append(sorted(times)[len(times) // 2])
             del buffer
-        print("  {:>5} {:>12.0f} {}  {:>11.0f}  {}".format(
+        print("  {:>5} {:>12.0f} {}  {:>11.0f}  {:>10.0f}  {}".format(
             batch, alone * 1e6, " ".join("{:>6.0f}".format(sorted(t)[len(t) // 2] * 1e6) for t in after),
-            sorted(alternating)[len(alternating) // 2] * 1e6, " ".join("{:>8.0f}".format(s * 1e6) for s in swept)))
+            sorted(alternating)[len(alternating) // 2] * 1e6, sorted(idle)[len(idle) // 2] * 1e6,
+            " ".join("{:>8.0f}".format(s * 1e6) for s in swept)))
     for runner in runners.values():
         runner.deactivate()
 

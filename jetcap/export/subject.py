@@ -66,7 +66,7 @@ class TopKStep(nn.Module):
 
 
 class TorchRunner:
-    """A runner (``infer(feed) -> {output: ndarray}``) over a PyTorch graph module: the reference
+    """A runner (``infer(feed, outputs=None) -> {output: ndarray}``) over a PyTorch graph module: the reference
     decode runs jetcap's own decoding code over the user's modules, exactly as the runtime does over
     ONNX Runtime or TensorRT."""
 
@@ -80,6 +80,9 @@ class TorchRunner:
         if not isinstance(outs, (tuple, list)):
             outs = (outs,)
         wanted = set(self.spec.output_names if outputs is None else outputs)
+        unknown = sorted(wanted - set(self.spec.output_names))
+        if unknown:
+            raise UsageError("the PyTorch {} graph has no outputs {}".format(self.spec.name, unknown))
         return {n: o.detach().numpy() for n, o in zip(self.spec.output_names, outs) if n in wanted}
 
 

@@ -1,6 +1,6 @@
 """Runners that call other Triton models through BLS (business logic scripting), for the Python backend.
 
-A :class:`BlsRunner` has the ``infer(feed) -> {output: array}`` of every jetcap runner, so the jetcap
+A :class:`BlsRunner` has the ``infer(feed, outputs=None) -> {output: array}`` of every jetcap runner, so the jetcap
 pipelines (:class:`jetcap.runtime.pipeline.CaptionPipeline`) and the shared numpy search
 (:mod:`jetcap.runtime.decoding`) run unchanged over Triton models; its :meth:`BlsRunner.decoder_session`
 gives a decoder session whose ``step()`` is one BLS request to the ``decoder_step`` model.

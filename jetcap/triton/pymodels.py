@@ -219,6 +219,13 @@ class ClassifierModel(_BundleModel):
         return responses
 
 
+def requested_outputs(output_names, requested):
+    """The outputs a request gets: those of ``output_names`` it names in ``requested``, in the graph's
+    order, or all of them when it names none."""
+    requested = set(requested or ())
+    return [name for name in output_names if name in requested] or list(output_names)
+
+
 class GraphModel(object):
     """Serve one bundle graph with ONNX Runtime inside the Python backend (``--backend python-bls``).
 
@@ -250,40 +257,43 @@ class GraphModel(object):
         self.runner.activate()
 
     def execute(self, requests):
-        """Run the requests Triton batched together as one ONNX Runtime call, then split the outputs."""
+        """Run the requests Triton batched together as one ONNX Runtime call, then split the outputs.  Each
+        request gets the outputs it names (all when it names none), and the call computes and copies only
+        those the requests name (a caption model's step requests name the state and the top-k)."""
         pb_utils = self.pb_utils
-        feeds = []
+        feeds, asked = [], []
         for request in requests:
+            asked.append(requested_outputs(self.output_names, request.requested_output_names()))
             feed = {}
             for spec in self.inputs:
                 array = pb_utils.get_input_tensor_by_name(request, spec["name"]).as_numpy()
                 feed[spec["name"]] = array.reshape(-1) if spec["name"] in self.column_inputs else array
             feeds.append(feed)
         sizes = [len(feed[self.inputs[0]["name"]]) for feed in feeds]
+        wanted = [name for name in self.output_names if any(name in names for names in asked)]
         try:
             merged = dict((spec["name"], np.concatenate([feed[spec["name"]] for feed in feeds]))
                           for spec in self.inputs)
-            outputs = self.runner.infer(merged)
+            outputs = self.runner.infer(merged, wanted)
         except (JetcapError, ValueError) as exc:
             # shapes that cannot be concatenated (another T) or a refused feed: run the requests one by one
-            return [self._single(feed) for feed in feeds] if len(feeds) > 1 else [
+            return [self._single(feed, names) for feed, names in zip(feeds, asked)] if len(feeds) > 1 else [
                 pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))]
         responses, start = [], 0
-        for size in sizes:
+        for size, names in zip(sizes, asked):
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:start + size]))
-                for name in self.output_names]))
+                pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:start + size])) for name in names]))
             start += size
         return responses
 
-    def _single(self, feed):
+    def _single(self, feed, names):
         pb_utils = self.pb_utils
         try:
-            outputs = self.runner.infer(feed)
+            outputs = self.runner.infer(feed, names)
         except JetcapError as exc:
             return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(outputs[name]))
-                                                          for name in self.output_names])
+                                                          for name in names])
 
     def finalize(self):
         """Release the ONNX Runtime session."""

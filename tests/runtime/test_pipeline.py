@@ -11,6 +11,8 @@ from jetcap.runtime.pipeline import CaptionPipeline, HostDecoderSession
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
 
+from .recording import AskedOutputs
+
 
 @pytest.fixture(scope="module")
 def caption_session(captioner_bundle):
@@ -206,18 +208,6 @@ def test_a_runner_returns_the_outputs_asked_for_and_refuses_unknown_ones(caption
         step.infer(feed, ["h_new", "logits"])
 
 
-class _Asked(object):
-    """The real step runner, recording the outputs each call asks for."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.asked = []
-
-    def infer(self, feed, outputs=None):
-        self.asked.append(None if outputs is None else list(outputs))
-        return self.runner.infer(feed, outputs)
-
-
 @pytest.mark.parametrize("use_topk", [True, False])
 def test_a_decoder_session_asks_only_for_the_state_and_what_its_search_reads(caption_session, captioner_reference,
                                                                               use_topk):
@@ -225,7 +215,7 @@ def test_a_decoder_session_asks_only_for_the_state_and_what_its_search_reads(cap
 
     pipeline = caption_session.caption_pipeline()
     protocol = pipeline.protocol
-    step = _Asked(pipeline.step)
+    step = AskedOutputs(pipeline.step)
     session = HostDecoderSession(step, protocol.initial(pipeline.encode(captioner_reference["task/images"][:2])),
                                  protocol, use_topk=use_topk)
     decoding.greedy_decode(session, 2, pipeline.vocab.start_id, pipeline.vocab.end_id, 20)

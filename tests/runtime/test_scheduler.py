@@ -8,11 +8,14 @@ import pytest
 from jetcap.errors import UsageError
 from jetcap.export.tasks import unpad
 from jetcap.runtime import decoding
+from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.pipeline import CaptionPipeline
 from jetcap.runtime.scheduler import ContextRows, DecodeScheduler
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
+
+from .recording import AskedOutputs
 
 
 @pytest.fixture(scope="module")
@@ -202,15 +205,22 @@ def _loop_with_step(session, wrapper):
     return DecodeScheduler(session.manifest, dict(session.runners, decoder_step=step)), step
 
 
-def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(session, reference):
+def _mixed_requests_caption_as_alone(session, reference, wrapper):
+    """Greedy and beam-3 requests at once through a loop whose step runner is wrapped in ``wrapper``: each
+    gets the caption it gets alone; returns the wrapper."""
     images = reference["task/images"]
-    loop, step = _loop_with_step(session, _FailingEveryThirdBatch)
+    loop, step = _loop_with_step(session, wrapper)
     try:
         got = _concurrently(len(images), lambda i: loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens)
     finally:
         loop.close()
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
+    return step
+
+
+def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(session, reference):
+    step = _mixed_requests_caption_as_alone(session, reference, _FailingEveryThirdBatch)
     assert step.calls >= 3  # the failure path really ran
 
 
@@ -247,28 +257,9 @@ def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, re
         assert loop.close()
 
 
-class _Asked(object):
-    """The real step runner, recording the outputs each call asks for."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.asked = []
-
-    def infer(self, feed, outputs=None):
-        self.asked.append(None if outputs is None else sorted(outputs))
-        return self.runner.infer(feed, outputs)
-
-
 def test_step_calls_ask_for_the_state_and_the_top_k_never_the_whole_distribution(session, reference):
-    images = reference["task/images"]
-    loop, step = _loop_with_step(session, _Asked)
-    try:
-        got = _concurrently(len(images), lambda i: loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens)
-    finally:
-        loop.close()
-    pipeline = CaptionPipeline(session.manifest, session.runners)
-    assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
-    protocol = pipeline.protocol
+    step = _mixed_requests_caption_as_alone(session, reference, AskedOutputs)
+    protocol = DecoderProtocol.from_manifest(session.manifest)
     assert step.asked and set(map(tuple, step.asked)) == {tuple(sorted(list(protocol.state_outputs) +
                                                                      list(protocol.fetch_topk)))}
     assert "log_probs" not in step.asked[0]

@@ -144,6 +144,12 @@ def test_runner_matches_onnxruntime(captioner_engines):
         want = dict(zip(["log_probs", "h_new", "c_new", "alpha"], step.run(None, feed)))
         for name in want:
             np.testing.assert_allclose(got[name], want[name], atol=1e-4)
+        # only the outputs asked for come back (what the decode loop asks: the state and what it reads)
+        some = runner.infer(feed, ["alpha", "h_new"])
+        assert sorted(some) == ["alpha", "h_new"]
+        np.testing.assert_allclose(some["h_new"], want["h_new"], atol=1e-4)
+        with pytest.raises(UsageError, match="no outputs"):
+            runner.infer(feed, ["logits"])
 
 
 def _sessions(manifest, paths, images, from_device=True):

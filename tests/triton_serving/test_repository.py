@@ -159,3 +159,12 @@ def test_cli_commands_have_help():
     for name in ("triton-repo", "serve-triton"):
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_a_graph_model_answers_the_outputs_a_request_names_in_the_graphs_order():
+    from jetcap.triton.pymodels import requested_outputs
+
+    names = ["log_probs", "h_new", "c_new", "alpha", "topk_log_probs", "topk_ids"]
+    assert requested_outputs(names, ["topk_ids", "h_new", "c_new", "topk_log_probs", "alpha"]) == [
+        "h_new", "c_new", "alpha", "topk_log_probs", "topk_ids"]
+    assert requested_outputs(names, []) == names and requested_outputs(names, None) == names
