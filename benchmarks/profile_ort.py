@@ -16,12 +16,13 @@
 3. What an encoder call costs the decoder steps after it (median us, batch 1 and the bundle's largest):
    steps back to back; the steps that follow one batch-1 encoder call, by position (#1 .. #8); a step
    after each encoder call ("alternating", as in a decode loop fed a new image every step); a step after
-   both cores idled as long as an encoder call ("after idle": the control, the pools' wake-up without
-   any memory touched); and a step after a sweep through N MB of memory instead (read and written),
-   beside the encoder's own footprint (its weights and, at most, its intermediate tensors at batch 1).
-   A step whose weights stay in the last-level cache between calls is faster than one that reads them
-   from DRAM; an encoder call between two steps can evict them, which is a price of interleaving
-   images and steps in one loop.
+   both cores idled as long as an encoder call ("after idle": the control, nothing touches memory); and
+   a step after a sweep through N MB of memory instead (read and written), beside the encoder's own
+   footprint (its weights and, at most, its intermediate tensors at batch 1).  Then the machine alone:
+   a numpy matvec over as many bytes as the step graph's initializers, after sleeping 0 to 30 ms.  A
+   step whose weights are still in the last-level cache is faster than one that reads them from DRAM;
+   whatever runs between two steps (an encoder call, the server's other work, nothing at all on a VM
+   whose host others share) gives them time to leave it.
 """
 import argparse
 import collections
@@ -259,6 +260,36 @@ def interference(manifest, precision, threads, rounds, data=None):
             " ".join("{:>8.0f}".format(s * 1e6) for s in swept)))
     for runner in runners.values():
         runner.deactivate()
+    _cache_decay(weight_bytes(manifest.graph_path(precision, "decoder_step")), rounds)
+
+
+def weight_bytes(path):
+    """The bytes of an ONNX graph's initializers (what a step reads once per call)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(path).graph.initializer)
+
+
+def _cache_decay(size, rounds, gaps=(0.0, 0.001, 0.004, 0.01, 0.03)):
+    """The machine, without ONNX Runtime: one numpy matvec over ``size`` bytes of float32 after sleeping
+    each of ``gaps`` seconds.  Where the last-level cache keeps a working set only while it is used (other
+    tenants of a VM's host, other work of this one), the matvec slows the longer it pauses."""
+    columns = 1024
+    matrix = np.ones((max(1, size // (4 * columns)), columns), dtype=np.float32)
+    vector = np.ones(columns, dtype=np.float32)
+    medians = []
+    for gap in gaps:
+        times = []
+        for _ in range(rounds):
+            if gap:
+                time.sleep(gap)
+            began = time.perf_counter()
+            matrix.dot(vector)
+            times.append(time.perf_counter() - began)
+        medians.append(sorted(times)[len(times) // 2])
+    print("  one numpy matvec over {:.0f} MB (the step graph's initializers) after sleeping: {}".format(
+        matrix.nbytes / 1e6, ", ".join("{:.0f} ms {:.0f} us".format(g * 1e3, m * 1e6) for g, m in zip(gaps, medians))))
 
 
 def main(argv=None):
