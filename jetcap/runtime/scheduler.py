@@ -87,8 +87,8 @@ class ContextRows(object):
     in one array per input with room for ``capacity`` rows, batch first.
 
     :meth:`arrange` lays out the rows of the jobs it is given: a search that stays keeps its rows (moved
-    up only to close the gap of one that left), one that joins, or whose rows were reordered (a beam),
-    writes its own.  So a search joining or leaving a batch copies its rows, not every row in flight (at
+    up only to close the gap of one that left), one that joins, or whose number of rows changed (a beam
+    that widened or lost finished hypotheses), writes its own.  So a search joining or leaving a batch copies its rows, not every row in flight (at
     8 clients a join or a leave every 2-3 steps made re-concatenating all of them a tenth of the decode
     loop's time).
     """
@@ -105,7 +105,7 @@ class ContextRows(object):
 
         Args:
             jobs: the searches of one step call.
-            keys: one hashable per job, which changes when its context rows change (reorders).
+            keys: one hashable per job, which changes when its context rows change.
             rows_of: ``rows_of(job)`` -> ``{name: its context rows}``, batch first.
         """
         try:
@@ -140,6 +140,11 @@ class ContextRows(object):
         self._layout = layout
         order = [jobs[j] for j in staying + joining]
         return dict((name, self._arrays[name][:write]) for name in self.names), order
+
+    @property
+    def layout(self):
+        """``((job key, rows), ...)`` in row order: what the arrays' first rows hold since the last call."""
+        return tuple(self._layout)
 
     def _offsets(self):
         offset = 0
@@ -195,7 +200,7 @@ class _Job(object):
     """One image's search: its generator, its state rows and the operation it waits on."""
 
     __slots__ = ("request", "index", "image", "beam_size", "max_len", "reserve", "submitted", "search", "session",
-                 "op", "ready", "context_version", "number")
+                 "op", "ready", "number")
 
     def __init__(self, request, index, image, beam_size, max_len, reserve, number):
         self.request = request
@@ -209,7 +214,6 @@ class _Job(object):
         self.session = None  # a HostDecoderSession: this search's state and context rows
         self.op = None
         self.ready = None
-        self.context_version = 0  # bumped when its rows are reordered (the shared context feed is stale)
         self.number = number  # unique per scheduler (ids of finished jobs are reused)
 
     @property
@@ -260,6 +264,11 @@ class DecodeScheduler(object):
         self._context_feed = {}
         batch_first = all(self.protocol.batch_axes[name] == 0 for name in self._context)
         self._context_rows = ContextRows(self._context, self.max_batch) if batch_first and self._context else None
+        # a runner that can keep inputs on its device (TensorRT) gets the context rows copied there only when
+        # a search joins, leaves or changes its number of rows, not with every step (351 KB a row for a
+        # COCO-sized captioner)
+        device_inputs = getattr(self.step, "device_inputs", None)
+        self._device_context = device_inputs(self._context) if device_inputs is not None and self._context else None
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="jetcap-decode-loop")
@@ -307,7 +316,11 @@ class DecodeScheduler(object):
             self._closed = True
             self._cond.notify_all()
         self._thread.join(wait_seconds)
-        return not self._thread.is_alive()
+        if self._thread.is_alive():
+            return False
+        if self._device_context is not None:
+            self._device_context.close()
+        return True
 
     # -- the loop -----------------------------------------------------------------------------------
     def _loop(self):
@@ -406,7 +419,6 @@ class DecodeScheduler(object):
                     job.op, job.ready = op, time.time()
                     return
                 job.session.reorder(op[1])
-                job.context_version += 1
                 answer = None
         except StopIteration as stop:
             job.op = None
@@ -427,20 +439,22 @@ class DecodeScheduler(object):
         context input is batch first, else concatenated again when the jobs or their rows changed."""
         protocol = self.protocol
         axes = protocol.batch_axes
-        keys = [(job.number, job.context_version) for job in jobs]
+        # a job is one image: its context rows are copies of that image's row, whatever its beam reordered,
+        # so the job and its number of rows say what they hold
+        keys = [(job.number, job.rows) for job in jobs]
         if self._context_rows is not None:
             context, jobs = self._context_rows.arrange(jobs, keys, lambda job: job.session.state)
+            layout = self._context_rows.layout
         else:
             if tuple(keys) != self._context_key:
                 self._context_feed = dict((name, _joined([job.session.state[name] for job in jobs], axes[name]))
                                           for name in self._context)
                 self._context_key = tuple(keys)
-            context = self._context_feed
-        feed = dict(context)
-        feed[protocol.word_input] = np.concatenate([job.op[1] for job in jobs]).astype(np.int64)
+            context, layout = self._context_feed, self._context_key
+        feed = {protocol.word_input: np.concatenate([job.op[1] for job in jobs]).astype(np.int64)}
         for name in self._carried.values():
             feed[name] = _joined([job.session.state[name] for job in jobs], axes[name])
-        return feed, jobs
+        return feed, context, layout, jobs
 
     def _step_all(self):
         groups, group, rows = [], [], 0
@@ -458,9 +472,15 @@ class DecodeScheduler(object):
     def _step(self, jobs):
         started = time.time()
         try:
-            feed, jobs = self._feed(jobs)
+            feed, context, layout, jobs = self._feed(jobs)
+            outputs = self._outputs[frozenset(job.op[2] for job in jobs)]
             clock = time.perf_counter()
-            out = self.step.infer(feed, self._outputs[frozenset(job.op[2] for job in jobs)])
+            if self._device_context is not None:  # the context stays on the device while its rows do
+                out = self.step.infer_device(feed=feed, device_inputs=self._device_context.get(context, layout),
+                                             fetch=outputs)
+            else:
+                feed.update(context)
+                out = self.step.infer(feed, outputs)
         except Exception as exc:  # noqa: BLE001 -- handed to the request's thread, which raises it
             if len(jobs) > 1:  # one bad search must not fail its neighbours: run each alone
                 for job in jobs:

@@ -1,4 +1,5 @@
-"""A real runner wrapped to record what each call asks of it (tests of who asks for which outputs)."""
+"""Real runners wrapped to record what each call asks of them (which outputs, which copies)."""
+import numpy as np
 
 
 class AskedOutputs(object):
@@ -11,3 +12,56 @@ class AskedOutputs(object):
     def infer(self, feed, outputs=None):
         self.asked.append(None if outputs is None else sorted(outputs))
         return self.runner.infer(feed, outputs)
+
+
+class _HostBuffer(object):
+    """A "device" buffer in host memory: the array it was last given."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.array = tuple(shape), dtype, None
+
+    def free(self):
+        self.array = None
+
+
+class _Tensor(object):
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class HostAsDevice(object):
+    """The real ONNX Runtime step runner behind the device-input calls of a TensorRT runner (``tensor``,
+    ``new_buffer``, ``upload``, ``infer_device``, ``device_inputs``), its "device" being host memory.
+
+    No GPU exists where the suite runs; this drives the decode loop's device-input branch and jetcap's
+    real :class:`jetcap.runtime.backends.tensorrt.DeviceInputs` over a real graph, and counts the copies
+    to the "device".  The same loop over real TensorRT engines is tested where they exist."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.uploads = 0  # arrays copied to the "device"
+        self.calls = 0  # infer_device calls
+        self.dtypes = dict((t["name"], np.dtype(t["dtype"])) for t in runner.io_spec["inputs"])
+
+    def tensor(self, name):
+        return _Tensor(self.dtypes[name])
+
+    def new_buffer(self, shape, dtype):
+        return _HostBuffer(shape, dtype)
+
+    def upload(self, buffer, array):
+        buffer.array, buffer.shape = np.array(array, copy=True), array.shape
+        self.uploads += 1
+        return buffer
+
+    def device_inputs(self, names):
+        from jetcap.runtime.backends.tensorrt import DeviceInputs
+
+        return DeviceInputs(self, names)
+
+    def infer_device(self, feed=None, device_inputs=None, device_outputs=None, fetch=None):
+        assert not device_outputs
+        self.calls += 1
+        merged = dict(feed or {})
+        merged.update((name, buffer.array) for name, buffer in (device_inputs or {}).items())
+        return self.runner.infer(merged, fetch)

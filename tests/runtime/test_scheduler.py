@@ -15,7 +15,7 @@ from jetcap.runtime.scheduler import ContextRows, DecodeScheduler
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
 
-from .recording import AskedOutputs
+from .recording import AskedOutputs, HostAsDevice
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +263,22 @@ def test_step_calls_ask_for_the_state_and_the_top_k_never_the_whole_distribution
     assert step.asked and set(map(tuple, step.asked)) == {tuple(sorted(list(protocol.state_outputs) +
                                                                      list(protocol.fetch_topk)))}
     assert "log_probs" not in step.asked[0]
+
+
+def test_a_device_runner_gets_the_context_rows_copied_only_when_they_change(session, reference):
+    context = len(DecoderProtocol.from_manifest(session.manifest).context)
+    step = _mixed_requests_caption_as_alone(session, reference, HostAsDevice)
+    # the word and the state go with every call; the context only when a search joins, leaves or changes its
+    # number of rows (a beam widening, finished hypotheses), never for a beam's reorder of equal rows
+    assert step.calls > 0 and step.uploads % context == 0 and step.uploads // context < step.calls * 2 // 3
+    images = reference["task/images"]
+    loop, step = _loop_with_step(session, HostAsDevice)
+    try:
+        greedy = loop.caption(images[:1])[0]
+        assert (step.calls >= 2, step.uploads) == (True, context)  # several steps, each context input copied once
+        beam = loop.caption(images[1:2], beam_size=3)[0]
+    finally:
+        assert loop.close()
+    pipeline = CaptionPipeline(session.manifest, session.runners)
+    assert greedy.tokens == pipeline.caption(images[:1])[0].tokens
+    assert beam.tokens == pipeline.caption(images[1:2], beam_size=3)[0].tokens

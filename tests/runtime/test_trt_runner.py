@@ -205,3 +205,39 @@ def test_device_resident_beam_search_matches_onnxruntime(captioner_engines):
         session.close()
         runner.deactivate()
 
+
+
+@pytest.mark.trt
+@needs_gpu_stack
+def test_the_decode_loop_on_tensorrt_keeps_the_context_on_the_gpu_and_captions_as_alone(captioner_bundle, tmp_path):
+    """serve-engine's decode loop over real engines: concurrent greedy and beam requests get the captions of
+    one request each, and the context rows reach the GPU only when a search joins, leaves or resizes."""
+    import threading
+
+    from jetcap.runtime.scheduler import DecodeScheduler
+    from jetcap.runtime.session import open_bundle
+    from jetcap.util.npz import load_npz
+
+    engine.build_engines(captioner_bundle, precision="fp32", cache_dir=str(tmp_path))
+    images = load_npz(Manifest.load(captioner_bundle).reference_path())["task/images"]
+    with open_bundle(captioner_bundle, backend="tensorrt", precision="fp32", engine_cache=str(tmp_path)) as session:
+        pipeline = session.caption_pipeline()
+        want = [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
+        loop = DecodeScheduler(session.manifest, session.runners)
+        got = [None] * len(images)
+
+        def caption(i):
+            got[i] = loop.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens
+
+        try:
+            threads = [threading.Thread(target=caption, args=(i,)) for i in range(len(images))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            steps = loop.stats["decoder_step"].snapshot()["calls"]
+            uploads = loop._device_context.uploads
+        finally:
+            assert loop.close()
+    assert got == want
+    assert 0 < uploads < steps

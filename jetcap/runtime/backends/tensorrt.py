@@ -471,6 +471,11 @@ class TensorRTRunner(Runner):
                                       state_outputs=protocol.state_outputs, fetch=protocol.fetch,
                                       batch_axes=protocol.batch_axes, protocol=protocol)
 
+    def device_inputs(self, names):
+        """A :class:`DeviceInputs` for inputs ``names`` of this runner: kept on the device between runs,
+        uploaded again only when their content changes (used by ``jetcap.runtime.scheduler``)."""
+        return DeviceInputs(self, names)
+
     def infer_impl(self, feed, outputs):
         return self.infer_device(feed=feed, fetch=outputs)
 
@@ -552,6 +557,45 @@ class TensorRTRunner(Runner):
         if self.generation is None:
             raise RuntimeError("{} is not active".format(self.name))
         return self.generation
+
+
+class DeviceInputs(object):
+    """Inputs of one runner kept on its device between runs, uploaded again only when their content
+    changes: the decode loop's context rows (image features and the like), which stay the same from one
+    step to the next until a search joins, leaves or changes its number of rows.
+
+    Args:
+        runner: the active :class:`TensorRTRunner` that reads them.
+        names: the input names.
+    """
+
+    def __init__(self, runner, names):
+        self.runner = runner
+        self.names = list(names)
+        self.buffers = {}  # type: Dict[str, DeviceBuffer]
+        self.key = None  # type: Optional[object]
+        self.uploads = 0
+
+    def get(self, arrays, key):
+        """``{name: DeviceBuffer}`` holding ``arrays`` (``{name: host array}``); ``key`` names their content,
+        so the arrays are copied to the device only when it differs from the last call's."""
+        if key is None or key != self.key:
+            self.key = None  # an upload that fails half-way leaves no key that claims the buffers are current
+            for name in self.names:
+                array = engine_input_array(arrays[name], self.runner.tensor(name).dtype, name)
+                buffer = self.buffers.get(name)
+                if buffer is None:
+                    buffer = self.buffers[name] = self.runner.new_buffer(array.shape, array.dtype)
+                self.runner.upload(buffer, array)
+            self.key = key
+            self.uploads += 1
+        return dict(self.buffers)
+
+    def close(self):
+        """Free the device buffers."""
+        for buffer in self.buffers.values():
+            buffer.free()
+        self.buffers, self.key = {}, None
 
 
 class TensorRTDecoderSession(object):
