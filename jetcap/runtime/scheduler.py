@@ -260,6 +260,7 @@ class DecodeScheduler(object):
         self._context = [name for name, _ in self.protocol.context]
         self._numbers = itertools.count()
         self.busy_seconds = 0.0  # the loop's time not waiting for work; its graph calls' share: ``stats``
+        self.reruns = 0  # batched step calls that failed and were run again search by search
         self._context_key = None  # the jobs (and their versions) the cached context feed was built for
         self._context_feed = {}
         batch_first = all(self.protocol.batch_axes[name] == 0 for name in self._context)
@@ -399,7 +400,12 @@ class DecodeScheduler(object):
         return dict((name, np.take(value, [i], axis=self.encoder_axes[name])) for name, value in encoded.items())
 
     def _start(self, job, encoded):
-        job.session = HostDecoderSession(self.step, self.protocol.initial(encoded), self.protocol)
+        initial = self.protocol.initial(encoded)
+        for name in self._context:  # one image, one row: what keys its context rows (see _feed)
+            if initial[name].shape[self.protocol.batch_axes[name]] != 1:
+                raise ValueError("context input {!r} of one image has {} rows".format(
+                    name, initial[name].shape[self.protocol.batch_axes[name]]))
+        job.session = HostDecoderSession(self.step, initial, self.protocol)
         if job.beam_size == 1:
             job.search = decoding.greedy_search(1, self.vocab.start_id, self.vocab.end_id, job.max_len, self.topk)
         else:
@@ -483,6 +489,7 @@ class DecodeScheduler(object):
                 out = self.step.infer(feed, outputs)
         except Exception as exc:  # noqa: BLE001 -- handed to the request's thread, which raises it
             if len(jobs) > 1:  # one bad search must not fail its neighbours: run each alone
+                self.reruns += 1
                 for job in jobs:
                     self._step([job])
             else:

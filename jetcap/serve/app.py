@@ -118,6 +118,9 @@ class EngineServer(Endpoints):
         registry.gauge("jetcap_decode_loop_busy_seconds", "Seconds the decode loop (--batching) spent not waiting "
                        "for work since the model was loaded; minus the graphs' run_seconds, its own Python. Growing "
                        "as fast as the clock: the loop is the bottleneck.", function=self._loop_busy)
+        registry.gauge("jetcap_decode_loop_reruns", "Batched decoder-step calls of the decode loop (--batching) that "
+                       "failed and were run again search by search (each search then gets its own error or "
+                       "caption): a failing search, a bug or the device out of memory.", function=self._loop_reruns)
 
     def _batch_stat(self, graph, key):
         def value():
@@ -128,6 +131,10 @@ class EngineServer(Endpoints):
     def _loop_busy(self):
         scheduler = self.model.scheduler
         return round(scheduler.busy_seconds, 4) if scheduler is not None else None
+
+    def _loop_reruns(self):
+        scheduler = self.model.scheduler
+        return scheduler.reruns if scheduler is not None else None
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self):

@@ -17,11 +17,13 @@ class AskedOutputs(object):
 class _HostBuffer(object):
     """A "device" buffer in host memory: the array it was last given."""
 
-    def __init__(self, shape, dtype):
-        self.shape, self.dtype, self.array = tuple(shape), dtype, None
+    def __init__(self, owner, shape, dtype):
+        self.owner, self.shape, self.dtype, self.array = owner, tuple(shape), dtype, None
+        owner.live.add(self)
 
     def free(self):
         self.array = None
+        self.owner.live.discard(self)
 
 
 class _Tensor(object):
@@ -41,13 +43,15 @@ class HostAsDevice(object):
         self.runner = runner
         self.uploads = 0  # arrays copied to the "device"
         self.calls = 0  # infer_device calls
+        self.live = set()  # "device" buffers not freed
         self.dtypes = dict((t["name"], np.dtype(t["dtype"])) for t in runner.io_spec["inputs"])
+        self.word_input = [t["name"] for t in runner.io_spec["inputs"] if list(t["shape"]) == ["batch"]][0]
 
     def tensor(self, name):
         return _Tensor(self.dtypes[name])
 
     def new_buffer(self, shape, dtype):
-        return _HostBuffer(shape, dtype)
+        return _HostBuffer(self, shape, dtype)
 
     def upload(self, buffer, array):
         buffer.array, buffer.shape = np.array(array, copy=True), array.shape
@@ -62,6 +66,9 @@ class HostAsDevice(object):
     def infer_device(self, feed=None, device_inputs=None, device_outputs=None, fetch=None):
         assert not device_outputs
         self.calls += 1
+        rows = len(feed[self.word_input])
+        for name, buffer in (device_inputs or {}).items():  # a stale context would fail or be broadcast
+            assert buffer.array is not None and len(buffer.array) == rows, (name, buffer.shape, rows)
         merged = dict(feed or {})
         merged.update((name, buffer.array) for name, buffer in (device_inputs or {}).items())
         return self.runner.infer(merged, fetch)

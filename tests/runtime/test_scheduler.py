@@ -207,7 +207,8 @@ def _loop_with_step(session, wrapper):
 
 def _mixed_requests_caption_as_alone(session, reference, wrapper):
     """Greedy and beam-3 requests at once through a loop whose step runner is wrapped in ``wrapper``: each
-    gets the caption it gets alone; returns the wrapper."""
+    gets the caption it gets alone; returns the wrapper and the number of batched step calls that failed
+    and were run again search by search."""
     images = reference["task/images"]
     loop, step = _loop_with_step(session, wrapper)
     try:
@@ -216,12 +217,12 @@ def _mixed_requests_caption_as_alone(session, reference, wrapper):
         loop.close()
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert got == [pipeline.caption(images[i:i + 1], beam_size=1 + (i % 2) * 2)[0].tokens for i in range(len(images))]
-    return step
+    return step, loop.reruns
 
 
 def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(session, reference):
-    step = _mixed_requests_caption_as_alone(session, reference, _FailingEveryThirdBatch)
-    assert step.calls >= 3  # the failure path really ran
+    step, reruns = _mixed_requests_caption_as_alone(session, reference, _FailingEveryThirdBatch)
+    assert step.calls >= 3 and reruns >= 1  # the failure path really ran
 
 
 class _AnsweringNothing(object):
@@ -258,7 +259,8 @@ def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, re
 
 
 def test_step_calls_ask_for_the_state_and_the_top_k_never_the_whole_distribution(session, reference):
-    step = _mixed_requests_caption_as_alone(session, reference, AskedOutputs)
+    step, reruns = _mixed_requests_caption_as_alone(session, reference, AskedOutputs)
+    assert reruns == 0
     protocol = DecoderProtocol.from_manifest(session.manifest)
     assert step.asked and set(map(tuple, step.asked)) == {tuple(sorted(list(protocol.state_outputs) +
                                                                      list(protocol.fetch_topk)))}
@@ -267,9 +269,11 @@ def test_step_calls_ask_for_the_state_and_the_top_k_never_the_whole_distribution
 
 def test_a_device_runner_gets_the_context_rows_copied_only_when_they_change(session, reference):
     context = len(DecoderProtocol.from_manifest(session.manifest).context)
-    step = _mixed_requests_caption_as_alone(session, reference, HostAsDevice)
+    step, reruns = _mixed_requests_caption_as_alone(session, reference, HostAsDevice)
     # the word and the state go with every call; the context only when a search joins, leaves or changes its
-    # number of rows (a beam widening, finished hypotheses), never for a beam's reorder of equal rows
+    # number of rows (a beam widening, finished hypotheses), never for a beam's reorder of equal rows; no
+    # batched call failed (a stale context would, and running each search alone would hide it)
+    assert reruns == 0 and not step.live  # the loop's close() freed the "device" buffers
     assert step.calls > 0 and step.uploads % context == 0 and step.uploads // context < step.calls * 2 // 3
     images = reference["task/images"]
     loop, step = _loop_with_step(session, HostAsDevice)
@@ -279,6 +283,36 @@ def test_a_device_runner_gets_the_context_rows_copied_only_when_they_change(sess
         beam = loop.caption(images[1:2], beam_size=3)[0]
     finally:
         assert loop.close()
+    assert loop.reruns == 0 and not step.live
     pipeline = CaptionPipeline(session.manifest, session.runners)
     assert greedy.tokens == pipeline.caption(images[:1])[0].tokens
     assert beam.tokens == pipeline.caption(images[1:2], beam_size=3)[0].tokens
+
+
+class _FailingThirdUpload(HostAsDevice):
+    """Its third copy to the "device" fails, as an out-of-memory would."""
+
+    def upload(self, buffer, array):
+        if self.uploads == 2:
+            self.uploads += 1
+            raise MemoryError("injected: the device is full")
+        return HostAsDevice.upload(self, buffer, array)
+
+
+def test_device_inputs_copy_again_after_a_copy_that_failed_half_way(session):
+    from jetcap.runtime.backends.tensorrt import DeviceInputs
+
+    runner = _FailingThirdUpload(session.runners["decoder_step"])
+    inputs = DeviceInputs(runner, ["features", "projected"])
+    first = {"features": np.ones((2, 4, 3), np.float32), "projected": np.ones((2, 4), np.float32)}
+    second = {"features": np.zeros((3, 4, 3), np.float32), "projected": np.zeros((3, 4), np.float32)}
+    inputs.get(first, "layout 1")
+    with pytest.raises(MemoryError):
+        inputs.get(second, "layout 2")  # features copied, projected not: the buffers hold neither layout
+    buffers = inputs.get(first, "layout 1")  # the key of the buffers' last full copy: copied again all the same
+    assert runner.uploads == 5
+    assert all((buffers[name].array == 1).all() and len(buffers[name].array) == 2 for name in first)
+    inputs.get(first, "layout 1")  # now they hold it: no copy
+    assert runner.uploads == 5
+    inputs.close()
+    assert not runner.live

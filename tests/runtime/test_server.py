@@ -337,6 +337,7 @@ def test_metrics_are_prometheus_text(servers):
     ran = [sample(values, "jetcap_batch_{}_run_seconds".format(graph)) for graph in ("encoder", "decoder_step")]
     assert min(ran) > 0 and sum(ran) <= sample(values, "jetcap_decode_loop_busy_seconds")
     assert sample(values, "jetcap_batch_decoder_step_mean_run_ms") > 0
+    assert sample(values, "jetcap_decode_loop_reruns") == 0
 
 
 def test_request_log_is_one_json_line_per_request(servers):

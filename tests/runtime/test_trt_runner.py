@@ -240,4 +240,5 @@ def test_the_decode_loop_on_tensorrt_keeps_the_context_on_the_gpu_and_captions_a
         finally:
             assert loop.close()
     assert got == want
+    assert loop.reruns == 0  # no batched call failed (running each search alone would hide a stale context)
     assert 0 < uploads < steps

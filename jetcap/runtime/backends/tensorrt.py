@@ -256,9 +256,13 @@ class DeviceBuffer(object):
             self.dtype = np.dtype(dtype)
         if self.nbytes > self.capacity:
             with self.device.current():
-                self.allocation.free()
+                # the old allocation is gone before the new one exists: a failed mem_alloc (out of memory)
+                # leaves no freed address behind that a later copy could write through
+                old, self.allocation, self.capacity = self.allocation, None, 0
+                if old is not None:
+                    old.free()
+                self.allocation = self.device.cuda.mem_alloc(self.nbytes)
                 self.capacity = self.nbytes
-                self.allocation = self.device.cuda.mem_alloc(self.capacity)
         return self
 
     def free(self):
