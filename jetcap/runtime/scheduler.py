@@ -88,9 +88,9 @@ class ContextRows(object):
 
     :meth:`arrange` lays out the rows of the jobs it is given: a search that stays keeps its rows (moved
     up only to close the gap of one that left), one that joins, or whose number of rows changed (a beam
-    that widened or lost finished hypotheses), writes its own.  So a search joining or leaving a batch copies its rows, not every row in flight (at
-    8 clients a join or a leave every 2-3 steps made re-concatenating all of them a tenth of the decode
-    loop's time).
+    that widened or lost finished hypotheses), writes its own.  So a search joining or leaving a batch
+    copies its rows, not every row in flight (at 8 clients a join or a leave every 2-3 steps made
+    re-concatenating all of them a tenth of the decode loop's time).
     """
 
     def __init__(self, names, capacity):
@@ -261,7 +261,7 @@ class DecodeScheduler(object):
         self._numbers = itertools.count()
         self.busy_seconds = 0.0  # the loop's time not waiting for work; its graph calls' share: ``stats``
         self.reruns = 0  # batched step calls that failed and were run again search by search
-        self._context_key = None  # the jobs (and their versions) the cached context feed was built for
+        self._context_key = None  # the jobs (and their rows) the cached context feed was built for
         self._context_feed = {}
         batch_first = all(self.protocol.batch_axes[name] == 0 for name in self._context)
         self._context_rows = ContextRows(self._context, self.max_batch) if batch_first and self._context else None
@@ -440,9 +440,10 @@ class DecodeScheduler(object):
             job.request.finish(job.index, error=exc)
 
     def _feed(self, jobs):
-        """The step feed of ``jobs``' rows, and the jobs in the order of their rows in it.  The context
-        part (features and the like, fixed per image) is laid out by :class:`ContextRows` when every
-        context input is batch first, else concatenated again when the jobs or their rows changed."""
+        """``(feed, context, layout, jobs)`` of a step call over ``jobs``' rows: the word and state inputs;
+        the context inputs (features and the like, fixed per image), laid out by :class:`ContextRows` when
+        every context input is batch first, else concatenated again when the jobs or their rows changed;
+        a key of what the context holds (equal keys, equal contents); and the jobs in row order."""
         protocol = self.protocol
         axes = protocol.batch_axes
         # a job is one image: its context rows are copies of that image's row, whatever its beam reordered,
