@@ -405,7 +405,7 @@ class DecodeScheduler(object):
             if initial[name].shape[self.protocol.batch_axes[name]] != 1:
                 raise ValueError("context input {!r} of one image has {} rows".format(
                     name, initial[name].shape[self.protocol.batch_axes[name]]))
-        job.session = HostDecoderSession(self.step, initial, self.protocol)
+        job.session = HostDecoderSession(self.step, initial, self.protocol, same_rows=self._context)
         if job.beam_size == 1:
             job.search = decoding.greedy_search(1, self.vocab.start_id, self.vocab.end_id, job.max_len, self.topk)
         else:
