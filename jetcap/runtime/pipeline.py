@@ -49,16 +49,12 @@ class HostDecoderSession(object):
         initial: ``{step input: array}`` of the first step (see ``DecoderProtocol.initial``).
         protocol: the bundle's :class:`jetcap.runtime.decoder_protocol.DecoderProtocol`.
         use_topk: read the step's top-k where the search can (default True).
-        same_rows: inputs whose rows are all copies of one row (default none).
     """
 
-    def __init__(self, runner, initial, protocol, use_topk=True, same_rows=()):
+    def __init__(self, runner, initial, protocol, use_topk=True):
         self.runner = runner
         self.protocol = protocol
         self.state = dict(initial)
-        # inputs whose rows are all one image's (the context of a one-image search): a reorder only
-        # changes how many there are, so it repeats one instead of gathering them
-        self.same_rows = frozenset(same_rows)
         # the search's top-k path (see jetcap.runtime.decoding); 0 when the step graph has no top-k
         self.topk = protocol.topk["k"] if protocol.topk and use_topk else 0
         self.vocab_size = protocol.vocab_size
@@ -80,12 +76,7 @@ class HostDecoderSession(object):
     def reorder(self, rows):
         rows = np.asarray(rows, dtype=np.int64)
         for key in self.state:
-            axis = self.protocol.batch_axes[key]
-            if key in self.same_rows:
-                if self.state[key].shape[axis] != len(rows):
-                    self.state[key] = np.repeat(np.take(self.state[key], [0], axis=axis), len(rows), axis=axis)
-                continue
-            self.state[key] = np.ascontiguousarray(np.take(self.state[key], rows, axis=axis))
+            self.state[key] = np.ascontiguousarray(np.take(self.state[key], rows, axis=self.protocol.batch_axes[key]))
 
 
 class OrtBoundDecoderSession(object):

@@ -200,7 +200,7 @@ class _Job(object):
     """One image's search: its generator, its state rows and the operation it waits on."""
 
     __slots__ = ("request", "index", "image", "beam_size", "max_len", "reserve", "submitted", "search", "session",
-                 "op", "ready", "number")
+                 "context", "op", "ready", "number")
 
     def __init__(self, request, index, image, beam_size, max_len, reserve, number):
         self.request = request
@@ -211,7 +211,8 @@ class _Job(object):
         self.reserve = reserve
         self.submitted = time.time()
         self.search = None
-        self.session = None  # a HostDecoderSession: this search's state and context rows
+        self.session = None  # a HostDecoderSession: this search's carried state, one row per hypothesis
+        self.context = None  # its image's context inputs, one row each, whatever its number of rows
         self.op = None
         self.ready = None
         self.number = number  # unique per scheduler (ids of finished jobs are reused)
@@ -401,11 +402,13 @@ class DecodeScheduler(object):
 
     def _start(self, job, encoded):
         initial = self.protocol.initial(encoded)
-        for name in self._context:  # one image, one row: what keys its context rows (see _feed)
-            if initial[name].shape[self.protocol.batch_axes[name]] != 1:
+        # the context is the image's, the same for every hypothesis: kept once, repeated when laid out
+        job.context = dict((name, initial.pop(name)) for name in self._context)
+        for name, value in job.context.items():  # one image, one row: what keys its rows (see _feed)
+            if value.shape[self.protocol.batch_axes[name]] != 1:
                 raise ValueError("context input {!r} of one image has {} rows".format(
-                    name, initial[name].shape[self.protocol.batch_axes[name]]))
-        job.session = HostDecoderSession(self.step, initial, self.protocol, same_rows=self._context)
+                    name, value.shape[self.protocol.batch_axes[name]]))
+        job.session = HostDecoderSession(self.step, initial, self.protocol)
         if job.beam_size == 1:
             job.search = decoding.greedy_search(1, self.vocab.start_id, self.vocab.end_id, job.max_len, self.topk)
         else:
@@ -450,18 +453,24 @@ class DecodeScheduler(object):
         # so the job and its number of rows say what they hold
         keys = [(job.number, job.rows) for job in jobs]
         if self._context_rows is not None:
-            context, jobs = self._context_rows.arrange(jobs, keys, lambda job: job.session.state)
+            context, jobs = self._context_rows.arrange(jobs, keys, self._context_of)
             layout = self._context_rows.layout
         else:
             if tuple(keys) != self._context_key:
-                self._context_feed = dict((name, _joined([job.session.state[name] for job in jobs], axes[name]))
-                                          for name in self._context)
+                rows = [self._context_of(job) for job in jobs]
+                self._context_feed = dict((name, _joined([r[name] for r in rows], axes[name])) for name in self._context)
                 self._context_key = tuple(keys)
             context, layout = self._context_feed, self._context_key
         feed = {protocol.word_input: np.concatenate([job.op[1] for job in jobs]).astype(np.int64)}
         for name in self._carried.values():
             feed[name] = _joined([job.session.state[name] for job in jobs], axes[name])
         return feed, context, layout, jobs
+
+    def _context_of(self, job):
+        """``{name: job's context rows}``: its image's row, once per row of the search."""
+        axes = self.protocol.batch_axes
+        return dict((name, value if job.rows == 1 else np.repeat(value, job.rows, axis=axes[name]))
+                    for name, value in job.context.items())
 
     def _step_all(self):
         groups, group, rows = [], [], 0

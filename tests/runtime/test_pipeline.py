@@ -223,25 +223,3 @@ def test_a_decoder_session_asks_only_for_the_state_and_what_its_search_reads(cap
     read = ["topk_log_probs", "topk_ids", "alpha"] if use_topk else ["log_probs", "alpha"]
     assert step.asked and all(sorted(asked) == sorted(state + read) for asked in step.asked)
 
-
-def test_a_reorder_resizes_inputs_whose_rows_are_one_images_and_gathers_the_rest(caption_session,
-                                                                               captioner_reference):
-    pipeline = caption_session.caption_pipeline()
-    protocol = pipeline.protocol
-    context = [name for name, _ in protocol.context]
-    initial = protocol.initial(pipeline.encode(captioner_reference["task/images"][:1]))
-    session = HostDecoderSession(pipeline.step, initial, protocol, same_rows=context)
-    rows = {}  # three different rows of each carried state, the one image's row three times for the context
-    for name, value in initial.items():
-        axis = protocol.batch_axes[name]
-        rows[name] = np.repeat(value, 3, axis=axis) if name in context else np.concatenate(
-            [value + k for k in range(3)], axis=axis)
-    session.state.update(rows)
-    session.reorder([2, 2, 0, 1])
-    for name, value in initial.items():
-        axis = protocol.batch_axes[name]
-        want = np.repeat(value, 4, axis=axis) if name in context else np.take(rows[name], [2, 2, 0, 1], axis=axis)
-        np.testing.assert_array_equal(session.state[name], want)
-    kept = dict((name, session.state[name]) for name in context)
-    session.reorder([3, 0, 1, 2])  # as many rows: nothing to copy
-    assert all(session.state[name] is kept[name] for name in context)
