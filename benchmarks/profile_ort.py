@@ -67,7 +67,7 @@ def decoder_step(manifest, precision, threads, steps):
     import onnx
     from onnx import TensorProto, helper
 
-    from jetcap.bench.flops import count_flops, graph_input_shapes
+    from jetcap.bench.flops import count_flops
     from jetcap.bench.matmul import matmul_model
     from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, spinning_policy
     from jetcap.runtime.decoder_protocol import DecoderProtocol
@@ -75,13 +75,9 @@ def decoder_step(manifest, precision, threads, steps):
 
     path = manifest.graph_path(precision, "decoder_step")
     spec = manifest.graph("decoder_step")
-    sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
-    sizes["batch"] = 1
-    shapes = graph_input_shapes(spec, sizes)
-    count = count_flops(manifest.graph_path("fp32", "decoder_step"), shapes)
     rng = np.random.RandomState(0)
-    feed = dict((t["name"], np.ones(shapes[t["name"]], dtype=np.int64) if t["dtype"] == "int64"
-                 else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
+    feed = _step_feed(manifest, 1, rng)
+    count = count_flops(manifest.graph_path("fp32", "decoder_step"), dict((k, v.shape) for k, v in feed.items()))
     protocol = DecoderProtocol.from_manifest(manifest)
     initial = dict((name, value) for name, value in feed.items() if name != protocol.word_input)
     words = feed[protocol.word_input]
@@ -165,19 +161,31 @@ def captions(manifest, precision, threads, count, data=None):
         print("  {:<58} {:9.2f} {:11.2f}".format("{} ({})".format(label, spins), one * 1e3, many * 1e3))
 
 
+def _step_feed(manifest, batch, rng):
+    """A decoder-step feed of ``batch`` rows at the bundle's opt sizes: word ids 1, the rest random."""
+    from jetcap.bench.flops import graph_input_shapes
+
+    spec = manifest.graph("decoder_step")
+    sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
+    sizes["batch"] = batch
+    shapes = graph_input_shapes(spec, sizes)
+    return dict((t["name"], np.ones(shapes[t["name"]], dtype=np.int64) if t["dtype"] == "int64"
+                 else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
+
+
 def _encoder_footprint(path, shapes):
     """(weights MB, sum of the intermediate tensors' MB) of an ONNX graph fed inputs of ``shapes`` (``{input:
     shape}``): at most what one call touches (ONNX Runtime fuses nodes and reuses buffers)."""
     import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper
+
+    from jetcap.bench.flops import _fix_inputs, _infer
+    from jetcap.export.int8_cpu import _initializer_bytes
 
     model = onnx.load(path)
-    weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-    for value in model.graph.input:
-        if value.name in shapes:
-            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
-                dim.dim_value = int(size)
-    model = shape_inference.infer_shapes(model)
+    weights = _initializer_bytes(model)
+    _fix_inputs(model, shapes)
+    model, _ = _infer(model, "onnx")
     total = 0
     for value in model.graph.value_info:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
@@ -186,10 +194,20 @@ def _encoder_footprint(path, shapes):
     return weights / 1e6, total / 1e6
 
 
+def _median_after(call, rounds, before):
+    """Median seconds of ``call()`` timed ``rounds`` times, each right after an untimed ``before()``."""
+    from jetcap.bench.timing import percentile, time_calls
+
+    return percentile(time_calls(lambda i: call(), rounds, before=lambda i: before()), 50)
+
+
 def interference(manifest, precision, threads, rounds, data=None):
     """Part 3: decoder steps right after an encoder call, by position, and after memory sweeps."""
+    import onnx
+
     from jetcap import samples
-    from jetcap.bench.flops import graph_input_shapes
+    from jetcap.bench.timing import percentile
+    from jetcap.export.int8_cpu import _initializer_bytes
     from jetcap.runtime.backends.onnxruntime import bundle_runners
     from jetcap.runtime.decoder_protocol import DecoderProtocol
     from jetcap.runtime.preprocess import IMAGE_SUFFIXES, load_images
@@ -204,7 +222,6 @@ def interference(manifest, precision, threads, rounds, data=None):
     encoder_feed = {encoder.get_inputs()[0].name: image}
     protocol = DecoderProtocol.from_manifest(manifest)
     fetch = list(protocol.state_outputs) + list(protocol.fetch_topk or protocol.fetch)
-    spec = manifest.graph("decoder_step")
     weights, intermediates = _encoder_footprint(manifest.graph_path(precision, "encoder"),
                                                 dict((name, value.shape) for name, value in encoder_feed.items()))
     encoder_seconds = _median(lambda i: encoder.run(None, encoder_feed), rounds, 5)
@@ -218,57 +235,33 @@ def interference(manifest, precision, threads, rounds, data=None):
         "alternating", "after idle", " ".join("{:>8}".format("{} MB".format(mb)) for mb in sweeps)))
     rng = np.random.RandomState(0)
     for batch in sorted(set([1, int(manifest.axes["batch"]["max"])])):
-        sizes = dict((axis, int(r["opt"])) for axis, r in manifest.axes.items())
-        sizes["batch"] = batch
-        shapes = graph_input_shapes(spec, sizes)
-        feed = dict((t["name"], np.ones(shapes[t["name"]], dtype=np.int64) if t["dtype"] == "int64"
-                     else rng.standard_normal(shapes[t["name"]]).astype(np.float32)) for t in spec["inputs"])
-        alone = _median(lambda i: step.run(fetch, feed), rounds * positions, 50)
+        feed = _step_feed(manifest, batch, rng)
+
+        def run_step():
+            step.run(fetch, feed)
+
+        alone = _median(lambda i: run_step(), rounds * positions, 50)
         after = [[] for _ in range(positions)]
         for _ in range(rounds):
             encoder.run(None, encoder_feed)
             for position in range(positions):
                 began = time.perf_counter()
-                step.run(fetch, feed)
+                run_step()
                 after[position].append(time.perf_counter() - began)
-        alternating = []
-        for _ in range(rounds):
-            encoder.run(None, encoder_feed)
-            began = time.perf_counter()
-            step.run(fetch, feed)
-            alternating.append(time.perf_counter() - began)
-        idle = []  # the control: both cores idle for as long as an encoder call, no memory touched
-        for _ in range(rounds):
-            time.sleep(encoder_seconds)
-            began = time.perf_counter()
-            step.run(fetch, feed)
-            idle.append(time.perf_counter() - began)
+        alternating = _median_after(run_step, rounds, lambda: encoder.run(None, encoder_feed))
+        # the control: both cores idle for as long as an encoder call, no memory touched
+        idle = _median_after(run_step, rounds, lambda: time.sleep(encoder_seconds))
         swept = []
         for mb in sweeps:
-            buffer = np.ones(mb << 18, dtype=np.float32)
-            times = []
-            for _ in range(rounds):
-                np.add(buffer, 1, out=buffer)  # every line read and written, as an encoder's activations are
-                began = time.perf_counter()
-                step.run(fetch, feed)
-                times.append(time.perf_counter() - began)
-            swept.append(sorted(times)[len(times) // 2])
+            buffer = np.ones(mb << 18, dtype=np.float32)  # every line read and written, as activations are
+            swept.append(_median_after(run_step, rounds, lambda: np.add(buffer, 1, out=buffer)))
             del buffer
         print("  {:>5} {:>12.0f} {}  {:>11.0f}  {:>10.0f}  {}".format(
-            batch, alone * 1e6, " ".join("{:>6.0f}".format(sorted(t)[len(t) // 2] * 1e6) for t in after),
-            sorted(alternating)[len(alternating) // 2] * 1e6, sorted(idle)[len(idle) // 2] * 1e6,
-            " ".join("{:>8.0f}".format(s * 1e6) for s in swept)))
+            batch, alone * 1e6, " ".join("{:>6.0f}".format(percentile(t, 50) * 1e6) for t in after),
+            alternating * 1e6, idle * 1e6, " ".join("{:>8.0f}".format(t * 1e6) for t in swept)))
     for runner in runners.values():
         runner.deactivate()
-    _cache_decay(weight_bytes(manifest.graph_path(precision, "decoder_step")), rounds)
-
-
-def weight_bytes(path):
-    """The bytes of an ONNX graph's initializers (what a step reads once per call)."""
-    import onnx
-    from onnx import numpy_helper
-
-    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(path).graph.initializer)
+    _cache_decay(_initializer_bytes(onnx.load(manifest.graph_path(precision, "decoder_step"))), rounds)
 
 
 def _cache_decay(size, rounds, gaps=(0.0, 0.001, 0.004, 0.01, 0.03)):
@@ -278,16 +271,7 @@ def _cache_decay(size, rounds, gaps=(0.0, 0.001, 0.004, 0.01, 0.03)):
     columns = 1024
     matrix = np.ones((max(1, size // (4 * columns)), columns), dtype=np.float32)
     vector = np.ones(columns, dtype=np.float32)
-    medians = []
-    for gap in gaps:
-        times = []
-        for _ in range(rounds):
-            if gap:
-                time.sleep(gap)
-            began = time.perf_counter()
-            matrix.dot(vector)
-            times.append(time.perf_counter() - began)
-        medians.append(sorted(times)[len(times) // 2])
+    medians = [_median_after(lambda: matrix.dot(vector), rounds, lambda: gap and time.sleep(gap)) for gap in gaps]
     print("  one numpy matvec over {:.0f} MB (the step graph's initializers) after sleeping: {}".format(
         matrix.nbytes / 1e6, ", ".join("{:.0f} ms {:.0f} us".format(g * 1e3, m * 1e6) for g, m in zip(gaps, medians))))
 

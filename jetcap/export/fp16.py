@@ -49,7 +49,7 @@ def convert_fp16(src: Path, dst: Path, keep_ops: tuple = FP32_OPS) -> List[str]:
     onnx = require("onnx")
     float16 = require("onnxruntime.transformers.float16")
     model = onnx.load(str(src))
-    sums = [n.name for n in model.graph.node if is_weighted_sum(n)]
+    has_sum = any(is_weighted_sum(n) for n in model.graph.node)
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=list(keep_ops) + list(float16.DEFAULT_OP_BLOCK_LIST),
         node_block_list=[n.name for n in model.graph.node if in_weighted_sum(n)])
@@ -57,6 +57,6 @@ def convert_fp16(src: Path, dst: Path, keep_ops: tuple = FP32_OPS) -> List[str]:
     _check(onnx, converted, Path(dst).name)
     onnx.save(converted, str(dst))
     kept = sorted({n.op_type for n in converted.graph.node if n.op_type in keep_ops})
-    if sums:
+    if has_sum:
         kept.append("the attention-weighted sum (MatMul)")
     return ["fp16: weights FP16, I/O FP32, kept FP32: {}".format(", ".join(kept) or "none")]

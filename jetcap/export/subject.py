@@ -27,6 +27,7 @@ from jetcap.models import registry
 from jetcap.models.registry import GraphSpec, ModelFamily, TensorSpec
 from jetcap.models.sources import BUILTIN, ModelSource
 from jetcap.runtime import decoding
+from jetcap.runtime.backends.base import select_outputs
 from jetcap.runtime.decoder_protocol import LEGACY_DECODER, DecoderProtocol
 from jetcap.runtime.pipeline import HostDecoderSession
 from jetcap.util.lazy import require
@@ -79,10 +80,7 @@ class TorchRunner:
             outs = self.module(*[torch.from_numpy(np.array(feed[n], copy=True)) for n in self.spec.input_names])
         if not isinstance(outs, (tuple, list)):
             outs = (outs,)
-        wanted = set(self.spec.output_names if outputs is None else outputs)
-        unknown = sorted(wanted - set(self.spec.output_names))
-        if unknown:
-            raise UsageError("the PyTorch {} graph has no outputs {}".format(self.spec.name, unknown))
+        wanted = set(select_outputs("the PyTorch {} graph".format(self.spec.name), self.spec.output_names, outputs))
         return {n: o.detach().numpy() for n, o in zip(self.spec.output_names, outs) if n in wanted}
 
 

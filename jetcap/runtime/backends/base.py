@@ -68,15 +68,8 @@ class Runner(object):
         return self.infer_impl(feed, self.check_outputs(outputs))
 
     def check_outputs(self, outputs):
-        """The output names to return (``outputs`` as a list; all of them for None); UsageError for a name
-        the graph does not have."""
-        if outputs is None:
-            return self.output_names
-        outputs = list(outputs)
-        unknown = sorted(set(outputs) - set(self.output_names))
-        if unknown:
-            raise UsageError("{}: no outputs {} (has {})".format(self.name, unknown, self.output_names))
-        return outputs
+        """The output names to return (see :func:`select_outputs`)."""
+        return select_outputs(self.name, self.output_names, outputs)
 
     def check_feed(self, feed):
         """UsageError when names, ranks, fixed dims or dtypes of ``feed`` do not fit the graph."""
@@ -109,6 +102,19 @@ class Runner(object):
     def deactivate_impl(self):
         raise NotImplementedError
 
+
+
+def select_outputs(name, output_names, outputs):
+    """``outputs`` as a list (``output_names``, all of them, for None); UsageError naming the graph ``name``
+    for an output it does not have.  Every runner-like object (PyTorch's for the reference decode too)
+    answers a request for outputs the same way."""
+    if outputs is None:
+        return list(output_names)
+    outputs = list(outputs)
+    unknown = sorted(set(outputs) - set(output_names))
+    if unknown:
+        raise UsageError("{}: no outputs {} (has {})".format(name, unknown, list(output_names)))
+    return outputs
 
 def io_mismatches(io_spec, inputs, outputs, exact=True):
     """How a graph's I/O as a backend reads it (``inputs`` / ``outputs``: ``[(name, shape)]``) differs from
