@@ -5,6 +5,8 @@
 """
 import collections
 
+import numpy as np
+
 from jetcap.util.lazy import require
 
 
@@ -70,6 +72,8 @@ class GraphFacts(object):
             for attr in node.attribute:
                 if attr.name == "value":
                     return numpy_helper.to_array(attr.t)
+                if attr.name in ("value_int", "value_ints", "value_float", "value_floats"):
+                    return np.asarray(self.onnx.helper.get_attribute_value(attr))
         return None
 
     def is_constant(self, name):

@@ -17,10 +17,11 @@ at their last axis or of rank 3 with a last axis of 1, the sum over axis 1 of th
 size or the same named axis: a weight broadcast over pixels is left alone), and the product read by
 nothing else.  Opset 11-12 (axes as attributes) and 13+ (axes as inputs) graphs are both handled.
 """
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
+from jetcap.check.graph import GraphFacts
 from jetcap.util.lazy import require
 
 
@@ -74,28 +75,20 @@ def _opset(model) -> int:
     return 0
 
 
-class _Graph:
-    """Lookups over one graph: producers, consumers, constants, ranks and dimensions."""
+class _Graph(GraphFacts):
+    """The pre-flight's lookups over one graph (:class:`jetcap.check.graph.GraphFacts`), and what a rewrite
+    needs besides: who reads a value (subgraphs and graph outputs too) and names nothing uses yet.  An
+    initializer that is also a graph input is a default the caller may replace: not a constant here."""
 
-    def __init__(self, onnx, model):
-        self.onnx = onnx
-        self.model = model
+    def __init__(self, model):
+        GraphFacts.__init__(self, model)
         graph = model.graph
-        self.producer = dict((out, node) for node in graph.node for out in node.output)
-        self.consumers: Dict[str, List] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = set(o.name for o in graph.output)
-        self.inner_reads = _subgraph_reads(graph)
         graph_inputs = set(i.name for i in graph.input)
-        # an initializer that is also a graph input is a default the caller may replace: not a constant
-        self.initializers = dict((i.name, i) for i in graph.initializer if i.name not in graph_inputs)
-        self.taken = (graph_inputs | self.outputs | set(i.name for i in graph.initializer) | set(self.producer)
+        self.initializers = dict((name, t) for name, t in self.initializers.items() if name not in graph_inputs)
+        self.outputs = set(self.output_names)
+        self.inner_reads = _subgraph_reads(graph)
+        self.taken = (graph_inputs | self.outputs | set(i.name for i in graph.initializer) | set(self.producers)
                       | set(v.name for v in graph.value_info) | _subgraph_names(graph))
-        inferred = onnx.shape_inference.infer_shapes(model)  # not strict: unknown ops just leave shapes unknown
-        self.values = dict((v.name, v) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
-                           + list(inferred.graph.output))
 
     def readers(self, name: str) -> int:
         """How many nodes read ``name``: this graph's, plus one when a subgraph or the graph's outputs do."""
@@ -111,40 +104,15 @@ class _Graph:
         return name
 
     def constant_ints(self, name: str) -> Optional[List[int]]:
-        numpy_helper = self.onnx.numpy_helper
-        if name in self.initializers:
-            return [int(v) for v in numpy_helper.to_array(self.initializers[name]).reshape(-1)]
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    return [int(v) for v in numpy_helper.to_array(attribute.t).reshape(-1)]
-                if attribute.name in ("value_ints", "value_int"):
-                    return [int(v) for v in attribute.ints] if attribute.name == "value_ints" else [int(attribute.i)]
-        return None
+        value = self.constant(name)
+        return None if value is None else [int(v) for v in np.reshape(value, -1)]
 
     def axes(self, node, opset_with_inputs: int) -> Optional[List[int]]:
         """A node's ``axes``: its attribute before ``opset_with_inputs``, its second input from then on."""
-        if _opset(self.model) >= opset_with_inputs:
+        if self.opset >= opset_with_inputs:
             return self.constant_ints(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-        for attribute in node.attribute:
-            if attribute.name == "axes":
-                return list(attribute.ints)
-        return None
-
-    def dims(self, name: str) -> Optional[List]:
-        """The dimensions of a value (an int, an axis name, or None when unknown), None without a rank."""
-        value = self.values.get(name)
-        if value is None or not value.type.tensor_type.HasField("shape"):
-            return None
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in value.type.tensor_type.shape.dim]
-
-    def attribute(self, node, name: str, default: int) -> int:
-        for attribute in node.attribute:
-            if attribute.name == name:
-                return int(attribute.i)
-        return default
+        axes = self.attr(node, "axes")
+        return None if axes is None else list(axes)
 
 
 def _same_dim(a, b) -> bool:
@@ -158,27 +126,27 @@ def _match(graph: _Graph, reduce_node):
     layer has one output)."""
     if reduce_node.domain not in ONNX_DOMAINS or graph.axes(reduce_node, 13) not in ([1], [-2]):
         return None
-    mul = graph.producer.get(reduce_node.input[0])
+    mul = graph.producers.get(reduce_node.input[0])
     if mul is None or mul.op_type != "Mul" or mul.domain not in ONNX_DOMAINS:
         return None
     if graph.readers(mul.output[0]) != 1:  # the product itself is read elsewhere (a body, an output)
         return None
     for weighted, features in ((mul.input[1], mul.input[0]), (mul.input[0], mul.input[1])):
-        f_dims = graph.dims(features)
+        f_dims = graph.shape(features)
         if f_dims is None or len(f_dims) != 3:
             continue
-        unsqueeze = graph.producer.get(weighted)
+        unsqueeze = graph.producers.get(weighted)
         if unsqueeze is not None and unsqueeze.op_type == "Unsqueeze" and unsqueeze.domain in ONNX_DOMAINS:
-            weights, w_dims = unsqueeze.input[0], graph.dims(unsqueeze.input[0])
+            weights, w_dims = unsqueeze.input[0], graph.shape(unsqueeze.input[0])
             if w_dims is None or len(w_dims) != 2 or graph.axes(unsqueeze, 13) not in ([2], [-1]):
                 continue
         else:
-            unsqueeze, weights, w_dims = None, weighted, graph.dims(weighted)
+            unsqueeze, weights, w_dims = None, weighted, graph.shape(weighted)
             if w_dims is None or len(w_dims) != 3 or w_dims[2] != 1:
                 continue
         if not _same_dim(w_dims[1], f_dims[1]):  # a weight broadcast over the pixels is another sum
             continue
-        return mul, unsqueeze, weights, features, graph.attribute(reduce_node, "keepdims", 1)
+        return mul, unsqueeze, weights, features, int(graph.attr(reduce_node, "keepdims", 1))
     return None
 
 
@@ -192,7 +160,7 @@ def weighted_sums_as_matmul(model) -> int:
         return 0
     rewritten = 0
     while True:
-        graph = _Graph(onnx, model)
+        graph = _Graph(model)
         found = None
         for node in model.graph.node:
             if node.op_type == "ReduceSum" and node.input:

@@ -13,10 +13,13 @@ P, C = 7, 5
 
 
 def _axes(name, values, opset, nodes, initializers):
-    """Axes as an input (opset 13+: an initializer, or a Constant node) or None (attribute)."""
+    """Axes as an input (opset 13+: an initializer, or a Constant node holding a tensor or, ``_ints``, a
+    value_ints attribute) or None (attribute)."""
     if opset < 13:
         return None
-    if name.endswith("_node"):
+    if name.endswith("_ints"):
+        nodes.append(helper.make_node("Constant", [], [name], value_ints=list(values)))
+    elif name.endswith("_node"):
         nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
             np.array(values, dtype=np.int64))))
     else:
@@ -28,7 +31,7 @@ def weighted_sum_model(opset=13, keepdims=0, reduce_axis=1, unsqueeze_axis=2, sw
                        constant_nodes=False, mul_is_output=False, extra_reader=False, pre_unsqueezed=False):
     """features (B, P, C), weights (B, P) [or (B, P, 1)] -> sum over P of features * weights."""
     nodes, initializers = [], []
-    suffix = "_node" if constant_nodes else ""
+    suffix = {False: "", True: "_node", "ints": "_ints"}[constant_nodes]
     if pre_unsqueezed:
         weights = helper.make_tensor_value_info("weights", TensorProto.FLOAT, list(weights_dims) + [1])
         weighted = "weights"
@@ -94,7 +97,7 @@ def test_weighted_sum_becomes_one_matmul_with_the_same_result(opset, keepdims):
 
 
 @pytest.mark.parametrize("variant", [dict(swap=True), dict(reduce_axis=-2), dict(unsqueeze_axis=-1),
-                                     dict(constant_nodes=True), dict(pre_unsqueezed=True),
+                                     dict(constant_nodes=True), dict(constant_nodes="ints"), dict(pre_unsqueezed=True),
                                      dict(pre_unsqueezed=True, keepdims=1), dict(weights_dims=(1, P))])
 def test_the_ways_the_same_sum_is_written(variant):
     count, ops = _rewrite(weighted_sum_model(**variant))
