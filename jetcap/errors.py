@@ -41,6 +41,13 @@ class BundleError(JetcapError):
     """A bundle directory or manifest that is missing, malformed or inconsistent."""
 
 
+class InferenceFailed(JetcapError):
+    """A model call failed while a run was under way (a frame of ``caption-stream``): exit code 1, after
+    the run's cleanup and summary, like any other failure of a run that had started."""
+
+    exit_code = 1
+
+
 class ValidationFailed(JetcapError):
     """Numeric validation ran and found outputs outside tolerance (exit code 1)."""
 

@@ -24,6 +24,7 @@ import collections
 import itertools
 import threading
 import time
+import traceback
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.runtime.pipeline import HostDecoderSession, check_beam
+
+
+class LoopClosed(JetcapError):
+    """The decode loop takes no more requests: closed at a shutdown, or stopped by a failure (``reason``)."""
 
 
 def batch_axes(tensors):
@@ -230,13 +235,19 @@ class DecodeScheduler(object):
         runners: ``{"encoder": runner, "decoder_step": runner}``, activated; only the scheduler's thread
             calls them from now on.
         max_batch: rows per call (default: the bundle's ``axes.batch.max``).
+        on_failure: ``on_failure(exception, traceback text)``, called on the loop's thread when the loop stops on an
+            exception outside the per-request guards (a bug, a MemoryError): every request in flight or
+            waiting has its error by then and later ones are refused (:class:`LoopClosed`).  Without it the
+            loop keeps the message in ``failure`` only: never a traceback on stderr between log lines.
 
     A variant whose rows depend on each other (``int8-cpu``, :func:`jetcap.runtime.manifest.rows_independent`)
     must not be served by this loop: its requests would get captions that depend on their neighbours.
     """
 
-    def __init__(self, manifest, runners, max_batch=None):
+    def __init__(self, manifest, runners, max_batch=None, on_failure=None):
         self.manifest = manifest
+        self.on_failure = on_failure
+        self.failure = None  # why the loop stopped on its own (None: running, or closed)
         self.encoder = runners["encoder"]
         self.step = runners["decoder_step"]
         self.protocol = DecoderProtocol.from_manifest(manifest)
@@ -260,7 +271,9 @@ class DecodeScheduler(object):
                              for kinds in (frozenset([True]), frozenset([False]), frozenset([True, False])))
         self._context = [name for name, _ in self.protocol.context]
         self._numbers = itertools.count()
-        self.busy_seconds = 0.0  # the loop's time not waiting for work; its graph calls' share: ``stats``
+        self._busy = 0.0  # the loop's time not waiting for work in finished iterations (see busy_seconds)
+        self._iteration_began = None  # perf_counter() when the iteration in progress began; None: waiting
+        self._clock = threading.Lock()  # the two above change together
         self.reruns = 0  # batched step calls that failed and were run again search by search
         self._context_key = None  # the jobs (and their rows) the cached context feed was built for
         self._context_feed = {}
@@ -303,7 +316,7 @@ class DecodeScheduler(object):
         reserve = min(beam_size, self.max_batch)
         with self._cond:
             if self._closed:
-                raise UsageError("the decode loop is closed")
+                raise LoopClosed(self.failure or "the decode loop is closed")
             for i in range(len(images)):
                 self._waiting.append(_Job(request, i, images[i:i + 1], beam_size, max_len, reserve,
                                           next(self._numbers)))
@@ -324,20 +337,44 @@ class DecodeScheduler(object):
             self._device_context.close()
         return True
 
+    @property
+    def busy_seconds(self):
+        """Seconds the loop spent not waiting for work, the iteration in progress included (a graph call
+        that never returns shows as time growing with the clock, not as an idle loop); its graph calls'
+        share: ``stats``."""
+        with self._clock:
+            began, busy = self._iteration_began, self._busy
+        return busy + (time.perf_counter() - began if began is not None else 0.0)
+
+    def iteration_seconds(self):
+        """How long the iteration in progress (an encoder call and a step) has run; 0.0 while waiting for
+        work.  Milliseconds when healthy: seconds mean a graph call that does not return."""
+        began = self._iteration_began
+        return time.perf_counter() - began if began is not None else 0.0
+
+    @property
+    def alive(self):
+        """False once the loop stopped on a failure (``failure`` says why)."""
+        return self.failure is None
+
     # -- the loop -----------------------------------------------------------------------------------
     def _loop(self):
         try:
             self._run()
         except Exception as exc:  # noqa: BLE001 -- a bug or MemoryError outside the per-request guards:
-            self._fail_everyone(exc)  # every request waiting on this thread is answered, none hangs
-            raise
+            self._end_iteration()
+            self.failure = "the decode loop stopped: {}: {}".format(type(exc).__name__, exc)
+            trace = traceback.format_exc()
+            self._fail_everyone()  # every request waiting on this thread is answered, none hangs
+            if self.on_failure is not None:
+                self.on_failure(exc, trace)
 
-    def _fail_everyone(self, exc):
+    def _fail_everyone(self):
         with self._cond:
             self._closed = True
             jobs = list(self._waiting) + self._admitting + self._active
             self._waiting, self._admitting, self._active = collections.deque(), [], []
-        error = JetcapError("the decode loop stopped: {}: {}".format(type(exc).__name__, exc))
+        error = JetcapError(self.failure)
         for job in jobs:
             if not job.request.done.is_set():
                 job.request.finish(job.index, error=error)
@@ -351,16 +388,23 @@ class DecodeScheduler(object):
                     left, self._waiting = list(self._waiting), collections.deque()
                     break
                 admitted = self._admit()
-            began = time.perf_counter()
+                with self._clock:
+                    self._iteration_began = time.perf_counter()
             if admitted:
                 self._admitting = admitted  # neither waiting nor active while encoded
                 self._encode(admitted)
                 self._admitting = []
             if self._active:
                 self._step_all()
-            self.busy_seconds += time.perf_counter() - began
+            self._end_iteration()
         for job in left:
-            job.request.finish(job.index, error=UsageError("the decode loop is closed"))
+            job.request.finish(job.index, error=LoopClosed("the decode loop is closed"))
+
+    def _end_iteration(self):
+        with self._clock:
+            if self._iteration_began is not None:
+                self._busy += time.perf_counter() - self._iteration_began
+            self._iteration_began = None
 
     def _admit(self):
         """Waiting jobs that fit beside the rows in flight (first come first served); under the lock."""

@@ -24,6 +24,7 @@ from jetcap.runtime import bundle_schema, memory, preprocess
 from jetcap.runtime.backends.onnxruntime import SPIN_DURING_RUNS
 from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.manifest import rows_independent
+from jetcap.runtime.scheduler import LoopClosed
 from jetcap.util.lazy import require
 
 # memory guard: recover only once memory is this fraction better than the threshold (no flapping)
@@ -166,6 +167,10 @@ class MemoryGuard(object):
 
 
 # -- inference workers ----------------------------------------------------------------------------
+class ModelUnavailable(JetcapError):
+    """The model cannot take the request now (closed, failed, its decode loop stopped): 503, not the input's fault."""
+
+
 class QueueFull(Exception):
     """The wait queue is full (answered 503)."""
 
@@ -289,6 +294,7 @@ class ModelState(object):
         self.warmup_seconds = None
         self.error_type = None
         self._closing = False
+        self._loading = False  # load() runs: it owns the runners it opens until it ends
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
         self._large_decodes = threading.Lock()  # images over LARGE_DECODE_BYTES decode one at a time
@@ -325,80 +331,132 @@ class ModelState(object):
         """Open the bundle (memory-checked), build the pipeline and run one warm-up inference.
 
         Never raises: a failure sets ``state = "failed"`` and ``reason`` (logged with its traceback when
-        it is not a :class:`JetcapError`).
+        it is not a :class:`JetcapError`).  A :meth:`close` while this runs leaves the runners to it: they
+        are released here once the step in progress (the warm-up, say) has ended, never under it.
         """
-        from jetcap.runtime.manifest import Manifest
-        from jetcap.runtime.session import open_bundle
-
         began = time.time()
+        with self._lock:
+            if self._closing:
+                return
+            self._loading = True
         try:
-            self.manifest = Manifest.load(self.bundle)
-            if self.manifest.family not in SERVABLE_FAMILIES:
-                raise UsageError("bundle family {!r} cannot be served (captioner or classifier)".format(
-                    self.manifest.family))
-            bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
-            # one decode loop calls the graphs, one call at a time; workers call them side by side
-            wants_batching = self.family == "captioner" and self.options.batching
-            batching = wants_batching and rows_independent(self.options.precision)
-            session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
-                                  engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
-                                  log=self.log.message, threads=self.options.threads,
-                                  spinning=SPIN_DURING_RUNS if batching else False)  # spinning_policy
-            with self._lock:
-                if self._closing:
-                    session.close()
-                    return
-                self.session = session
-            if session.backend == "tensorrt":
-                self._infer_lock = threading.Lock()  # one execution context per engine
-            if wants_batching and not batching:
-                # requests may not share calls; the workers' own concurrent calls then serve more than one
-                # loop calling for everyone (measured: 89.7 vs 75.0 captions/s at 8 clients, BENCHMARKS.md)
-                self.log("batching", enabled=False, detail=(
-                    "{}: each call's activations share one quantisation scale, so requests never share a call "
-                    "(a caption never depends on the requests beside it); served by the workers".format(
-                        session.precision)))
-            if batching:
-                from jetcap.runtime.pipeline import CaptionPipeline
-                from jetcap.runtime.scheduler import DecodeScheduler
-
-                # one decode loop calls the runners for every request: no lock, the steps run together
-                self.scheduler = DecodeScheduler(self.manifest, session.runners)
-                self.batch_stats = self.scheduler.stats
-                self.pipeline = CaptionPipeline(self.manifest, session.runners, session.precision)
-                self._infer_lock = _NoLock()
-            elif self.family == "captioner":
-                self.pipeline = session.caption_pipeline()
-            else:
-                self.pipeline = session.classifier_pipeline()
-            self.load_seconds = time.time() - began
-            warm = time.time()
-            self._warm_up()
-            self.warmup_seconds = time.time() - warm
-            with self._lock:
-                if self._closing:
-                    return
-                self.state, self.reason = "ready", None
-            self.log("model_ready", family=self.family, backend=session.backend, backend_reason=session.reason,
-                     precision=session.precision, load_seconds=round(self.load_seconds, 3),
-                     warmup_ms=round(self.warmup_seconds * 1000.0, 2))
+            self._load(began)
         except JetcapError as exc:
             self._fail(exc, "insufficient memory: " if isinstance(exc, InsufficientMemoryError) else "")
         except Exception as exc:  # e.g. onnxruntime refusing a corrupt graph: report it, stay up
             self._fail(exc, "{}: ".format(type(exc).__name__), traceback.format_exc())
+        finally:
+            with self._lock:
+                self._loading = False
+                closing = self._closing
+            if closing:  # closed while loading: what was opened is released now, by this thread
+                self._release(*self._take_runners())
+
+    def _load(self, began):
+        from jetcap.runtime.manifest import Manifest
+        from jetcap.runtime.session import open_bundle
+
+        self.manifest = Manifest.load(self.bundle)
+        if self.manifest.family not in SERVABLE_FAMILIES:
+            raise UsageError("bundle family {!r} cannot be served (captioner or classifier)".format(
+                self.manifest.family))
+        bundle_schema.require_entries(self.manifest, "caption" if self.family == "captioner" else "predict")
+        # one decode loop calls the graphs, one call at a time; workers call them side by side
+        wants_batching = self.family == "captioner" and self.options.batching
+        batching = wants_batching and rows_independent(self.options.precision)
+        session = open_bundle(self.manifest, backend=self.options.backend, precision=self.options.precision,
+                              engine_cache=self.options.engine_cache, max_memory_mb=self.options.max_memory_mb,
+                              log=self.log.message, threads=self.options.threads,
+                              spinning=SPIN_DURING_RUNS if batching else False)  # spinning_policy
+        with self._lock:
+            self.session = session  # released by load() when closed meanwhile
+            if self._closing:
+                return
+        if session.backend == "tensorrt":
+            self._infer_lock = threading.Lock()  # one execution context per engine
+        if wants_batching and not batching:
+            # requests may not share calls; the workers' own concurrent calls then serve more than one
+            # loop calling for everyone (measured: 89.7 vs 75.0 captions/s at 8 clients, BENCHMARKS.md)
+            self.log("batching", enabled=False, detail=(
+                "{}: each call's activations share one quantisation scale, so requests never share a call "
+                "(a caption never depends on the requests beside it); served by the workers".format(
+                    session.precision)))
+        if batching:
+            from jetcap.runtime.pipeline import CaptionPipeline
+            from jetcap.runtime.scheduler import DecodeScheduler
+
+            # one decode loop calls the runners for every request: no lock, the steps run together
+            self.pipeline = CaptionPipeline(self.manifest, session.runners, session.precision)
+            with self._lock:
+                if self._closing:
+                    return
+                self.scheduler = DecodeScheduler(self.manifest, session.runners, on_failure=self._loop_failed)
+            self.batch_stats = self.scheduler.stats
+            self._infer_lock = _NoLock()
+        elif self.family == "captioner":
+            self.pipeline = session.caption_pipeline()
+        else:
+            self.pipeline = session.classifier_pipeline()
+        self.load_seconds = time.time() - began
+        warm = time.time()
+        self._warm_up()
+        self.warmup_seconds = time.time() - warm
+        with self._lock:
+            if self._closing:
+                return
+            self.state, self.reason = "ready", None
+        self.log("model_ready", family=self.family, backend=session.backend, backend_reason=session.reason,
+                 precision=session.precision, load_seconds=round(self.load_seconds, 3),
+                 warmup_ms=round(self.warmup_seconds * 1000.0, 2))
 
     def _fail(self, exc, prefix, trace=None):
         with self._lock:
+            if self._closing:  # the shutdown cut the load short: not a failure of the model (load() releases)
+                return
             self.state = "failed"
             self.reason = prefix + str(exc)
             self.error_type = type(exc).__name__
+        self._release(*self._take_runners(), quiet=True)  # loaded but the warm-up failed: give the memory back
+        self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
+
+    def _loop_failed(self, exc, trace):
+        """The decode loop stopped on a failure outside its requests (it answered every request it held):
+        the model is failed from now on, said by ``/ready`` and logged once with the traceback.  The runners
+        stay (no thread calls them any more; requests on the workers may still read the pipeline)."""
+        with self._lock:
+            if self._closing or self.state != "ready":  # a warm-up that fails this way reports it itself
+                return
+            self.state = "failed"
+            self.reason = "{} (restart the server)".format(self.scheduler.failure)
+            self.error_type = type(exc).__name__
+        self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
+
+    def _take_runners(self):
+        with self._lock:
             session, self.session, self.pipeline = self.session, None, None
             scheduler, self.scheduler = self.scheduler, None
+        return session, scheduler
+
+    def _release(self, session, scheduler, quiet=False):
         if scheduler is not None and not scheduler.close():
-            session = None  # a search still running on its runners: they are left to the process exit
-        if session is not None:  # loaded but the warm-up failed: give the memory back
+            self.log("runners_kept", detail="a caption was still running after 5 s; its runners are left to the "
+                     "process exit")
+            session = None
+        if session is not None:
             session.close()
-        self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
+            if not quiet:
+                self.log("runners_released", backend=session.backend)
+
+    def stall(self):
+        """Why requests cannot be answered in time although the model is ready, else None: the decode loop
+        has spent over ``--timeout`` in one iteration (one encoder call and one step take milliseconds:
+        a graph call that does not return, e.g. a hung device)."""
+        scheduler = self.scheduler
+        seconds = scheduler.iteration_seconds() if scheduler is not None else 0.0
+        if seconds <= self.options.timeout:
+            return None
+        return "the decode loop has been in one iteration for {:.1f} s (over --timeout {:g} s): a graph call that " \
+               "does not return?".format(seconds, self.options.timeout)
 
     def _warm_up(self):
         """One inference through exactly the path a request takes (decode, preprocess, model, result), so
@@ -451,32 +509,46 @@ class ModelState(object):
     def caption(self, prepared, beam_size, max_len):
         """Caption one image as :meth:`prepare` gave it (decoded and preprocessed here when it was not yet)
         -> ``{caption, tokens, score, backend, precision}``."""
+        session, pipeline, scheduler = self._runners()
         array = prepared if isinstance(prepared, np.ndarray) else decode_opened(prepared, self.manifest.preprocessing)
-        if self.scheduler is not None:
-            hypothesis = self.scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
+        if scheduler is not None:
+            try:
+                hypothesis = scheduler.caption(array, beam_size=beam_size, max_len=max_len)[0]
+            except LoopClosed as exc:  # stopped (shutdown, failure) between the request's checks and now
+                raise ModelUnavailable(str(exc))
         else:
             with self._infer_lock:
-                hypothesis = self.pipeline.caption(array, beam_size=beam_size, max_len=max_len)[0]
+                hypothesis = pipeline.caption(array, beam_size=beam_size, max_len=max_len)[0]
         return collections.OrderedDict([
-            ("caption", self.pipeline.text(hypothesis)),
+            ("caption", pipeline.text(hypothesis)),
             ("tokens", [int(t) for t in hypothesis.tokens]),
             ("score", float(hypothesis.score)),
             ("finished", bool(hypothesis.finished)),
-            ("backend", self.session.backend),
-            ("precision", self.session.precision),
+            ("backend", session.backend),
+            ("precision", session.precision),
         ])
 
     def predict(self, sequence):
         """Classify one ``(T, F)`` sequence -> ``{label, index, probabilities, backend, precision}``."""
+        session, pipeline, _ = self._runners()
         with self._infer_lock:
-            result = self.pipeline.predict(sequence)
+            result = pipeline.predict(sequence)
         return collections.OrderedDict([
             ("label", result["label"]),
             ("index", result["index"]),
             ("probabilities", result["probabilities"]),
-            ("backend", self.session.backend),
-            ("precision", self.session.precision),
+            ("backend", session.backend),
+            ("precision", session.precision),
         ])
+
+    def _runners(self):
+        """``(session, pipeline, scheduler)`` as one request uses them from start to end, or
+        :class:`ModelUnavailable` when the model is closed or failed (a request that raced the change)."""
+        with self._lock:
+            session, pipeline, scheduler = self.session, self.pipeline, self.scheduler
+        if session is None or pipeline is None:
+            raise ModelUnavailable(self.reason or "the model is not loaded")
+        return session, pipeline, scheduler
 
     def summary(self):
         """What ``GET /model`` shows: the manifest summary and what is loaded (None before the manifest)."""
@@ -510,19 +582,15 @@ class ModelState(object):
         return out
 
     def close(self):
-        """Release the runners (the session); later loads finishing in the background release theirs."""
+        """Release the runners (the session).  While :meth:`load` runs, it releases them itself when the
+        step in progress ends (a warm-up is never cut off by its runners vanishing)."""
         with self._lock:
             self._closing = True
-            session, self.session = self.session, None
             self.state = "closed"
             self.reason = "the server is shutting down"
-        if self.scheduler is not None and not self.scheduler.close():
-            self.log("runners_kept", detail="a caption was still running after 5 s; its runners are left to the "
-                     "process exit")
-            session = None
-        if session is not None:
-            session.close()
-            self.log("runners_released", backend=session.backend)
+            if self._loading:
+                return
+        self._release(*self._take_runners())
 
 
 def warmup_image(preprocessing):

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from jetcap.errors import JetcapError, UsageError
+from jetcap.errors import InferenceFailed, JetcapError, UsageError
 from jetcap.runtime import memory, preprocess
 from jetcap.runtime.loader import current_rss_bytes
 from jetcap.runtime.video import (OVERLAY_FOURCC, WINDOW_NAME, CaptureThread, FrameQueue, OverlayWriter,
@@ -326,6 +326,7 @@ class StreamRunner(object):
         self.caption_text = ""
         self.stop_reason = None
         self.close_error = None
+        self.inference_failed = False  # a caption failed: the run stopped with exit code 1
 
     # - setup -
     def prepare(self):
@@ -509,8 +510,11 @@ class StreamRunner(object):
             entry = [frame, None, time.time(), in_flight + 1]
             if self._wanted(frame):
                 image = preprocess.preprocess_array(frame.image[:, :, ::-1], self.preprocessing)[None]
-                entry[1] = self.scheduler.submit(image, beam_size=self.beam, max_len=self.max_len,
-                                                 on_done=self.queue.wake)
+                try:
+                    entry[1] = self.scheduler.submit(image, beam_size=self.beam, max_len=self.max_len,
+                                                     on_done=self.queue.wake)
+                except JetcapError as exc:  # the loop stopped on a failure (the captions in flight have it)
+                    raise self._failed([frame], exc)
                 in_flight += 1
             pending.append(entry)
         for entry in pending:  # stopped or ended: the captions in flight are finished and written
@@ -523,7 +527,7 @@ class StreamRunner(object):
         frame, request, began, together = entry
         if request is not None:
             if request.error is not None:
-                raise request.error
+                raise self._failed([frame], request.error)
             self.caption_text = self._record(frame, request.results[0], (request.finished - began) * 1000.0, together)
         if self.overlay is not None or self.window:
             self._show(frame)
@@ -563,10 +567,23 @@ class StreamRunner(object):
         """Caption ``frames`` in one batch; writes their records; returns ``{frame index: caption}``."""
         began = time.time()
         batch = np.stack([preprocess.preprocess_array(f.image[:, :, ::-1], self.preprocessing) for f in frames])
-        hypotheses = self.pipeline.caption(batch, beam_size=self.beam, max_len=self.max_len)
+        try:
+            hypotheses = self.pipeline.caption(batch, beam_size=self.beam, max_len=self.max_len)
+        except Exception as exc:  # noqa: BLE001 -- the run stops with the reason, after its cleanup and summary
+            raise self._failed(frames, exc)
         latency_ms = (time.time() - began) * 1000.0  # every frame of the batch waited for all of it
         return dict((frame.index, self._record(frame, hypothesis, latency_ms, len(frames)))
                     for frame, hypothesis in zip(frames, hypotheses))
+
+    def _failed(self, frames, error):
+        """The :class:`InferenceFailed` that stops the run when captioning ``frames`` raised ``error`` (the
+        graph, the device or the decode loop failed); the summary's stop reason and exit code (1) say so."""
+        what = str(error) if isinstance(error, JetcapError) else "{}: {}".format(type(error).__name__, error)
+        which = "frame {}".format(frames[0].index) if len(frames) == 1 else "frames {}-{}".format(
+            frames[0].index, frames[-1].index)
+        self.stop_reason = "captioning {} failed: {}".format(which, what)
+        self.inference_failed = True
+        return InferenceFailed(self.stop_reason)
 
     def _record(self, frame, hypothesis, latency_ms, batch):
         """Count and write one caption (JSONL, ``on_caption``); returns its text."""
@@ -627,14 +644,14 @@ class StreamRunner(object):
         if thread is not None:
             thread.stop()
             self.queue.close()
-            leftover = self.queue.clear()
             thread.join(10.0)
+            leftover = self.queue.clear() + thread.refused  # the frame the capture held when the queue closed
             if thread.is_alive():
                 self.log("the capture did not stop within 10 s (a blocked read); it is left to the process exit")
             summary.frames_read = thread.frames_read
             summary.dropped = self.queue.dropped
             if leftover:
-                self.log("{} queued frame(s) not processed at the stop".format(leftover))
+                self.log("{} frame(s) read but not processed at the stop".format(leftover))
         elif self.capture is not None:
             self.capture.release()
             self.capture = None
@@ -670,6 +687,8 @@ class StreamRunner(object):
             if thread.error is not None or ((thread.vanished or thread.damaged) and not signal_name
                                             and self.stop_reason is None):
                 summary.exit_code = 1
+        if self.inference_failed:
+            summary.exit_code = 1
         if self.latencies:
             summary.latency_p50_ms = percentile(self.latencies, 50)
             summary.latency_p95_ms = percentile(self.latencies, 95)

@@ -273,6 +273,7 @@ class CaptureThread(threading.Thread):
 
     Attributes:
         frames_read: source frames taken so far.
+        refused: frames read while the queue was closing at a stop, never queued (at most one).
         end_reason: why it stopped ("end of file", "max frames", "source vanished", "stopped", ...).
         vanished: a live source stopped delivering frames.
         damaged: a file ended well before the frame count its header declares, or a frame of it could
@@ -296,6 +297,7 @@ class CaptureThread(threading.Thread):
         self.loop = loop
         self.reopen = reopen
         self.frames_read = 0
+        self.refused = 0  # frames read but refused by the queue, closed at a stop (not processed)
         self.loops = 0
         self.end_reason = None
         self.vanished = False
@@ -349,7 +351,11 @@ class CaptureThread(threading.Thread):
         return False
 
     def _offer(self, index, image, now):
-        return self.queue.put(Frame(index, self._timestamp(index, now), image, now))
+        """Queue a frame; False (and the frame counted in ``refused``) when the queue closed at a stop."""
+        if self.queue.put(Frame(index, self._timestamp(index, now), image, now)):
+            return True
+        self.refused += 1
+        return False
 
     def run(self):
         try:

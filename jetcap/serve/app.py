@@ -118,6 +118,9 @@ class EngineServer(Endpoints):
         registry.gauge("jetcap_decode_loop_busy_seconds", "Seconds the decode loop (--batching) spent not waiting "
                        "for work since the model was loaded; minus the graphs' run_seconds, its own Python. Growing "
                        "as fast as the clock: the loop is the bottleneck.", function=self._loop_busy)
+        registry.gauge("jetcap_decode_loop_iteration_seconds", "How long the decode loop's iteration in progress "
+                       "(--batching: one encoder call and one step) has run, 0 while it waits for work. Milliseconds "
+                       "when healthy; over --timeout, /ready answers 503 (stalled).", function=self._loop_iteration)
         registry.gauge("jetcap_decode_loop_reruns", "Batched decoder-step calls of the decode loop (--batching) that "
                        "failed and were run again search by search (each search then gets its own error or "
                        "caption): a failing search, a bug or the device out of memory.", function=self._loop_reruns)
@@ -131,6 +134,10 @@ class EngineServer(Endpoints):
     def _loop_busy(self):
         scheduler = self.model.scheduler
         return round(scheduler.busy_seconds, 4) if scheduler is not None else None
+
+    def _loop_iteration(self):
+        scheduler = self.model.scheduler
+        return round(scheduler.iteration_seconds(), 4) if scheduler is not None else None
 
     def _loop_reruns(self):
         scheduler = self.model.scheduler

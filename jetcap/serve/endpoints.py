@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 from jetcap import __version__
 from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import metrics
-from jetcap.runtime.serving import QueueFull
+from jetcap.runtime.serving import ModelUnavailable, QueueFull
 from jetcap.serve.parsing import (BODY_CHUNK, HttpError, content_length, int_option, parse_header_params,
                                   parse_multipart, parse_predict_body, read_body, scrub)
 
@@ -90,6 +90,10 @@ class Endpoints(object):
             payload = {"error": "not ready", "detail": scrub(model.reason), "state": model.state,
                        "error_type": model.error_type}
             return 503, payload, headers, "application/json", False
+        stall = model.stall()
+        if stall is not None:  # honestly unready while it lasts: every request would time out behind it
+            payload = {"error": "not ready", "detail": stall, "state": "stalled"}
+            return 503, payload, {"Retry-After": RETRY_AFTER_LOADING}, "application/json", False
         if self.guard.tripped:
             payload = {"error": "not ready", "detail": "memory guard: " + str(self.guard.reason), "state": "shedding"}
             return 503, payload, {"Retry-After": RETRY_AFTER_MEMORY}, "application/json", False
@@ -116,6 +120,10 @@ class Endpoints(object):
             self.metrics_rejected.inc(reason="not_ready")
             raise HttpError(503, "model not ready", scrub(model.reason),
                             {"Retry-After": RETRY_AFTER_LOADING} if model.state == "loading" else None)
+        stall = model.stall()
+        if stall is not None:
+            self.metrics_rejected.inc(reason="stalled")
+            raise HttpError(503, "model stalled", stall, {"Retry-After": RETRY_AFTER_LOADING})
         if self.guard.tripped:
             self.metrics_rejected.inc(reason="memory")
             raise HttpError(503, "memory guard: shedding load", self.guard.reason, {"Retry-After": RETRY_AFTER_MEMORY})
@@ -152,6 +160,9 @@ class Endpoints(object):
             raise HttpError(504, "inference timed out", "no result within {} s (--timeout); {}".format(
                 self.options.timeout, "it was still waiting for a worker" if job.started is None
                 else "the inference is still running"), body_read=True)
+        if isinstance(job.error, ModelUnavailable):  # closed or failed while this request waited for a worker
+            self.metrics_rejected.inc(reason="not_ready")
+            raise HttpError(503, "model not ready", str(job.error), body_read=True)
         if isinstance(job.error, UsageError):  # the input: unreadable image, wrong sequence shape ...
             raise HttpError(400, "bad request", str(job.error), body_read=True)
         if job.error is not None:

@@ -1,6 +1,7 @@
 """The decode loop: caption requests in flight share each encoder / decoder-step call, and each gets the
 captions it would get alone (the sample captioner on real ONNX Runtime, real threads)."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from jetcap.runtime import decoding
 from jetcap.runtime.decoder_protocol import DecoderProtocol
 from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.pipeline import CaptionPipeline
-from jetcap.runtime.scheduler import ContextRows, DecodeScheduler
+from jetcap.runtime.scheduler import ContextRows, DecodeScheduler, LoopClosed
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
 
@@ -110,7 +111,7 @@ def test_a_bad_image_fails_its_own_request_only(session, reference, scheduler):
 def test_closed_loop_refuses_new_requests(session, reference):
     loop = DecodeScheduler(session.manifest, session.runners)
     loop.close()
-    with pytest.raises(UsageError, match="closed"):
+    with pytest.raises(LoopClosed, match="closed"):
         loop.caption(reference["task/images"][:1])
 
 
@@ -199,10 +200,10 @@ class _FailingEveryThirdBatch(object):
         return self.runner.infer(feed, outputs)
 
 
-def _loop_with_step(session, wrapper):
+def _loop_with_step(session, wrapper, **options):
     """A decode loop over the session's runners, its step runner wrapped in ``wrapper``; and the wrapper."""
     step = wrapper(session.runners["decoder_step"])
-    return DecodeScheduler(session.manifest, dict(session.runners, decoder_step=step)), step
+    return DecodeScheduler(session.manifest, dict(session.runners, decoder_step=step), **options), step
 
 
 def _mixed_requests_caption_as_alone(session, reference, wrapper):
@@ -237,10 +238,10 @@ class _AnsweringNothing(object):
         return {}
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its traceback, on purpose
 def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, reference):
     images = reference["task/images"]
-    loop, _ = _loop_with_step(session, _AnsweringNothing)
+    failures = []
+    loop, _ = _loop_with_step(session, _AnsweringNothing, on_failure=lambda exc, trace: failures.append((exc, trace)))
     try:
         def work(i):
             try:
@@ -248,13 +249,50 @@ def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, re
             except Exception as exc:  # noqa: BLE001 -- each request must get an error, not hang
                 return exc
         results = _concurrently(4, work)
-        # those in the loop when it died get its reason, any later one the closed loop's refusal
+        # those in the loop when it died get its reason, any later one the closed loop's refusal with it
         assert all(isinstance(r, Exception) for r in results), results
-        assert all("the decode loop stopped: KeyError" in str(r) or "closed" in str(r) for r in results), results
-        assert any("the decode loop stopped: KeyError" in str(r) for r in results)
-        with pytest.raises(UsageError, match="closed"):
+        assert all("the decode loop stopped: KeyError" in str(r) for r in results), results
+        with pytest.raises(LoopClosed, match="the decode loop stopped: KeyError"):
             loop.caption(images[:1])
+        # told once, with the traceback, on the loop's thread (no unhandled-thread traceback on stderr)
+        assert not loop.alive and loop.failure.startswith("the decode loop stopped: KeyError")
+        assert len(failures) == 1 and isinstance(failures[0][0], KeyError)
+        assert "Traceback" in failures[0][1] and "KeyError" in failures[0][1]
     finally:
+        assert loop.close()
+
+
+class _Blocking(object):
+    """The real step runner behind a call that blocks until ``release`` is set, as a hung device would."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, feed, outputs=None):
+        self.entered.set()
+        self.release.wait(30)
+        return self.runner.infer(feed, outputs)
+
+
+def test_a_call_that_does_not_return_shows_as_a_long_iteration_and_busy_time(session, reference):
+    loop, step = _loop_with_step(session, _Blocking)
+    try:
+        assert loop.iteration_seconds() == 0.0 and loop.busy_seconds == 0.0  # waiting for work
+        request = loop.submit(reference["task/images"][:1])
+        assert step.entered.wait(10)
+        first = loop.iteration_seconds()
+        time.sleep(0.3)
+        assert loop.iteration_seconds() >= first + 0.25 and loop.busy_seconds >= 0.3  # busy, never "idle"
+        step.release.set()
+        assert request.done.wait(10) and request.error is None
+        deadline = time.time() + 10
+        while loop.iteration_seconds() and time.time() < deadline:
+            time.sleep(0.01)
+        assert loop.iteration_seconds() == 0.0 and loop.busy_seconds >= 0.3
+    finally:
+        step.release.set()
         assert loop.close()
 
 

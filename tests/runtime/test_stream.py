@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from jetcap.errors import UsageError
+from jetcap.errors import InferenceFailed, UsageError
 from jetcap.runtime.manifest import Manifest
 from jetcap.runtime.memory import MemoryInfo
 from jetcap.runtime import stream as stream_module
@@ -239,8 +239,12 @@ def test_stop_event_finishes_the_frame_in_flight(bundle, video, tmp_path):
         if len(records) == 5:
             stop.set()
 
-    summary, _, _ = stream(bundle, video, jsonl=str(out), loop=True, stop_event=stop, on_caption=on_caption)
+    summary, _, lines = stream(bundle, video, jsonl=str(out), loop=True, stop_event=stop, on_caption=on_caption)
     assert summary.exit_code == 0 and summary.stop_reason == "stopped"
+    # every frame read is accounted for: processed, or said to be left at the stop (the queued ones and
+    # the one the capture held, waiting for room, when the queue closed)
+    left = [int(line.split()[0]) for line in lines if line.endswith("read but not processed at the stop")]
+    assert summary.frames_read == summary.frames_processed + sum(left), (summary.frames_read, lines)
     # the captions in flight (at most the bundle's max batch, the 5th included) are finished and written,
     # and no frame is taken after the stop
     most = Manifest.load(bundle).axes["batch"]["max"]
@@ -249,6 +253,54 @@ def test_stop_event_finishes_the_frame_in_flight(bundle, video, tmp_path):
     assert all(1 <= record["batch"] <= most for record in records)
     assert [record["frame"] for record in records] == sorted(record["frame"] for record in records)
     assert read_jsonl(out) == records
+
+
+class _FailingAfter(object):
+    """The real step runner, which fails from its ``after``-th call on as a device error would, or (``lose``)
+    loses its outputs: a fault outside the decode loop's per-request guards."""
+
+    def __init__(self, runner, after, lose):
+        self.runner, self.after, self.lose, self.calls = runner, after, lose, 0
+
+    def infer(self, feed, outputs=None):
+        self.calls += 1
+        answer = self.runner.infer(feed, outputs)
+        if self.calls <= self.after:
+            return answer
+        if self.lose:
+            return {}
+        raise RuntimeError("injected: CUDA error: an illegal memory access was encountered")
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
+
+
+@pytest.mark.parametrize("loop, lose, reason", [
+    ("decode loop", False, "RuntimeError: injected: CUDA error"),
+    ("decode loop", True, "the decode loop stopped: KeyError"),
+    ("batches", False, "RuntimeError: injected: CUDA error")])
+def test_a_caption_that_fails_stops_the_run_with_exit_1_after_cleanup(bundle, video, tmp_path, monkeypatch, loop,
+                                                                       lose, reason):
+    from jetcap.runtime import session as session_module
+
+    real_open = session_module.open_bundle
+
+    def open_failing(*args, **kwargs):  # the real session; its real step runner wrapped
+        session = real_open(*args, **kwargs)
+        session.runners["decoder_step"] = _FailingAfter(session.runners["decoder_step"], 60, lose)
+        return session
+
+    monkeypatch.setattr(session_module, "open_bundle", open_failing)
+    out, lines = tmp_path / "failing.jsonl", []
+    options = StreamOptions(video, jsonl=str(out), queue=4, status_every=0, backend="onnxruntime", loop=True,
+                            decode_loop=(loop == "decode loop"))
+    with pytest.raises(InferenceFailed, match=r"captioning frames? [\d-]+ failed: .*" + reason) as raised:
+        run_stream(bundle, options, log=lines.append, handle_signals=False)
+    assert raised.value.exit_code == 1  # a failure of a run that had started, as a vanished source is
+    assert "; stopped: captioning frame" in lines[-1], lines[-1]
+    written = read_jsonl(out)  # the captions before the failure are kept, whole lines
+    assert written and [r["frame"] for r in written] == list(range(len(written)))
+    assert not any(t.name in ("jetcap-capture", "jetcap-decode-loop") and t.is_alive() for t in threading.enumerate())
 
 
 # -- live -------------------------------------------------------------------------------------------
