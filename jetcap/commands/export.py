@@ -67,9 +67,11 @@ from jetcap.commands.options import (
 @click.option("--keep-passing", is_flag=True,
               help="When a variant fails its check, still write the bundle with the variants that passed "
                    "(the failed ones are listed in the manifest and the output; exit 1).")
-@click.option("--word-map", type=click.Path(dir_okay=False), default=None, help="Captioner word map JSON.")
+@click.option("--word-map", type=click.Path(dir_okay=False), default=None, help="Captioner word map: JSON ({word: id}, an id-ordered list, {\"itos\": [...]}) or a "
+                   "pickled vocabulary object (vocab.pkl; read only with --trust-pickle).")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="Classifier labels (JSON list/map or a scikit-learn LabelEncoder pickle, read safely).")
+              help="Classifier labels: a JSON list/map, a classes .npy (no pickle), a text file (one per line) "
+                   "or a scikit-learn LabelEncoder pickle (read safely).")
 @click.option("--num-heads", type=int, default=None, help="Classifier attention heads, when the checkpoint lacks them.")
 @click.option("--backbone", default=None, help="Captioner backbone, when it cannot be inferred.")
 @click.option("--grid", type=click.IntRange(min=0), default=None,

@@ -87,8 +87,9 @@ def model_source_options(command):
                           "'Captioners: the decoder step and adapters') [default: the built-in Show-Attend-Tell "
                           "adapter]."),
         click.option("--trust-pickle", is_flag=True,
-                     help="Use the whole pickled modules in the checkpoint, with their own forward (executes code "
-                          "from the file: only for files you trust)."),
+                     help="Use the whole pickled modules in the checkpoint, with their own forward; with --model, "
+                          "read a checkpoint that pickles objects beside the weights (a vocabulary); read a "
+                          "pickled --word-map (executes code from the file: only for files you trust)."),
         click.option("--code-path", type=click.Path(), default=None,
                      help="Your training code: a folder (searched recursively for pickled classes) or a .py file."),
     ]

@@ -114,6 +114,7 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             log("exported {} in {:.1f} s".format(path.name, timings["export_" + spec.name]))
 
         log("computing PyTorch reference outputs over the dynamic ranges")
+        shown = len(subject.warnings)
         calibration = task.calibration_feeds(subject, config, opts)
         pool = task.real_pool(calibration, graphs)
         reference: Dict[str, np.ndarray] = {}
@@ -136,6 +137,8 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
                             reference["sweep/{}/{}/out/{}".format(spec.name, name, key)] = value
         reference.update(task.task_reference(subject, config, opts))
         search_reference = task.search_reference(subject, config, opts) if "int8" in opts.precisions else None
+        for warning in subject.warnings[shown:]:  # found reading the task inputs (clips left out ...)
+            log("warning: " + warning)
         if opts.calibration_data is not None:
             log("task checks on {} inputs of {} ({})".format(
                 int(reference["task/count"]), opts.calibration_data,

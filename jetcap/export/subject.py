@@ -490,17 +490,42 @@ def patch_records(plans: Dict[str, List[Any]]) -> List[Dict[str, str]]:
 
 # -- classifier -------------------------------------------------------------------------------------
 
-class ClassifierGraphModule(nn.Module):
-    """Graph module of a user's classifier: ``sequence -> (logits, kept outputs...)``."""
+# probabilities of a forward that ends in a softmax are exported as their log, floored here: float16's
+# smallest normal number, so the FP16 variant's floor is the FP32 graph's and no logit is ever -inf
+PROBABILITY_FLOOR = 2.0 ** -14
 
-    def __init__(self, model, picks: List[Tuple[str, Any]]):
+
+class ClassifierGraphModule(nn.Module):
+    """Graph module of a user's classifier: ``sequence -> (logits, kept outputs...)``.
+
+    ``log_of_probabilities``: the first pick holds probabilities (the forward ends in a softmax); the graph's
+    ``logits`` is their log, so the softmax every consumer of ``logits`` applies gives them back.
+    """
+
+    def __init__(self, model, picks: List[Tuple[str, Any]], log_of_probabilities: bool = False):
         super().__init__()
         self.model = model
         self.picks = picks  # [(graph output name, key into the flattened forward output)]
+        self.log_of_probabilities = log_of_probabilities
 
     def forward(self, sequence):
         flat = dict(flatten_outputs(self.model(sequence)))
-        return tuple(flat[key] for _, key in self.picks)
+        out = [flat[key] for _, key in self.picks]
+        if self.log_of_probabilities:
+            out[0] = torch.log(torch.clamp(out[0], min=PROBABILITY_FLOOR))
+        return tuple(out)
+
+
+def holds_probabilities(*tensors) -> bool:
+    """Whether every row of the (batch, classes) ``tensors`` is non-negative and sums to 1: a softmax's
+    output, not logits (logits that happen to do so are all in [0, 1] and sum to 1 exactly: never seen)."""
+    for tensor in tensors:
+        values = tensor.detach().double()
+        if values.numel() == 0 or not bool(torch.isfinite(values).all()) or float(values.min()) < 0.0:
+            return False
+        if float((values.sum(dim=-1) - 1.0).abs().max()) > 1e-4:
+            return False
+    return True
 
 
 def flatten_outputs(out) -> List[Tuple[str, Any]]:
@@ -603,6 +628,15 @@ class ClassifierSubject(ExportSubject):
         names = [n for n, _ in out1]
         probed = dict((name, (tuple(a.shape), tuple(b.shape))) for (name, a), (_, b) in zip(out1, out2))
         logits_key = self._pick_logits(output, names, shapes, probed)
+        probabilities = holds_probabilities(dict(out1)[logits_key], dict(out2)[logits_key])
+        if probabilities:  # a softmax of them would be wrong: their log is what softmax turns back into them
+            self.note_value("logits_from", "log of probabilities", "forward output {!r}: every row is non-negative "
+                            "and sums to 1".format(logits_key))
+            self.warnings.append(
+                "forward output {!r} holds probabilities (the forward ends in a softmax): the graph's 'logits' are "
+                "their log (floored at {:.3g}), so the softmax applied to logits gives your probabilities back "
+                "(probabilities under {:.3g} read as about {:.3g})".format(
+                    logits_key, PROBABILITY_FLOOR, PROBABILITY_FLOOR, PROBABILITY_FLOOR))
         self.min_len_probe()
         picks = [("logits", logits_key)] + [(_safe_name(n), n) for n in names if n != logits_key and n in shapes]
         dropped = [n for n in names if n != logits_key and n not in shapes]
@@ -614,7 +648,7 @@ class ClassifierSubject(ExportSubject):
         self.outputs_kept = [p[0] for p in picks[1:]]
         self.graphs = [GraphSpec("model", (TensorSpec("sequence", "float32", ("batch", "T", self.config["input_size"])),),
                                  tuple(TensorSpec(g, "float32", shapes[k]) for g, k in picks))]
-        self._module = ClassifierGraphModule(self.model, picks).eval()
+        self._module = ClassifierGraphModule(self.model, picks, log_of_probabilities=probabilities).eval()
 
     def _pick_logits(self, output: Optional[str], names: List[str], shapes: Dict[str, Tuple[Any, ...]],
                      probed: Optional[Dict[str, Tuple[Any, Any]]] = None) -> str:
@@ -630,7 +664,8 @@ class ClassifierSubject(ExportSubject):
                 raise UsageError("--output {!r} is not among the forward's outputs: {}".format(output, ", ".join(names)))
             where = "--output {}".format(output)
         else:
-            two_d = [n for n in names if n in shapes and len(shapes[n]) == 2 and shapes[n][0] == "batch"]
+            two_d = [n for n in names if n in shapes and len(shapes[n]) == 2 and shapes[n][0] == "batch"
+                     and isinstance(shapes[n][1], int)]  # (batch, T) attention weights are not classes
             key = "logits" if "logits" in names else (two_d[0] if two_d else names[0])
             where = "the first (batch, classes) output" if key != "logits" else "the output named 'logits'"
             if len(names) > 1:

@@ -369,15 +369,29 @@ class ClassifierExport(FamilyExport):
             raise UsageError("{} labels given for a model with {} classes".format(len(labels), config["num_classes"]))
         return {"labels": list(labels)}
 
-    def _sequences(self, config, opts, limit: int, seed: int, axes, paths=None) -> List[np.ndarray]:
+    def _sequences(self, subject, config, opts, limit: int, seed: int, axes, paths=None) -> List[np.ndarray]:
         high = axes["T"]["max"]
         low = axes["T"]["min"]
         if paths is None and opts.calibration_data is not None:
             paths = list_inputs(opts.calibration_data, SEQUENCE_SUFFIXES, limit)
         width = int(config["input_size"])
         if paths is not None:
-            # width: (T, hands, joints, xyz) files are flattened per frame, as predict and /predict do
-            seqs = [load_sequence(p, width=width) for p in paths]
+            # width: (T, hands, joints, xyz) files are flattened per frame, as predict and /predict do;
+            # a clip predict would refuse (shorter or longer than the bundle's T range) is left out, as
+            # validate --data leaves it out, never cut or padded into one the model was not given
+            loaded = [load_sequence(p, width=width) for p in paths]
+            seqs = [seq for seq in loaded if low <= len(seq) <= high]
+            if len(seqs) < len(loaded):
+                if not seqs:
+                    raise UsageError("none of the {} sequences of --calibration-data {} has between {} and {} frames "
+                                     "(the bundle's T range)".format(len(loaded), opts.calibration_data, low, high),
+                                     hint="pass --min-len/--max-len for the lengths your clips have")
+                warning = ("{} of the {} sequences of --calibration-data have fewer than {} or more than {} frames "
+                           "(the bundle's T range): left out, as predict refuses them".format(
+                               len(loaded) - len(seqs), len(loaded), low, high))
+                if warning not in subject.warnings:  # the task check and the calibration read the same files
+                    subject.warnings.append(warning)
+            return seqs
         else:
             from jetcap import samples
             from jetcap.samples import gestures
@@ -405,7 +419,8 @@ class ClassifierExport(FamilyExport):
 
     def task_arrays(self, subject, config, opts, paths, held_out):
         axes = self.axes(config, opts)
-        seqs = self._sequences(config, opts, limit=TASK_SEQUENCES, seed=opts.seed + 1000, axes=axes, paths=paths)
+        seqs = self._sequences(subject, config, opts, limit=TASK_SEQUENCES, seed=opts.seed + 1000, axes=axes,
+                               paths=paths)
         arrays: Dict[str, np.ndarray] = task_source_entries(opts.calibration_data, held_out, len(seqs))
         for i, seq in enumerate(seqs):
             arrays["task/seq_{:03d}".format(i)] = seq
@@ -414,7 +429,7 @@ class ClassifierExport(FamilyExport):
 
     def calibration_feeds(self, subject, config, opts):
         axes = self.axes(config, opts)
-        seqs = self._sequences(config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000, axes=axes)
+        seqs = self._sequences(subject, config, opts, limit=opts.calibration_samples, seed=opts.seed + 2000, axes=axes)
         if opts.calibration_method is not CalibrationMethod.MINMAX:
             # histogram calibrators stack every feed's activations: they need one common length
             shortest = min(len(s) for s in seqs)

@@ -403,7 +403,7 @@ def load_checkpoint(path: PathLike, family: Union[None, str, ModelFamily] = None
         if not wants_vocab:
             raise UsageError("--word-map was given but the {} family has no vocabulary".format(chosen.name))
         word_map_path = _resolve(word_map, base)
-        vocab = vocabulary_from_file(word_map_path)
+        vocab = vocabulary_from_file(word_map_path, trust_pickle, Path(code_path) if code_path is not None else None)
         check_vocabulary_size(vocab, config.get("vocab_size"), "word map file {}".format(word_map_path))
         layout.append("word map file")
     elif wants_vocab:

@@ -270,10 +270,13 @@ def _part_states(entries: Mapping[str, Any], parts: List[str], notes: List[str])
 def _user_code_source(opts: SourceOptions) -> ModelSource:
     if opts.checkpoint is None:
         raise UsageError("--model needs a checkpoint with the weights")
-    raw = read_checkpoint(Path(opts.checkpoint), trust_pickle=False)  # the code is trusted, the file is not
+    # the code is trusted; the file only with --trust-pickle, and then only when it holds more than weights (a
+    # vocabulary object beside the state dict, say): weights_only is tried first either way
+    raw = read_checkpoint(Path(opts.checkpoint), trust_pickle=opts.trust_pickle, code_path=opts.code_path)
     entries = dict(raw.obj) if isinstance(raw.obj, Mapping) else {}
     stored = _stored_config(entries)
-    notes: List[str] = ["weights read with torch.load(weights_only=True)"]
+    notes: List[str] = ["checkpoint read with --trust-pickle: it pickles objects beside the weights" if raw.trusted
+                        else "weights read with torch.load(weights_only=True)"]
     parts = dict(opts.models)
     unknown = sorted(set(parts) - set(PART_NAMES))
     if unknown:
@@ -361,7 +364,7 @@ def _pickled_source(opts: SourceOptions) -> Optional[ModelSource]:
 def _side_data(source: ModelSource, entries: Mapping[str, Any], opts: SourceOptions) -> None:
     """Vocabulary and class names from side files, else from the checkpoint's entries."""
     if opts.word_map is not None:
-        source.vocab = vocabulary_from_file(Path(opts.word_map))
+        source.vocab = vocabulary_from_file(Path(opts.word_map), opts.trust_pickle, opts.code_path)
     else:
         found = vocabulary_from_checkpoint(entries)
         if found is not None:

@@ -83,15 +83,25 @@ def vocabulary_from_checkpoint(entries: Mapping[str, Any]) -> Optional[Tuple[Voc
     return None
 
 
-def vocabulary_from_file(path: Path) -> Vocabulary:
-    """A vocabulary from a side JSON file (``--word-map``): any form :func:`vocabulary_from_value` takes."""
+def vocabulary_from_file(path: Path, trust_pickle: bool = False, code_path: Optional[Path] = None) -> Vocabulary:
+    """A vocabulary from a side file (``--word-map``): JSON in any form :func:`vocabulary_from_value` takes,
+    or a pickle (``vocab.pkl`` of a ``Vocabulary`` object, a torch-saved dict), read as a checkpoint is:
+    refused unless ``trust_pickle``, its classes found through ``code_path``."""
     path = Path(path)
     if not path.is_file():
         raise UsageError("word map file not found: {}".format(path))
+    with open(str(path), "rb") as handle:
+        head = handle.read(2)
+    if head[:1] == b"\x80" or head == b"PK":  # a pickle protocol 2+ opcode, or torch.save's zip
+        from jetcap.models.checkpoint_file import read_checkpoint
+
+        raw = read_checkpoint(path, trust_pickle=trust_pickle, code_path=code_path)
+        return vocabulary_from_value(raw.obj, "word map file {}".format(path))
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError("word map file {} is not valid JSON: {}".format(path, exc)) from None
+        raise UsageError("word map file {} is not valid JSON: {}".format(path, exc),
+                         hint="a word map is a JSON file, or a pickle of a vocabulary (with --trust-pickle)") from None
     return vocabulary_from_value(value, "word map file {}".format(path))
 
 

@@ -457,3 +457,75 @@ def test_a_two_hand_classifier_exports_without_data_and_benches_as_written(tmp_p
     report = json.loads(result.stdout)
     names = [c["name"] for c in report["configurations"] if "error" not in c]
     assert "pytorch" in names and "onnxruntime-fp32" in names, report["configurations"]
+
+
+def test_a_forward_ending_in_softmax_gives_its_own_probabilities_not_a_softmax_of_them(tmp_path):
+    """``forward -> (attention weights (B, T), probabilities (B, C))``, as deployment code often ends: the
+    logits are the (batch, classes) output, not the first (batch, T) one; the graph's logits are the log of
+    the probabilities, so predict reports the model's own probabilities (a softmax of them would not)."""
+    code = tmp_path / "soft_head.py"
+    code.write_text("import torch\n\nclass SoftHead(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.rnn = torch.nn.GRU(6, 16, batch_first=True)\n"
+                    "        self.score = torch.nn.Linear(16, 1)\n        self.fc = torch.nn.Linear(16, 3)\n\n"
+                    "    def forward(self, x):\n        out, _ = self.rnn(x)\n"
+                    "        weights = torch.softmax(self.score(out).squeeze(-1), dim=1)\n"
+                    "        pooled = (weights.unsqueeze(-1) * out).sum(dim=1)\n"
+                    "        return weights, torch.softmax(4.0 * self.fc(pooled), dim=-1)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import soft_head
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(3)
+    model = soft_head.SoftHead().eval()
+    ckpt = tmp_path / "soft.pt"
+    torch.save({"state_dict": model.state_dict(), "labels": ["a", "b", "c"]}, str(ckpt))
+    bundle = tmp_path / "bundle"
+    args = ["--model", str(code) + ":SoftHead", "--max-len", "20"]
+    result = _jetcap("export", ckpt, *args, "-o", bundle)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["config"]["logits_output"] == "output_1"
+    assert manifest["config"]["logits_from"] == "log of probabilities"
+    sequence = np.random.RandomState(0).normal(size=(9, 6)).astype(np.float32)
+    path = tmp_path / "seq.npy"
+    np.save(str(path), sequence)
+    rc, stdout, stderr, blocked = run_blocked(tmp_path, "predict", bundle, str(path), "--json")
+    assert rc == 0 and blocked == [], stderr
+    reported = json.loads(stdout)[0]["probabilities"]
+    with torch.no_grad():
+        own = model(torch.from_numpy(sequence[None]))[1][0].numpy()
+    got = np.array([reported[label] for label in ["a", "b", "c"]] if isinstance(reported, dict) else reported)
+    np.testing.assert_allclose(got, own, atol=2e-4)
+    result = _jetcap("validate", bundle, "--checkpoint", ckpt, "--model", str(code) + ":SoftHead")
+    assert result.exit_code == 0, result.output
+
+
+def test_calibration_sequences_outside_the_T_range_are_left_out_not_cut_or_padded(tmp_path):
+    code = tmp_path / "tiny_gru.py"
+    code.write_text("import torch\n\nclass TinyGRU(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.rnn = torch.nn.GRU(4, 8, batch_first=True)\n"
+                    "        self.fc = torch.nn.Linear(8, 2)\n\n"
+                    "    def forward(self, x):\n        out, _ = self.rnn(x)\n        return self.fc(out.mean(dim=1))\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tiny_gru
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(1)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny_gru.TinyGRU().state_dict(), "labels": ["x", "y"]}, str(ckpt))
+    data = tmp_path / "clips"
+    data.mkdir()
+    rng = np.random.RandomState(2)
+    for i, length in enumerate([30, 12, 40, 15, 18]):  # two longer than --max-len 20
+        np.save(str(data / "clip_{}.npy".format(i)), rng.normal(size=(length, 4)).astype(np.float32))
+    args = ["--model", str(code) + ":TinyGRU", "--max-len", "20", "--calibration-data", str(data)]
+    result = _jetcap("export", ckpt, *args, "-o", tmp_path / "bundle")
+    assert result.exit_code == 0, result.output
+    assert "2 of the 5 sequences of --calibration-data have fewer than" in result.output
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["validation"]["fp32"]["passed"]
+    result = _jetcap("export", ckpt, *args[:-1], str(data), "--min-len", "35", "--max-len", "36", "-o",
+                     tmp_path / "none")
+    assert result.exit_code == 2 and "none of the" in result.output and "T range" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "none").exists()

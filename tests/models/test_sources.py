@@ -96,6 +96,74 @@ def test_user_code_never_unpickles_the_file(tmp_path, repo):
                                      model_args={"width": 5}))
 
 
+VOCAB_CODE = '''
+class Vocabulary(object):
+    """yunjey/pytorch-tutorial's image-captioning vocabulary, pickled to data/vocab.pkl beside the model."""
+
+    def __init__(self):
+        self.word2idx, self.idx2word, self.idx = {}, {}, 0
+
+    def add_word(self, word):
+        if word not in self.word2idx:
+            self.word2idx[word] = self.idx
+            self.idx2word[self.idx] = word
+            self.idx += 1
+'''
+
+WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
+
+
+def _vocabulary(repo):
+    """A ``build_vocab.Vocabulary`` of the repository's code, as its training script pickles it."""
+    import importlib.util
+
+    (repo / "build_vocab.py").write_text(VOCAB_CODE)
+    spec = importlib.util.spec_from_file_location("build_vocab", str(repo / "build_vocab.py"))
+    module = importlib.util.module_from_spec(spec)
+    import sys
+    sys.modules["build_vocab"] = module
+    try:
+        spec.loader.exec_module(module)
+        vocab = module.Vocabulary()
+        for word in WORDS:
+            vocab.add_word(word)
+        import pickle
+        return pickle.dumps(vocab), vocab
+    finally:
+        del sys.modules["build_vocab"]
+
+
+def test_trust_pickle_with_user_code_reads_a_vocabulary_object_beside_the_weights(tmp_path, repo):
+    data, vocab = _vocabulary(repo)
+    path = _weights(tmp_path)
+    import pickle
+    import sys
+    sys.modules["build_vocab"] = type(sys)("build_vocab")
+    sys.modules["build_vocab"].Vocabulary = type(vocab)
+    try:
+        torch.save(dict(torch.load(str(path)), vocab=pickle.loads(data)), str(path))
+    finally:
+        del sys.modules["build_vocab"]
+    options = dict(checkpoint=path, models={"model": "pkg.net:Net"}, code_path=repo, model_args={"width": 5})
+    with pytest.raises(CheckpointError, match="--trust-pickle"):  # the file is not trusted unless told
+        resolve_source(SourceOptions(**options))
+    source = resolve_source(SourceOptions(trust_pickle=True, **options))
+    assert source.vocab.itos == WORDS and "read with --trust-pickle" in " ".join(source.notes)
+
+
+def test_a_pickled_word_map_file_is_read_with_trust_pickle_only(tmp_path, repo):
+    from jetcap.models.wordmap import vocabulary_from_file
+
+    data, _ = _vocabulary(repo)
+    (tmp_path / "vocab.pkl").write_bytes(data)
+    with pytest.raises(CheckpointError, match="vocab.pkl contains a plain Python pickle .*--trust-pickle"):
+        vocabulary_from_file(tmp_path / "vocab.pkl")
+    assert vocabulary_from_file(tmp_path / "vocab.pkl", trust_pickle=True, code_path=repo).itos == WORDS
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(UsageError, match="not valid JSON.*pickle of a vocabulary"):
+        vocabulary_from_file(tmp_path / "bad.json")
+
+
 def test_cli_refusals_are_one_line(tmp_path, repo):
     path = _weights(tmp_path)
     runner = CliRunner()

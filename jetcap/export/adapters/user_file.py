@@ -29,6 +29,10 @@ class FileAdapter(CaptionerAdapter):
         self.int8_keep_float = tuple(getattr(module, "INT8_KEEP_FLOAT", ()) or ())
         self.teacher_forced = getattr(module, "teacher_forced", None)
         self.notes = []
+        if self.teacher_forced is None:  # said where the check is skipped: nothing then checks the wiring
+            self.notes.append("{} defines no teacher_forced(model, images, captions): nothing checks its step "
+                              "wiring against your model's own forward; validate compares the bundle with this "
+                              "same adapter".format(self.name))
         check_adapter(self)
 
     def encode(self, model, images) -> Dict[str, Any]:
