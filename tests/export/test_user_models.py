@@ -459,23 +459,31 @@ def test_a_two_hand_classifier_exports_without_data_and_benches_as_written(tmp_p
     assert "pytorch" in names and "onnxruntime-fp32" in names, report["configurations"]
 
 
+def _user_module(folder, name, source):
+    """``(path, module)`` of a user's model file ``name.py`` written in ``folder`` and imported."""
+    import importlib
+
+    code = folder / (name + ".py")
+    code.write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        return code, importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
 def test_a_forward_ending_in_softmax_gives_its_own_probabilities_not_a_softmax_of_them(tmp_path):
     """``forward -> (attention weights (B, T), probabilities (B, C))``, as deployment code often ends: the
     logits are the (batch, classes) output, not the first (batch, T) one; the graph's logits are the log of
     the probabilities, so predict reports the model's own probabilities (a softmax of them would not)."""
-    code = tmp_path / "soft_head.py"
-    code.write_text("import torch\n\nclass SoftHead(torch.nn.Module):\n    def __init__(self):\n"
-                    "        super().__init__()\n        self.rnn = torch.nn.GRU(6, 16, batch_first=True)\n"
-                    "        self.score = torch.nn.Linear(16, 1)\n        self.fc = torch.nn.Linear(16, 3)\n\n"
-                    "    def forward(self, x):\n        out, _ = self.rnn(x)\n"
-                    "        weights = torch.softmax(self.score(out).squeeze(-1), dim=1)\n"
-                    "        pooled = (weights.unsqueeze(-1) * out).sum(dim=1)\n"
-                    "        return weights, torch.softmax(4.0 * self.fc(pooled), dim=-1)\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import soft_head
-    finally:
-        sys.path.remove(str(tmp_path))
+    code, soft_head = _user_module(tmp_path, "soft_head", (
+        "import torch\n\nclass SoftHead(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.rnn = torch.nn.GRU(6, 16, batch_first=True)\n"
+        "        self.score = torch.nn.Linear(16, 1)\n        self.fc = torch.nn.Linear(16, 3)\n\n"
+        "    def forward(self, x):\n        out, _ = self.rnn(x)\n"
+        "        weights = torch.softmax(self.score(out).squeeze(-1), dim=1)\n"
+        "        pooled = (weights.unsqueeze(-1) * out).sum(dim=1)\n"
+        "        return weights, torch.softmax(4.0 * self.fc(pooled), dim=-1)\n"))
     torch.manual_seed(3)
     model = soft_head.SoftHead().eval()
     ckpt = tmp_path / "soft.pt"
@@ -502,16 +510,11 @@ def test_a_forward_ending_in_softmax_gives_its_own_probabilities_not_a_softmax_o
 
 
 def test_calibration_sequences_outside_the_T_range_are_left_out_not_cut_or_padded(tmp_path):
-    code = tmp_path / "tiny_gru.py"
-    code.write_text("import torch\n\nclass TinyGRU(torch.nn.Module):\n    def __init__(self):\n"
-                    "        super().__init__()\n        self.rnn = torch.nn.GRU(4, 8, batch_first=True)\n"
-                    "        self.fc = torch.nn.Linear(8, 2)\n\n"
-                    "    def forward(self, x):\n        out, _ = self.rnn(x)\n        return self.fc(out.mean(dim=1))\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import tiny_gru
-    finally:
-        sys.path.remove(str(tmp_path))
+    code, tiny_gru = _user_module(tmp_path, "tiny_gru", (
+        "import torch\n\nclass TinyGRU(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.rnn = torch.nn.GRU(4, 8, batch_first=True)\n"
+        "        self.fc = torch.nn.Linear(8, 2)\n\n"
+        "    def forward(self, x):\n        out, _ = self.rnn(x)\n        return self.fc(out.mean(dim=1))\n"))
     torch.manual_seed(1)
     ckpt = tmp_path / "tiny.pt"
     torch.save({"state_dict": tiny_gru.TinyGRU().state_dict(), "labels": ["x", "y"]}, str(ckpt))

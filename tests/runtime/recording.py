@@ -1,4 +1,7 @@
-"""Real runners wrapped to record what each call asks of them (which outputs, which copies)."""
+"""Real runners wrapped to record what each call asks of them (which outputs, which copies), or to fail
+as a bug or a hung device would."""
+import threading
+
 import numpy as np
 
 
@@ -11,6 +14,32 @@ class AskedOutputs(object):
 
     def infer(self, feed, outputs=None):
         self.asked.append(None if outputs is None else sorted(outputs))
+        return self.runner.infer(feed, outputs)
+
+
+class AnsweringNothing(object):
+    """The real step runner, whose outputs are lost: the decode loop fails outside its per-request guards
+    (reading the outputs fails), as a bug or a MemoryError there would."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def infer(self, feed, outputs=None):
+        self.runner.infer(feed, outputs)
+        return {}
+
+
+class Blocking(object):
+    """The real step runner behind a call that blocks until ``release`` is set, as a hung device would."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, feed, outputs=None):
+        self.entered.set()
+        self.release.wait(60)
         return self.runner.infer(feed, outputs)
 
 

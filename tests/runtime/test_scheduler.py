@@ -16,7 +16,7 @@ from jetcap.runtime.scheduler import ContextRows, DecodeScheduler, LoopClosed
 from jetcap.runtime.session import open_bundle
 from jetcap.util.npz import load_npz
 
-from .recording import AskedOutputs, HostAsDevice
+from .recording import AnsweringNothing, AskedOutputs, Blocking, HostAsDevice
 
 
 @pytest.fixture(scope="module")
@@ -226,22 +226,10 @@ def test_a_failed_batched_step_reruns_each_search_alone_with_its_own_rows(sessio
     assert step.calls >= 3 and reruns >= 1  # the failure path really ran
 
 
-class _AnsweringNothing(object):
-    """The real step runner's inputs checked, but no outputs returned: a fault outside the loop's
-    per-request guards (reading the outputs fails), as a bug or a MemoryError there would be."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def infer(self, feed, outputs=None):
-        self.runner.check_feed(feed)
-        return {}
-
-
 def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, reference):
     images = reference["task/images"]
     failures = []
-    loop, _ = _loop_with_step(session, _AnsweringNothing, on_failure=lambda exc, trace: failures.append((exc, trace)))
+    loop, _ = _loop_with_step(session, AnsweringNothing, on_failure=lambda exc, trace: failures.append((exc, trace)))
     try:
         def work(i):
             try:
@@ -262,22 +250,8 @@ def test_a_loop_that_dies_answers_every_request_and_refuses_new_ones(session, re
         assert loop.close()
 
 
-class _Blocking(object):
-    """The real step runner behind a call that blocks until ``release`` is set, as a hung device would."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def infer(self, feed, outputs=None):
-        self.entered.set()
-        self.release.wait(30)
-        return self.runner.infer(feed, outputs)
-
-
 def test_a_call_that_does_not_return_shows_as_a_long_iteration_and_busy_time(session, reference):
-    loop, step = _loop_with_step(session, _Blocking)
+    loop, step = _loop_with_step(session, Blocking)
     try:
         assert loop.iteration_seconds() == 0.0 and loop.busy_seconds == 0.0  # waiting for work
         request = loop.submit(reference["task/images"][:1])

@@ -16,6 +16,7 @@ from jetcap.runtime import metrics
 from jetcap.runtime.serving import JsonLog, ModelState
 from jetcap.serve.app import EngineServer
 from jetcap.serve.options import ServeOptions
+from tests.runtime.recording import AnsweringNothing, Blocking
 from tests.runtime.test_server import blank_png
 
 HOST = "127.0.0.1"
@@ -59,36 +60,11 @@ def _metric(app, name):
     return [value for (sample, labels), value in values.items() if sample == name][0]
 
 
-class _AnsweringNothing(object):
-    """The real step runner, whose outputs are lost: the loop fails outside its per-request guards."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def infer(self, feed, outputs=None):
-        self.runner.infer(feed, outputs)
-        return {}
-
-
-class _Blocking(object):
-    """The real step runner behind a call that blocks until ``release`` is set (a hung device)."""
-
-    def __init__(self, runner):
-        self.runner = runner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def infer(self, feed, outputs=None):
-        self.entered.set()
-        self.release.wait(60)
-        return self.runner.infer(feed, outputs)
-
-
 def test_a_loop_that_dies_makes_the_model_failed_not_the_clients_fault(captioner_bundle, capfd):
     app, log = _start(captioner_bundle)
     try:
         scheduler = app.model.scheduler
-        scheduler.step = _AnsweringNothing(scheduler.step)  # only the loop's thread reads it, at its next step
+        scheduler.step = AnsweringNothing(scheduler.step)  # only the loop's thread reads it, at its next step
         status, payload = _request(app, "POST", "/caption", blank_png(32, 32))
         assert status == 500 and "the decode loop stopped: KeyError" in payload["detail"], payload
         status, payload = _request(app, "GET", "/ready")
@@ -110,7 +86,7 @@ def test_a_step_that_does_not_return_makes_the_server_stalled_until_it_does(capt
     blocking = None
     try:
         scheduler = app.model.scheduler
-        blocking = scheduler.step = _Blocking(scheduler.step)
+        blocking = scheduler.step = Blocking(scheduler.step)
         answers = []
         client = threading.Thread(target=lambda: answers.append(_request(app, "POST", "/caption", blank_png(32, 32))))
         client.start()
