@@ -363,11 +363,17 @@ class DecodeScheduler(object):
             self._run()
         except Exception as exc:  # noqa: BLE001 -- a bug or MemoryError outside the per-request guards:
             self._end_iteration()
-            self.failure = "the decode loop stopped: {}: {}".format(type(exc).__name__, exc)
             trace = traceback.format_exc()
-            self._fail_everyone()  # every request waiting on this thread is answered, none hangs
-            if self.on_failure is not None:
-                self.on_failure(exc, trace)
+            with self._cond:  # from now on submit() refuses, with the reason
+                self.failure = "the decode loop stopped: {}: {}".format(type(exc).__name__, exc)
+                self._closed = True
+            try:
+                if self.on_failure is not None:  # the owner knows (e.g. the server turns unready) before any
+                    self.on_failure(exc, trace)  # request it held is answered
+            except Exception as hook:  # noqa: BLE001 -- its own failure must not leave a request hanging: said
+                self.failure += " (and on_failure raised {}: {})".format(type(hook).__name__, hook)  # in every answer
+            finally:
+                self._fail_everyone()  # every request waiting on this thread is answered, none hangs
 
     def _fail_everyone(self):
         with self._cond:

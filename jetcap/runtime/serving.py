@@ -295,6 +295,7 @@ class ModelState(object):
         self.error_type = None
         self._closing = False
         self._loading = False  # load() runs: it owns the runners it opens until it ends
+        self._loop_error = None  # (exception, traceback) of a decode loop that stopped on a failure
         self._lock = threading.Lock()
         self._infer_lock = _NoLock()
         self._large_decodes = threading.Lock()  # images over LARGE_DECODE_BYTES decode one at a time
@@ -310,6 +311,11 @@ class ModelState(object):
     @property
     def ready(self):
         return self.state == "ready"
+
+    @property
+    def loading(self):
+        """True while :meth:`load` runs (it then owns the runners)."""
+        return self._loading
 
     def start_loading(self, on_done=None):
         """Load in a background thread; ``on_done(state)`` is called when it ends either way."""
@@ -387,11 +393,12 @@ class ModelState(object):
 
             # one decode loop calls the runners for every request: no lock, the steps run together
             self.pipeline = CaptionPipeline(self.manifest, session.runners, session.precision)
+            scheduler = DecodeScheduler(self.manifest, session.runners, on_failure=self._loop_failed)
             with self._lock:
+                self.scheduler = scheduler  # released by load() when closed meanwhile
                 if self._closing:
                     return
-                self.scheduler = DecodeScheduler(self.manifest, session.runners, on_failure=self._loop_failed)
-            self.batch_stats = self.scheduler.stats
+            self.batch_stats = scheduler.stats
             self._infer_lock = _NoLock()
         elif self.family == "captioner":
             self.pipeline = session.caption_pipeline()
@@ -404,6 +411,8 @@ class ModelState(object):
         with self._lock:
             if self._closing:
                 return
+            if self._loop_error is not None:  # the loop died after answering the warm-up: never ready
+                raise JetcapError(self.scheduler.failure)
             self.state, self.reason = "ready", None
         self.log("model_ready", family=self.family, backend=session.backend, backend_reason=session.reason,
                  precision=session.precision, load_seconds=round(self.load_seconds, 3),
@@ -416,6 +425,8 @@ class ModelState(object):
             self.state = "failed"
             self.reason = prefix + str(exc)
             self.error_type = type(exc).__name__
+            if self._loop_error is not None:  # the warm-up failed because the loop died: its error is the cause
+                self.error_type, trace = type(self._loop_error[0]).__name__, self._loop_error[1]
         self._release(*self._take_runners(), quiet=True)  # loaded but the warm-up failed: give the memory back
         self.log("model_failed", reason=self.reason, error_type=self.error_type, traceback=trace)
 
@@ -424,7 +435,8 @@ class ModelState(object):
         the model is failed from now on, said by ``/ready`` and logged once with the traceback.  The runners
         stay (no thread calls them any more; requests on the workers may still read the pipeline)."""
         with self._lock:
-            if self._closing or self.state != "ready":  # a warm-up that fails this way reports it itself
+            self._loop_error = (exc, trace)  # a warm-up that fails this way reports it (load, _fail)
+            if self._closing or self.state != "ready":
                 return
             self.state = "failed"
             self.reason = "{} (restart the server)".format(self.scheduler.failure)
@@ -449,14 +461,14 @@ class ModelState(object):
 
     def stall(self):
         """Why requests cannot be answered in time although the model is ready, else None: the decode loop
-        has spent over ``--timeout`` in one iteration (one encoder call and one step take milliseconds:
-        a graph call that does not return, e.g. a hung device)."""
+        has spent over ``options.stall_seconds`` (``--timeout``, at least 5 s) in one iteration (one encoder
+        call and one step take milliseconds: a graph call that does not return, e.g. a hung device)."""
         scheduler = self.scheduler
         seconds = scheduler.iteration_seconds() if scheduler is not None else 0.0
-        if seconds <= self.options.timeout:
+        if seconds <= self.options.stall_seconds:
             return None
-        return "the decode loop has been in one iteration for {:.1f} s (over --timeout {:g} s): a graph call that " \
-               "does not return?".format(seconds, self.options.timeout)
+        return "the decode loop has been in one iteration for {:.1f} s (over {:g} s): a graph call that does not " \
+               "return?".format(seconds, self.options.stall_seconds)
 
     def _warm_up(self):
         """One inference through exactly the path a request takes (decode, preprocess, model, result), so

@@ -120,7 +120,8 @@ class EngineServer(Endpoints):
                        "as fast as the clock: the loop is the bottleneck.", function=self._loop_busy)
         registry.gauge("jetcap_decode_loop_iteration_seconds", "How long the decode loop's iteration in progress "
                        "(--batching: one encoder call and one step) has run, 0 while it waits for work. Milliseconds "
-                       "when healthy; over --timeout, /ready answers 503 (stalled).", function=self._loop_iteration)
+                       "when healthy; over --timeout (at least 5 s), /ready answers 503 (stalled).",
+                       function=self._loop_iteration)
         registry.gauge("jetcap_decode_loop_reruns", "Batched decoder-step calls of the decode loop (--batching) that "
                        "failed and were run again search by search (each search then gets its own error or "
                        "caption): a failing search, a bug or the device out of memory.", function=self._loop_reruns)
@@ -226,6 +227,8 @@ class EngineServer(Endpoints):
         else:
             self.log("shutdown_incomplete", detail="an inference is still running; runners not released")
         self.model.join(1.0)
+        if self.model.loading:  # close() left them to the loader, which has not finished (a TensorRT build?)
+            self.log("runners_kept", detail="the bundle was still loading; its runners are left to the process exit")
         self.log("stopped", seconds=round(time.time() - began, 3), clean=clean, unfinished_connections=remaining)
         self.say("stopped")
         return clean

@@ -7,6 +7,9 @@ KIB = 1 << 10
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
+STALL_FLOOR = 5.0
+
+
 class ServeOptions(object):
     """Settings of one server (checked on creation; UsageError when out of range).
 
@@ -53,7 +56,7 @@ class ServeOptions(object):
                  memory_threshold_mb=64, max_rss_mb=None, max_pixels=preprocess.DEFAULT_MAX_PIXELS,
                  guard_interval=1.0, read_timeout=30.0, max_connections=64, threads=None, max_beam=16,
                  max_len_limit=100, header_timeout=10.0, min_body_rate_kib=64.0, probe_slots=8,
-                 max_buffered_mb=None, allowed_hosts=None, batching=True):
+                 max_buffered_mb=None, allowed_hosts=None, batching=True, stall_seconds=None):
         self.host = str(host)
         self.port = int(port)
         self.backend = backend
@@ -65,6 +68,9 @@ class ServeOptions(object):
         self.queue = int(queue)
         self.max_body_bytes = int(float(max_body_mb) * MIB)
         self.timeout = float(timeout)
+        # one decode-loop iteration longer than this makes /ready 503 "stalled": --timeout, but never under
+        # 5 s (a tight --timeout on a slow device must not take a busy instance out of rotation)
+        self.stall_seconds = float(stall_seconds) if stall_seconds is not None else max(self.timeout, STALL_FLOOR)
         self.memory_threshold_mb = memory_threshold_mb
         self.max_rss_mb = max_rss_mb
         self.max_pixels = int(max_pixels)

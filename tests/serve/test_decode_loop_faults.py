@@ -82,7 +82,7 @@ def test_a_loop_that_dies_makes_the_model_failed_not_the_clients_fault(captioner
 
 
 def test_a_step_that_does_not_return_makes_the_server_stalled_until_it_does(captioner_bundle):
-    app, log = _start(captioner_bundle, timeout=1.0)
+    app, log = _start(captioner_bundle, timeout=1.0, stall_seconds=1.0)
     blocking = None
     try:
         scheduler = app.model.scheduler
@@ -93,7 +93,7 @@ def test_a_step_that_does_not_return_makes_the_server_stalled_until_it_does(capt
         assert blocking.entered.wait(30)
         time.sleep(1.3)  # past --timeout in one iteration
         status, payload = _request(app, "GET", "/ready")
-        assert (status, payload["state"]) == (503, "stalled") and "--timeout" in payload["detail"], payload
+        assert (status, payload["state"]) == (503, "stalled") and "one iteration" in payload["detail"], payload
         status, payload = _request(app, "POST", "/caption", blank_png(32, 32))
         assert status == 503 and "one iteration" in payload["detail"], payload
         assert _metric(app, "jetcap_decode_loop_iteration_seconds") > 1.0
@@ -150,3 +150,21 @@ def test_closing_before_the_load_starts_opens_nothing(captioner_bundle):
     model.close()
     model.load()
     assert model.session is None and model.state == "closed" and not log.records("model_failed")
+
+
+class _LoopDiesInWarmUp(ModelState):
+    """The real model state whose decode loop loses the warm-up's step outputs (a bug found at start-up)."""
+
+    def _warm_up(self):
+        self.scheduler.step = AnsweringNothing(self.scheduler.step)
+        ModelState._warm_up(self)
+
+
+def test_a_loop_that_dies_in_the_warm_up_is_reported_with_its_own_error_and_traceback(captioner_bundle):
+    log = _Log()
+    model = _LoopDiesInWarmUp(captioner_bundle, ServeOptions(port=0, threads=1), log)
+    model.load()
+    assert model.state == "failed" and "the decode loop stopped: KeyError" in model.reason
+    failed = log.records("model_failed")
+    assert len(failed) == 1 and failed[0]["error_type"] == "KeyError" and "Traceback" in failed[0]["traceback"]
+    assert model.session is None and model.scheduler is None  # the memory is given back
