@@ -490,40 +490,29 @@ def patch_records(plans: Dict[str, List[Any]]) -> List[Dict[str, str]]:
 
 # -- classifier -------------------------------------------------------------------------------------
 
-# probabilities of a forward that ends in a softmax are exported as their log, floored here: float16's
-# smallest normal number, so the FP16 variant's floor is the FP32 graph's and no logit is ever -inf
-PROBABILITY_FLOOR = 2.0 ** -14
-
-
 class ClassifierGraphModule(nn.Module):
-    """Graph module of a user's classifier: ``sequence -> (logits, kept outputs...)``.
+    """Graph module of a user's classifier: ``sequence -> (logits, kept outputs...)``."""
 
-    ``log_of_probabilities``: the first pick holds probabilities (the forward ends in a softmax); the graph's
-    ``logits`` is their log, so the softmax every consumer of ``logits`` applies gives them back.
-    """
-
-    def __init__(self, model, picks: List[Tuple[str, Any]], log_of_probabilities: bool = False):
+    def __init__(self, model, picks: List[Tuple[str, Any]]):
         super().__init__()
         self.model = model
         self.picks = picks  # [(graph output name, key into the flattened forward output)]
-        self.log_of_probabilities = log_of_probabilities
 
     def forward(self, sequence):
         flat = dict(flatten_outputs(self.model(sequence)))
-        out = [flat[key] for _, key in self.picks]
-        if self.log_of_probabilities:
-            out[0] = torch.log(torch.clamp(out[0], min=PROBABILITY_FLOOR))
-        return tuple(out)
+        return tuple(flat[key] for _, key in self.picks)
 
 
 def holds_probabilities(*tensors) -> bool:
     """Whether every row of the (batch, classes) ``tensors`` is non-negative and sums to 1: a softmax's
     output, not logits (logits that happen to do so are all in [0, 1] and sum to 1 exactly: never seen)."""
     for tensor in tensors:
+        # a sum of C values rounded to the tensor's precision: float16/bfloat16 rows sum to 1 less closely
+        tolerance = 1e-4 if tensor.dtype in (torch.float32, torch.float64) else 1e-2
         values = tensor.detach().double()
         if values.numel() == 0 or not bool(torch.isfinite(values).all()) or float(values.min()) < 0.0:
             return False
-        if float((values.sum(dim=-1) - 1.0).abs().max()) > 1e-4:
+        if float((values.sum(dim=-1) - 1.0).abs().max()) > tolerance:
             return False
     return True
 
@@ -628,15 +617,14 @@ class ClassifierSubject(ExportSubject):
         names = [n for n, _ in out1]
         probed = dict((name, (tuple(a.shape), tuple(b.shape))) for (name, a), (_, b) in zip(out1, out2))
         logits_key = self._pick_logits(output, names, shapes, probed)
-        probabilities = holds_probabilities(dict(out1)[logits_key], dict(out2)[logits_key])
-        if probabilities:  # a softmax of them would be wrong: their log is what softmax turns back into them
-            self.note_value("logits_from", "log of probabilities", "forward output {!r}: every row is non-negative "
-                            "and sums to 1".format(logits_key))
+        if holds_probabilities(dict(out1)[logits_key], dict(out2)[logits_key]):
+            # a softmax of them would be wrong: the runtime reads them as they are (manifest config "scores")
+            self.note_value("scores", "probabilities", "forward output {!r}: every row is non-negative and sums "
+                            "to 1".format(logits_key))
             self.warnings.append(
-                "forward output {!r} holds probabilities (the forward ends in a softmax): the graph's 'logits' are "
-                "their log (floored at {:.3g}), so the softmax applied to logits gives your probabilities back "
-                "(probabilities under {:.3g} read as about {:.3g})".format(
-                    logits_key, PROBABILITY_FLOOR, PROBABILITY_FLOOR, PROBABILITY_FLOOR))
+                "forward output {!r} holds probabilities (the forward ends in a softmax): the graph's 'logits' output "
+                "keeps them as they are, and predict, serve-engine and validate read them as probabilities "
+                "(config scores = probabilities), never a softmax of them".format(logits_key))
         self.min_len_probe()
         picks = [("logits", logits_key)] + [(_safe_name(n), n) for n in names if n != logits_key and n in shapes]
         dropped = [n for n in names if n != logits_key and n not in shapes]
@@ -648,7 +636,7 @@ class ClassifierSubject(ExportSubject):
         self.outputs_kept = [p[0] for p in picks[1:]]
         self.graphs = [GraphSpec("model", (TensorSpec("sequence", "float32", ("batch", "T", self.config["input_size"])),),
                                  tuple(TensorSpec(g, "float32", shapes[k]) for g, k in picks))]
-        self._module = ClassifierGraphModule(self.model, picks, log_of_probabilities=probabilities).eval()
+        self._module = ClassifierGraphModule(self.model, picks).eval()
 
     def _pick_logits(self, output: Optional[str], names: List[str], shapes: Dict[str, Tuple[Any, ...]],
                      probed: Optional[Dict[str, Tuple[Any, Any]]] = None) -> str:

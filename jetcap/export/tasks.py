@@ -18,7 +18,7 @@ from jetcap.runtime import preprocess
 from jetcap.runtime.preprocess import IMAGE_SUFFIXES
 from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, load_sequence
 from jetcap.runtime.decoding import greedy_decode
-from jetcap.runtime.pipeline import softmax
+from jetcap.runtime.pipeline import class_probabilities, class_scores
 from jetcap.util.lazy import require
 
 REFERENCE_BEAM = 3
@@ -372,7 +372,9 @@ class ClassifierExport(FamilyExport):
     def _sequences(self, subject, config, opts, limit: int, seed: int, axes, paths=None) -> List[np.ndarray]:
         high = axes["T"]["max"]
         low = axes["T"]["min"]
-        if paths is None and opts.calibration_data is not None:
+        calibrating = paths is None
+        if calibrating and opts.calibration_data is not None:
+            # the first ``limit`` files, the ones task_paths() keeps the verdict's held-out inputs apart from
             paths = list_inputs(opts.calibration_data, SEQUENCE_SUFFIXES, limit)
         width = int(config["input_size"])
         if paths is not None:
@@ -380,17 +382,16 @@ class ClassifierExport(FamilyExport):
             # a clip predict would refuse (shorter or longer than the bundle's T range) is left out, as
             # validate --data leaves it out, never cut or padded into one the model was not given
             loaded = [load_sequence(p, width=width) for p in paths]
-            seqs = [seq for seq in loaded if low <= len(seq) <= high]
-            if len(seqs) < len(loaded):
-                if not seqs:
-                    raise UsageError("none of the {} sequences of --calibration-data {} has between {} and {} frames "
-                                     "(the bundle's T range)".format(len(loaded), opts.calibration_data, low, high),
-                                     hint="pass --min-len/--max-len for the lengths your clips have")
-                warning = ("{} of the {} sequences of --calibration-data have fewer than {} or more than {} frames "
-                           "(the bundle's T range): left out, as predict refuses them".format(
-                               len(loaded) - len(seqs), len(loaded), low, high))
-                if warning not in subject.warnings:  # the task check and the calibration read the same files
-                    subject.warnings.append(warning)
+            seqs, read = [seq for seq in loaded if low <= len(seq) <= high], len(loaded)
+            what = "calibration" if calibrating else "task-check"
+            if not seqs:
+                raise UsageError("none of the {} {} sequences of --calibration-data {} has between {} and {} frames "
+                                 "(the bundle's T range)".format(read, what, opts.calibration_data, low, high),
+                                 hint="pass --min-len/--max-len for the lengths your clips have")
+            if read > len(seqs):
+                subject.warnings.append("{} of the {} {} sequences read from --calibration-data have fewer than {} or "
+                                        "more than {} frames (the bundle's T range): left out, as predict refuses "
+                                        "them".format(read - len(seqs), read, what, low, high))
             return seqs
         else:
             from jetcap import samples
@@ -424,7 +425,8 @@ class ClassifierExport(FamilyExport):
         arrays: Dict[str, np.ndarray] = task_source_entries(opts.calibration_data, held_out, len(seqs))
         for i, seq in enumerate(seqs):
             arrays["task/seq_{:03d}".format(i)] = seq
-            arrays["task/probs_{:03d}".format(i)] = softmax(subject.logits(seq[None]))[0]
+            arrays["task/probs_{:03d}".format(i)] = class_probabilities(subject.logits(seq[None]),
+                                                                        class_scores(subject.config))[0]
         return arrays
 
     def calibration_feeds(self, subject, config, opts):

@@ -100,8 +100,9 @@ def vocabulary_from_file(path: Path, trust_pickle: bool = False, code_path: Opti
     try:
         value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError("word map file {} is not valid JSON: {}".format(path, exc),
-                         hint="a word map is a JSON file, or a pickle of a vocabulary (with --trust-pickle)") from None
+        raise UsageError("word map file {} is not valid JSON: {}".format(path, exc), hint=(
+            "a word map is a JSON file, or a pickle of a vocabulary (with --trust-pickle) of protocol 2 or later "
+            "(an older one: re-save it with pickle.dump(vocab, f, protocol=2), or its word2idx as JSON)")) from None
     return vocabulary_from_value(value, "word map file {}".format(path))
 
 

@@ -8,7 +8,7 @@ import contextlib
 
 import numpy as np
 
-from jetcap.errors import UsageError
+from jetcap.errors import BundleError, UsageError
 from jetcap.runtime import decoding
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, bundle_runners
 from jetcap.runtime.decoder_protocol import DecoderProtocol
@@ -22,6 +22,28 @@ def softmax(logits):
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+SCORE_KINDS = ("logits", "probabilities")
+
+
+def class_scores(config):
+    """What a classifier bundle's ``logits`` output holds (manifest config ``scores``): "logits" (the default),
+    or "probabilities" for a forward that ends in a softmax, exported as it is."""
+    kind = config.get("scores", "logits")
+    if kind not in SCORE_KINDS:
+        raise BundleError("manifest config scores is {!r}, not one of {}".format(kind, ", ".join(SCORE_KINDS)))
+    return kind
+
+
+def class_probabilities(values, scores="logits"):
+    """Row-wise class probabilities (float64) of a classifier's ``logits`` output: their softmax, or for
+    ``scores`` "probabilities" the values themselves, renormalised over the graph's own rounding."""
+    if scores != "probabilities":
+        return softmax(values)
+    values = np.asarray(values, dtype=np.float64)
+    total = values.sum(axis=-1, keepdims=True)
+    return values / np.where(total > 0, total, 1.0)
 
 
 def open_onnxruntime(manifest, precision="fp32", providers=None, threads=None):
@@ -229,6 +251,7 @@ class ClassifierPipeline(object):
         self.width = int(manifest.config["input_size"])
         self.min_len = int(manifest.axes["T"]["min"])
         self.max_len = int(manifest.axes["T"]["max"])
+        self.scores = class_scores(manifest.config)  # "probabilities": a forward that ends in a softmax
 
     def check(self, sequence, name="sequence"):
         return check_sequence(sequence, name, width=self.width, max_len=self.max_len, min_len=self.min_len)
@@ -244,7 +267,7 @@ class ClassifierPipeline(object):
             raise UsageError("the classifier's logits for {} are not finite numbers (NaN or infinite): the model "
                              "has no answer for this input (e.g. a clip whose every frame it masks out), or its "
                              "graph is broken (jetcap validate)".format(name))
-        return softmax(logits)[0]
+        return class_probabilities(logits, self.scores)[0]
 
     def predict(self, sequence, name="sequence"):
         """``{label, index, probabilities {label: p}}`` of one sequence."""

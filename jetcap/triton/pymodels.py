@@ -21,7 +21,7 @@ import numpy as np
 from jetcap.errors import JetcapError, UsageError
 from jetcap.runtime import preprocess
 from jetcap.runtime.manifest import Manifest
-from jetcap.runtime.pipeline import CaptionPipeline, softmax
+from jetcap.runtime.pipeline import CaptionPipeline, class_probabilities, class_scores
 from jetcap.triton.bls import BlsRunner
 
 BUNDLE_SUBDIR = "bundle"
@@ -169,6 +169,7 @@ class ClassifierModel(_BundleModel):
         self.min_len = int(self.manifest.axes["T"]["min"])
         self.max_len = int(self.manifest.axes["T"]["max"])
         self.max_batch = int(self.manifest.axes["batch"]["max"])
+        self.scores = class_scores(self.manifest.config)
 
     def sequences_of(self, request):
         """float32 (b, T, F) of a request, checked like ``jetcap predict`` checks files."""
@@ -184,7 +185,7 @@ class ClassifierModel(_BundleModel):
         chunks = []
         for start in range(0, len(batch), self.max_batch):
             logits = self.model.infer({"sequence": batch[start:start + self.max_batch]})["logits"]
-            chunks.append(softmax(logits))
+            chunks.append(class_probabilities(logits, self.scores))
         return np.concatenate(chunks)
 
     def execute(self, requests):

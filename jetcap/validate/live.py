@@ -105,7 +105,6 @@ def live_reference(manifest, stored, checkpoint, checkpoint_options, seed=None):
 
     from jetcap.export.sweep import torch_outputs
     from jetcap.export.tasks import _pad
-    from jetcap.runtime.pipeline import softmax
 
     subject = load_reference_subject(manifest, checkpoint, checkpoint_options)
     _same_graphs(manifest, subject)
@@ -140,17 +139,23 @@ def live_reference(manifest, stored, checkpoint, checkpoint_options, seed=None):
     else:
         for i in range(int(stored["task/count"])):
             seq = stored["task/seq_{:03d}".format(i)]
-            out["task/probs_{:03d}".format(i)] = np.asarray(softmax(subject.logits(seq[None]))[0])
+            out["task/probs_{:03d}".format(i)] = np.asarray(subject_probabilities(subject, seq[None])[0])
     return out
+
+
+def subject_probabilities(subject, batch):
+    """Class probabilities of the user's classifier on ``batch``: a softmax of its logits, or the
+    probabilities its forward returns when it ends in a softmax (as the bundle reads them)."""
+    from jetcap.runtime.pipeline import class_probabilities, class_scores
+
+    return class_probabilities(subject.logits(batch), class_scores(subject.config))
 
 
 def torch_task_reference(subject, manifest, images=None, sequences=None, beam_size=3):
     """PyTorch task results of the user's model: captions (greedy, beam) of images or probabilities of
     sequences (``validate --data``)."""
-    from jetcap.runtime.pipeline import softmax
-
     if images is not None:
         max_len = int(manifest.decoding.get("max_len", 20))
         return {"greedy": [h.tokens for h in subject.caption(images, max_len)],
                 "beam": [h.tokens for h in subject.caption(images, max_len, beam_size=beam_size)]}
-    return {"probs": [softmax(subject.logits(s[None]))[0] for s in sequences]}
+    return {"probs": [subject_probabilities(subject, s[None])[0] for s in sequences]}

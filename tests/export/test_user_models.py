@@ -475,26 +475,28 @@ def _user_module(folder, name, source):
 def test_a_forward_ending_in_softmax_gives_its_own_probabilities_not_a_softmax_of_them(tmp_path):
     """``forward -> (attention weights (B, T), probabilities (B, C))``, as deployment code often ends: the
     logits are the (batch, classes) output, not the first (batch, T) one; the graph's logits are the log of
-    the probabilities, so predict reports the model's own probabilities (a softmax of them would not)."""
+    the probabilities as they are, read as such (manifest config ``scores``): predict reports the model's own
+    probabilities, exactly, whatever the number of classes (a softmax of them would not)."""
     code, soft_head = _user_module(tmp_path, "soft_head", (
         "import torch\n\nclass SoftHead(torch.nn.Module):\n    def __init__(self):\n"
         "        super().__init__()\n        self.rnn = torch.nn.GRU(6, 16, batch_first=True)\n"
-        "        self.score = torch.nn.Linear(16, 1)\n        self.fc = torch.nn.Linear(16, 3)\n\n"
+        "        self.score = torch.nn.Linear(16, 1)\n        self.fc = torch.nn.Linear(16, 400)\n\n"
         "    def forward(self, x):\n        out, _ = self.rnn(x)\n"
         "        weights = torch.softmax(self.score(out).squeeze(-1), dim=1)\n"
         "        pooled = (weights.unsqueeze(-1) * out).sum(dim=1)\n"
-        "        return weights, torch.softmax(4.0 * self.fc(pooled), dim=-1)\n"))
+        "        return weights, torch.softmax(40.0 * self.fc(pooled), dim=-1)\n"))
     torch.manual_seed(3)
     model = soft_head.SoftHead().eval()
     ckpt = tmp_path / "soft.pt"
-    torch.save({"state_dict": model.state_dict(), "labels": ["a", "b", "c"]}, str(ckpt))
+    labels = ["class_{}".format(i) for i in range(400)]
+    torch.save({"state_dict": model.state_dict(), "labels": labels}, str(ckpt))
     bundle = tmp_path / "bundle"
     args = ["--model", str(code) + ":SoftHead", "--max-len", "20"]
     result = _jetcap("export", ckpt, *args, "-o", bundle)
     assert result.exit_code == 0, result.output
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["config"]["logits_output"] == "output_1"
-    assert manifest["config"]["logits_from"] == "log of probabilities"
+    assert manifest["config"]["scores"] == "probabilities"
     sequence = np.random.RandomState(0).normal(size=(9, 6)).astype(np.float32)
     path = tmp_path / "seq.npy"
     np.save(str(path), sequence)
@@ -503,8 +505,9 @@ def test_a_forward_ending_in_softmax_gives_its_own_probabilities_not_a_softmax_o
     reported = json.loads(stdout)[0]["probabilities"]
     with torch.no_grad():
         own = model(torch.from_numpy(sequence[None]))[1][0].numpy()
-    got = np.array([reported[label] for label in ["a", "b", "c"]] if isinstance(reported, dict) else reported)
-    np.testing.assert_allclose(got, own, atol=2e-4)
+    got = np.array([reported[label] for label in labels] if isinstance(reported, dict) else reported)
+    assert (own < 2.0 ** -14).sum() > 300  # confident: hundreds of tiny probabilities, kept as they are
+    np.testing.assert_allclose(got, own, rtol=1e-4, atol=1e-7)
     result = _jetcap("validate", bundle, "--checkpoint", ckpt, "--model", str(code) + ":SoftHead")
     assert result.exit_code == 0, result.output
 
@@ -526,7 +529,7 @@ def test_calibration_sequences_outside_the_T_range_are_left_out_not_cut_or_padde
     args = ["--model", str(code) + ":TinyGRU", "--max-len", "20", "--calibration-data", str(data)]
     result = _jetcap("export", ckpt, *args, "-o", tmp_path / "bundle")
     assert result.exit_code == 0, result.output
-    assert "2 of the 5 sequences of --calibration-data have fewer than" in result.output
+    assert "2 of the 5 calibration sequences read from --calibration-data have fewer than" in result.output
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["validation"]["fp32"]["passed"]
     result = _jetcap("export", ckpt, *args[:-1], str(data), "--min-len", "35", "--max-len", "36", "-o",
                      tmp_path / "none")

@@ -152,6 +152,8 @@ def test_trust_pickle_with_user_code_reads_a_vocabulary_object_beside_the_weight
 
 
 def test_a_pickled_word_map_file_is_read_with_trust_pickle_only(tmp_path, repo):
+    import pickle
+
     from jetcap.models.wordmap import vocabulary_from_file
 
     data, _ = _vocabulary(repo)
@@ -159,6 +161,11 @@ def test_a_pickled_word_map_file_is_read_with_trust_pickle_only(tmp_path, repo):
     with pytest.raises(CheckpointError, match="vocab.pkl contains a plain Python pickle .*--trust-pickle"):
         vocabulary_from_file(tmp_path / "vocab.pkl")
     assert vocabulary_from_file(tmp_path / "vocab.pkl", trust_pickle=True, code_path=repo).itos == WORDS
+    old = tmp_path / "vocab_p0.pkl"  # a Python 2-era protocol-0 pickle of a word map: text, not JSON
+    old.write_bytes(pickle.dumps(dict((w, i) for i, w in enumerate(WORDS)), protocol=0))
+    for trust in (False, True):  # not read, even trusted: said how to re-save it
+        with pytest.raises(UsageError, match="not valid JSON.*protocol 2 or later"):
+            vocabulary_from_file(old, trust_pickle=trust)
     (tmp_path / "bad.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(UsageError, match="not valid JSON.*pickle of a vocabulary"):
         vocabulary_from_file(tmp_path / "bad.json")
