@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from jetcap.bench import devices
-from jetcap.errors import MissingDependencyError, UsageError
+from jetcap.errors import BundleError, MissingDependencyError, UsageError
+from jetcap.runtime import bundle_schema
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.fsio import sha256_file
 
@@ -498,6 +499,7 @@ def run_benchmark(options, log=lambda message: None):
     manifest = Manifest.load(options.bundle)
     if manifest.family not in ("captioner", "classifier"):
         raise UsageError("jetcap bench knows captioner and classifier bundles, not {!r}".format(manifest.family))
+    bundle_schema.require_entries(manifest, "bench")
     if importlib.util.find_spec("onnxruntime") is None:
         raise MissingDependencyError("onnxruntime is required for jetcap bench", hint="pip install onnxruntime")
     if options.checkpoint and not os.path.isfile(options.checkpoint):
@@ -512,8 +514,14 @@ def run_benchmark(options, log=lambda message: None):
     workdir = tempfile.mkdtemp(prefix="jetcap-bench-")
     try:
         inputs = prepare_inputs(manifest, workdir, options.data)
+        for graph in manifest.graph_names:  # a damaged or replaced graph: one line, before anything reads it
+            manifest.verify_file("fp32", graph)
         log("counting FLOPs")
-        flops = count_graph_flops(manifest, log)
+        try:
+            flops = count_graph_flops(manifest, log)
+        except Exception as exc:  # noqa: BLE001 -- a graph whose checksum matches but does not parse (rewritten)
+            raise BundleError("counting the FP32 graphs' FLOPs failed: {}: {}".format(
+                type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")) from None
         matmul_spec = {"mode": "matmul", "threads": options.threads, "shapes": limit_shapes(manifest, flops),
                        "peak_size": options.matmul_size, "device": options.device}
         limits = []

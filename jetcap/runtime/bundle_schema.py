@@ -376,20 +376,55 @@ def _check_decoder(decoder):
 REQUIRED = {
     ("captioner", "caption"): ("vocabulary", "preprocessing"),
     ("classifier", "predict"): ("labels",),
+    ("captioner", "bench"): ("vocabulary", "preprocessing"),  # timing a classifier needs no class names
     ("captioner", "validate"): ("vocabulary", "preprocessing", "tolerances", "task_thresholds", "reference"),
     ("classifier", "validate"): ("labels", "tolerances", "task_thresholds", "reference"),
 }
 
 
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _agrees(manifest, graph, name, dims, what):
+    """BundleError when graph input ``name``'s fixed dimensions ``{axis: size}`` differ from what the manifest
+    says elsewhere (``what``): every request would then be refused by the graph (a dynamic axis agrees)."""
+    for tensor in manifest.data.get("graphs", {}).get(graph, {}).get("inputs", []):
+        if tensor.get("name") == name:
+            shape = tensor.get("shape") or []
+            for axis, size in dims.items():
+                if axis < len(shape) and isinstance(shape[axis], int) and shape[axis] != size:
+                    raise BundleError("malformed manifest: {} disagrees with the {} graph's input {} {}".format(
+                        what, graph, name, shape), hint="re-export the bundle")
+
+
 def require_entries(manifest, purpose):
-    """BundleError naming the first manifest entry that ``purpose`` ("caption", "predict", "validate")
-    needs and ``manifest`` (a :class:`Manifest`) lacks; for validate also a tolerance and task thresholds
-    per variant."""
+    """BundleError naming the first manifest entry that ``purpose`` ("caption", "predict", "validate",
+    "bench") needs and ``manifest`` (a :class:`Manifest`) lacks, or that disagrees with the graphs (an image
+    size, a feature count, a default beam every request would be refused for); for validate also a
+    tolerance and task thresholds per variant."""
     data = manifest.data
     for key in REQUIRED.get((manifest.family, purpose), ()):
         if data.get(key) in (None, [], {}):
             raise BundleError("malformed manifest: {} bundle lacks {!r}, needed to {}".format(
                 manifest.family, key, purpose), hint="re-export the bundle")
+    if manifest.family == "captioner" and purpose in ("caption", "validate", "bench"):
+        size = data["preprocessing"].get("image_size") if isinstance(data["preprocessing"], dict) else None
+        if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
+            raise BundleError("malformed manifest: preprocessing.image_size is {!r}, not [height, width]".format(size),
+                              hint="re-export the bundle")
+        _agrees(manifest, "encoder", "images", {2: size[0], 3: size[1]}, "preprocessing.image_size {}".format(size))
+        decoding = data.get("decoding") or {}
+        beam, most = decoding.get("beam_size", 1), (data.get("axes") or {}).get("batch", {}).get("max")
+        if not _positive_int(beam) or (_positive_int(most) and beam > most):
+            raise BundleError("malformed manifest: decoding.beam_size {!r} is not a beam the bundle's max batch {} "
+                              "can run".format(beam, most), hint="re-export the bundle")
+    if manifest.family == "classifier" and purpose in ("predict", "validate", "bench"):
+        width = (data.get("config") or {}).get("input_size") if isinstance(data.get("config"), dict) else None
+        if not _positive_int(width):
+            raise BundleError("malformed manifest: config.input_size is {!r}, not the features per frame".format(
+                width), hint="re-export the bundle")
+        _agrees(manifest, "model", "sequence", {2: width}, "config.input_size {}".format(width))
     if purpose == "validate":
         for precision in data["variants"]:
             for key in ("tolerances", "task_thresholds"):

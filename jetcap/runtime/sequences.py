@@ -110,6 +110,8 @@ def _load_npy(path, name, max_len, width):
         else:
             raise UsageError("{} is not a readable sequence: .npy format version {}".format(name, version))
         data_offset = handle.tell()
+    if any(int(dim) < 0 for dim in shape):
+        raise UsageError("{} is not a readable sequence: its header declares the shape {}".format(name, tuple(shape)))
     if dtype.hasobject:
         raise UsageError("{} is not a readable sequence: it holds Python objects (pickles are never loaded)".format(
             name))

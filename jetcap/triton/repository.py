@@ -327,10 +327,16 @@ def write_repository(bundle_dir, out_dir, options=None):
     """
     options = options or RepositoryOptions()
     manifest = bundle_dir if isinstance(bundle_dir, Manifest) else Manifest.load(bundle_dir)
+    bundle_schema.require_entries(manifest, "caption" if manifest.family == "captioner" else "predict")
     manifest.variant(options.precision)
     name = options.name or manifest.family
     if not bundle_schema.NAME.match(name):
         raise UsageError("model name {!r} is not a plain name (letters, digits, '_', '.', '-')".format(name))
+    for root, path, where in ((manifest.bundle_dir, out_dir, "is or is inside"), (out_dir, manifest.bundle_dir,
+                                                                                "contains")):
+        if bundle_schema.inside(root, path):  # writing (or --force replacing) it would destroy the bundle
+            raise UsageError("the repository directory {} {} the bundle {}".format(out_dir, where, manifest.bundle_dir),
+                             hint="choose an OUT_DIR outside the bundle")
     max_batch = _batch_max(manifest, options)
     plans = find_plans(manifest, options.precision, options.engine_cache) if options.backend == "tensorrt" else {}
     if options.backend != "python":

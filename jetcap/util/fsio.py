@@ -235,7 +235,8 @@ def list_inputs(folder, suffixes, limit=None):
     """Sorted paths (str) of the files in ``folder`` whose suffix is one of ``suffixes``, at most ``limit``.
 
     Raises:
-        UsageError: the folder does not exist or holds no such file.
+        UsageError: the folder does not exist or holds no such file, or one of those names is not a regular
+            file (a FIFO would block the reader forever, a device never end).
     """
     from jetcap.errors import UsageError
 
@@ -247,5 +248,9 @@ def list_inputs(folder, suffixes, limit=None):
         names = names[:limit]
     if not names:
         raise UsageError("{} holds no {} files".format(folder, "/".join(suffixes)))
-    return [os.path.join(folder, n) for n in names]
+    paths = [os.path.join(folder, n) for n in names]
+    for path in paths:
+        if not os.path.isfile(path):  # follows links: a link to a FIFO is refused too
+            raise UsageError("{} is not a regular file (a folder, FIFO or device): refused".format(path))
+    return paths
 

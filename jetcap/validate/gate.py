@@ -144,7 +144,8 @@ def _preflight_checks(manifest, precisions, opts, report, log):
         return
     from jetcap.check import preflight_bundle
 
-    target = opts.target or (manifest.data.get("preflight") or {}).get("requested") or "nano"
+    recorded = manifest.data.get("preflight")
+    target = opts.target or (recorded.get("requested") if isinstance(recorded, dict) else None) or "nano"
     try:
         checked = preflight_bundle(manifest.bundle_dir, target=target)
     except UsageError:
@@ -192,14 +193,25 @@ def task_inputs(manifest, reference, opts):
 
 
 def _stored_task(manifest, reference, limit):
+    """The task inputs and PyTorch's results the reference stores; BundleError when its arrays do not agree
+    on how many there are (a reference that lost some must not pass by checking fewer)."""
     if manifest.family == "captioner":
         names = [str(n) for n in reference["task/names"]]
+        lengths = dict((key, len(reference[key])) for key in ("task/images", "task/greedy_tokens", "task/beam_tokens"))
+        if any(length != len(names) for length in lengths.values()):
+            raise BundleError("reference.npz task arrays disagree on their count: task/names {}, {}".format(
+                len(names), ", ".join("{} {}".format(k, v) for k, v in sorted(lengths.items()))))
         count = len(names) if limit is None else min(limit, len(names))
         return {"source": "bundle samples", "names": names[:count], "images": reference["task/images"][:count],
                 "greedy": [_unpad(r) for r in reference["task/greedy_tokens"][:count]],
                 "beam": [_unpad(r) for r in reference["task/beam_tokens"][:count]],
                 "beam_size": int(reference["task/beam_size"])}
-    count = int(reference["task/count"]) if limit is None else min(limit, int(reference["task/count"]))
+    stored = int(reference["task/count"])
+    present = sum(1 for key in reference if key.startswith("task/seq_"))
+    if stored != present or any("task/probs_{:03d}".format(i) not in reference for i in range(present)):
+        raise BundleError("reference.npz says task/count {} but holds {} task sequences (with their "
+                          "probabilities)".format(stored, present))
+    count = stored if limit is None else min(limit, stored)
     return {"source": "bundle samples", "names": ["seq_{:03d}".format(i) for i in range(count)],
             "sequences": [reference["task/seq_{:03d}".format(i)] for i in range(count)],
             "probs": [reference["task/probs_{:03d}".format(i)] for i in range(count)]}
@@ -289,6 +301,12 @@ def _tensor_level(manifest, reference, graph, runner, backend, precision, tolera
         except Exception as exc:  # a backend error on one case is a failed check, reported with the rest
             report.add(Check(backend, precision, graph, "run", None, None, "==", passed=False,
                              detail="{} failed: {}".format(case["name"], _first_line(exc)), worst_input=case["name"]))
+            continue
+        unknown = sorted(set(expected) - set(outputs))
+        if unknown:  # arrays of outputs the graph does not have: not this graph's reference
+            report.add(Check(backend, precision, graph, "reference.outputs", len(unknown), 0, "<=",
+                             detail="{}: reference.npz has outputs the graph does not: {}".format(
+                                 case["name"], ", ".join(unknown)[:200]), worst_input=case["name"]))
             continue
         for name, ref in expected.items():
             results.setdefault(name, []).append((case["name"], check(name, outputs[name], ref)))

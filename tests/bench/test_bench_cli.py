@@ -118,3 +118,22 @@ def test_pytorch_side_by_side_same_captions_and_targets(captioner_bundle):
     assert all(t["value"] is not None for t in report["targets"])
     ort = report["configurations"][2]
     assert ort["vs_pytorch"]["caption_p50_ms_1"] > 0 and ort["vs_reproject"]["caption_p50_ms_1"] > 0
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+def test_a_damaged_graph_is_one_line_before_anything_is_measured(classifier_bundle, tmp_path, rehash):
+    import shutil
+
+    from jetcap.util.fsio import sha256_file
+
+    bundle = tmp_path / "damaged"
+    shutil.copytree(str(classifier_bundle), str(bundle))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["variants"]["fp32"]["files"]["model"]
+    (bundle / entry["path"]).write_bytes(b"\x08\x07garbage, not a protobuf")
+    if rehash:  # rewritten with a matching checksum: it must still fail in one line, not a traceback
+        entry["sha256"] = sha256_file(bundle / entry["path"])
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = _bench(bundle, "--only", "onnxruntime-fp32", "--repeat", "1", "--warmup", "0", "--cold-runs", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert ("sha256" in result.output or "checksum" in result.output) if not rehash else "FLOPs" in result.output

@@ -376,3 +376,27 @@ def test_the_warm_up_sequence_needs_no_reference_data(classifier_bundle, tmp_pat
     assert fallback.shape == (axis["opt"], width) and fallback.dtype.name == "float32" and fallback.any()
     assert from_reference.shape[1] == width and not (from_reference.shape == fallback.shape and
                                                      (from_reference == fallback).all())
+
+
+@pytest.mark.parametrize("fixture, change, message", [
+    ("captioner_bundle", _set("preprocessing", "image_size", [64, 64]),
+     "preprocessing.image_size [64, 64] disagrees with the encoder graph's input images"),
+    ("captioner_bundle", _set("decoding", "beam_size", 1024), "decoding.beam_size 1024 is not a beam"),
+    ("classifier_bundle", _set("config", "input_size", 10), "config.input_size 10 disagrees with the model graph"),
+    ("captioner_bundle", _set("family", "classifier"), "classifier bundle lacks 'labels'"),
+], ids=["image size", "beam", "input size", "family"])
+def test_entries_every_request_would_fail_on_are_refused_by_validate_serve_and_triton(request, tmp_path, fixture,
+                                                                                       change, message):
+    """A manifest whose own entries disagree with its graphs: validate used to pass it (the reference feeds
+    preprocessed tensors), caption then refused every image; now each command refuses it in one line."""
+    bundle = _copy(request.getfixturevalue(fixture), tmp_path)
+    _edit(bundle, change)
+    runner = CliRunner()
+    for args in (["validate", str(bundle), "--precision", "fp32", "--no-check"],
+                 ["triton-repo", str(bundle), str(tmp_path / "repo"), "--backend", "python"]):
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    manifest = Manifest.load(bundle)
+    with pytest.raises(BundleError) as info:  # what serve-engine, caption, predict and bench call at load
+        bundle_schema.require_entries(manifest, "caption" if manifest.family == "captioner" else "predict")
+    assert message in str(info.value)

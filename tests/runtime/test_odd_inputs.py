@@ -42,6 +42,15 @@ def test_huge_npy_is_refused_from_its_header(tmp_path):
         load_sequence(str(path), max_len=128, width=63)
 
 
+def test_npy_with_a_negative_shape_in_its_header_is_refused(tmp_path):
+    path = tmp_path / "negative.npy"
+    with open(str(path), "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (-5, 63)})
+        handle.write(b"\0" * 64)
+    with pytest.raises(UsageError, match=r"header declares the shape \(-5, 63\)"):
+        load_sequence(str(path), max_len=128, width=63)
+
+
 def test_npy_of_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npy"
     np.save(str(path), np.array([[{"a": 1}]], dtype=object), allow_pickle=True)

@@ -2,6 +2,7 @@
 with Triton's own ModelConfig message (tritonclient, from the Triton venv), atomic writes and clear errors."""
 import json
 import os
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -118,6 +119,17 @@ def test_existing_directory_refused_then_replaced_with_force(tmp_path, classifie
     assert sorted(os.listdir(out)) == ["classifier", "classifier_model", "jetcap-repository.json"]
     assert record["backend"] == "onnxruntime"
     assert sorted(os.listdir(tmp_path)) == ["repo"]  # no temporary directories left behind
+
+
+def test_an_out_dir_that_is_inside_or_contains_the_bundle_is_refused_even_with_force(tmp_path, classifier_bundle):
+    bundle = tmp_path / "work" / "bundle"
+    shutil.copytree(str(classifier_bundle), str(bundle))
+    before = sorted(os.listdir(bundle))
+    os.symlink(str(bundle), str(tmp_path / "link"))
+    for out in (bundle, tmp_path / "link", bundle / "repo", tmp_path / "work"):
+        with pytest.raises(UsageError, match="the bundle"):
+            write_repository(str(bundle), str(out), RepositoryOptions(backend="python", force=True))
+    assert sorted(os.listdir(bundle)) == before and sorted(os.listdir(tmp_path / "work")) == ["bundle"]
 
 
 def test_tensorrt_without_engines_is_a_clear_error_and_writes_nothing(tmp_path, classifier_bundle):

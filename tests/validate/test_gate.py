@@ -4,6 +4,7 @@ Each broken bundle is a copy of a healthy one with one real defect (its checksum
 defect, not the integrity check, is what fails).
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,14 @@ def test_live_checkpoint_reference_and_real_data(classifier_bundle, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_fifo_in_the_data_folder_is_refused_not_read_forever(classifier_bundle, tmp_path):
+    data = tmp_path / "fifo_data"
+    data.mkdir()
+    os.mkfifo(str(data / "clip.npy"))  # opening it would block until a writer comes: never
+    result = run(["validate", str(classifier_bundle), "--precision", "fp32", "--no-check", "--data", str(data)])
+    assert result.exit_code == 2 and "clip.npy is not a regular file" in result.output, result.output
+
+
 def test_data_files_outside_the_bundles_length_range_are_skipped_and_counted(classifier_bundle, tmp_path):
     from jetcap import samples
 
@@ -225,3 +234,45 @@ def test_seed_draws_fresh_inputs_against_live_pytorch(classifier_bundle):
                   str(samples.classifier_checkpoint()), "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert run(["validate", str(classifier_bundle), "--seed", "7"]).exit_code == 2
+
+
+def _rewrite_reference(bundle, change):
+    """``change(arrays)`` applied to the bundle's reference.npz, its checksum updated in the manifest (the
+    arrays then disagree with each other, not with the checksum)."""
+    from jetcap.util.npz import load_npz, save_npz
+
+    arrays = dict(load_npz(bundle / "reference.npz"))
+    change(arrays)
+    save_npz(bundle / "reference.npz", arrays)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["reference"]["sha256"] = sha256_file(bundle / manifest["reference"]["path"])
+    path.write_text(json.dumps(manifest))
+
+
+def _add_output(arrays):
+    key = next(k for k in arrays if k.startswith("sweep/model/") and "/out/" in k)
+    arrays[key.rsplit("/", 1)[0] + "/bogus"] = arrays[key]
+
+
+@pytest.mark.parametrize("bundle_fixture, change, message", [
+    ("classifier_bundle", lambda a: a.update({"task/count": np.asarray(10 ** 9)}), "task/count 1000000000 but holds"),
+    ("captioner_bundle", lambda a: a.update({"task/names": a["task/names"][:2]}), "task arrays disagree"),
+    ("classifier_bundle", _add_output, "outputs the graph does not: bogus")])
+def test_a_reference_whose_arrays_disagree_fails_without_checking_less(request, tmp_path, bundle_fixture, change,
+                                                                       message):
+    bundle = _copy(request.getfixturevalue(bundle_fixture), tmp_path)
+    _rewrite_reference(bundle, change)
+    result = run(["validate", str(bundle), "--precision", "fp32", "--no-check"])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_preflight_record_that_is_not_an_object_is_not_a_crash(classifier_bundle, tmp_path):
+    bundle = _copy(classifier_bundle, tmp_path)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["preflight"] = "x"
+    path.write_text(json.dumps(manifest))
+    result = run(["validate", str(bundle), "--precision", "fp32"])
+    assert "Traceback" not in result.output and "AttributeError" not in result.output, result.output
