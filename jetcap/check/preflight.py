@@ -16,6 +16,7 @@ from jetcap.check.tables import load_table
 from jetcap.check.targets import describe, resolve_target
 from jetcap.errors import BundleError, UsageError
 from jetcap.runtime.backends import trt_api
+from jetcap.runtime.backends.base import io_mismatches
 from jetcap.runtime.manifest import CPU_PRECISIONS, Manifest
 from jetcap.runtime.platform import precision_support
 
@@ -63,30 +64,67 @@ def preflight_bundle(bundle_dir, tensorrt=None, target=None, precisions=None, wo
 
     plans, precision_findings = build_plans(resolved, manifest, wanted, explicit)
     variants = set(wanted) | set(plan.onnx_variant for plan in plans.values())
-    findings, checked, models = [], [], {}
+    findings, checked, models, unread = [], [], {}, []
     for precision in [p for p in manifest.precisions if p in variants]:
         for graph in manifest.graph_names:
             path = manifest.graph_path(precision, graph)
+            where = {"graph": graph, "precision": precision}
+            try:
+                manifest.verify_file(precision, graph)
+            except BundleError as exc:  # damaged or replaced: no plan is made for a file that is not the bundle's
+                findings.append(finding(ERROR, "file.sha256", str(exc), **where))
+                unread.append(os.path.basename(path))
+                continue
             try:
                 model = onnx.load(path)
             except Exception as exc:
                 raise BundleError("cannot read {}: {}".format(path, exc))
+            problems = graph_problems(model, manifest.graph(graph))
+            if problems:  # empty, or another graph than the manifest's (swapped, another model's)
+                findings.append(finding(ERROR, "graph.io", "{} is not the graph the manifest describes: {}".format(
+                    os.path.basename(path), "; ".join(problems)), **where))
+                unread.append(os.path.basename(path))
+                continue
             models[(precision, graph)] = model
             facts = GraphFacts(model)
-            where = {"graph": graph, "precision": precision}
             findings.extend(_capped(check_graph(facts, table, where)))
             findings.extend(check_profiles(manifest, graph, facts, where))
             checked.append((precision, graph, os.path.basename(path), len(model.graph.node)))
 
     findings.extend(precision_findings + cpu_findings)
     memory = None
-    if resolved.device is not None and plans:
+    if unread:  # a plan over graphs that are not the bundle's would be a plan for nothing
+        findings.append(finding(INFO, "memory.skipped", "no memory plan: {} not the bundle's graph(s)".format(
+            ", ".join(unread))))
+    elif resolved.device is not None and plans:
         memory = _memory(onnx, manifest, resolved, plans, models, workspace_mb, os_reserve_mb, ram_mb,
                          tactic_libraries)
         findings.extend(_memory_findings(memory))
     table_info = {"tensorrt": table.name, "source": table.source,
                   "opset": {"min": table.opset_min, "max": table.opset_max}}
     return Report(describe(resolved), table_info, findings, memory, checked)
+
+
+def graph_problems(model, io_spec):
+    """Why the ONNX ``model`` is not the graph ``io_spec`` (the manifest's ``{inputs, outputs}``) describes:
+    no nodes, or a manifest input/output it lacks or has with another rank or fixed size (empty when it is).
+    Inputs the manifest does not declare are the rules' business (``profile.missing``), not this check's."""
+    if not len(model.graph.node):
+        return ["it has no nodes"]
+    declared = set(t["name"] for t in io_spec["inputs"])
+
+    def described(values):
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            shape = None  # a value without a shape (custom ops, other exporters): nothing to compare
+            if value.type.HasField("tensor_type") and tensor.HasField("shape"):
+                shape = [d.dim_param or (int(d.dim_value) if d.HasField("dim_value") else None) for d in tensor.shape.dim]
+            out.append((value.name, shape))
+        return out
+
+    inputs = [(name, shape) for name, shape in described(model.graph.input) if name in declared]
+    return io_mismatches(io_spec, inputs, described(model.graph.output), exact=False)
 
 
 def _capped(findings):

@@ -5,6 +5,7 @@ every check passed, so a failed export never leaves a bundle that looks usable.
 """
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from jetcap.export.options import JETPACK46_MAX_OPSET, ExportOptions, source_opt
 from jetcap.export.sweep import case_name, compare_outputs, torch_outputs
 from jetcap.export.task_gate import TaskGate
 from jetcap.export.tasks import family_export
+from jetcap.runtime import bundle_schema
 from jetcap.runtime.backends.onnxruntime import OnnxRuntimeRunner, variant_options
 from jetcap.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME
 from jetcap.util.fsio import atomic_directory, sha256_file, write_json_atomic
@@ -214,6 +216,12 @@ def export_bundle(opts: ExportOptions, log: Callable[[str], None] = lambda messa
             else:
                 reference[key] = value
         manifest["task_data"]["stored"] = int(reference["task/count"])
+        # what the reference's results mean (words, class names, preprocessing, tolerances ...): validate
+        # fails a manifest edited afterwards
+        # digested as validate will read them: after a JSON round trip (tuples, int keys, numpy floats)
+        written = json.loads(json.dumps(dict(manifest, cases=cases)))
+        reference[bundle_schema.ENTRIES_KEY] = np.asarray(json.dumps(
+            bundle_schema.entry_digests(written, written.pop("cases")), sort_keys=True))
         save_npz(tmp / REFERENCE_NAME, reference)
         timings["total"] = time.monotonic() - started
         manifest.update({

@@ -17,6 +17,8 @@ A bundle may come from anywhere (a copy over the network, an archive, a colleagu
 
 Every problem is a :class:`jetcap.errors.BundleError` (exit code 2, one line).  No torch/onnx.
 """
+import hashlib
+import json
 import math
 import os
 import re
@@ -535,3 +537,42 @@ def verify_reference(bundle_dir, reference):
     if _file_sha(path) != reference["sha256"]:
         raise BundleError("{} (reference data) does not match its manifest checksum (modified or corrupt)".format(path))
     return path
+
+
+# -- what the reference was made with -----------------------------------------------------------------
+# manifest entries that decide what a bundle's results mean beyond its graphs (the words, the class names,
+# how an image becomes a tensor, the default search, how strict validate is, which reference cases gate):
+# export records their digests in reference.npz; validate fails a bundle whose manifest no longer has them
+DIGESTED_ENTRIES = ("labels", "vocabulary", "preprocessing", "decoding", "tolerances", "task_thresholds")
+ENTRIES_KEY = "meta/entries"
+
+
+def _digest(value):
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def entry_digests(data, cases):
+    """``{entry: sha256}`` of the manifest ``data``'s entries that give its results their meaning
+    (:data:`DIGESTED_ENTRIES`, what a classifier's output holds, and the reference ``cases``)."""
+    out = dict((key, _digest(data.get(key))) for key in DIGESTED_ENTRIES)
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    out["config.scores"] = _digest(config.get("scores", "logits"))
+    out["reference.cases"] = _digest(cases)
+    return out
+
+
+def changed_entries(data, recorded):
+    """``(changed, unchecked)``: the entries of manifest ``data`` whose digest differs from ``recorded`` (a JSON
+    text, as export stored it), and those only one side knows (another jetcap version records other
+    entries: not a change), each sorted; BundleError when ``recorded`` is not such a text."""
+    try:
+        stored = json.loads(str(recorded))
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        raise BundleError("the reference's record of the manifest entries is not readable", hint="re-export the bundle")
+    current = entry_digests(data, (data.get("reference") or {}).get("cases"))
+    return (sorted(key for key in set(stored) & set(current) if stored[key] != current[key]),
+            sorted(set(stored) ^ set(current)))
+

@@ -172,7 +172,8 @@ def check_sequence(array, name="sequence", width=None, max_len=None, min_len=1):
     if isinstance(array, (list, tuple)):
         _check_numbers(array, name)
     try:
-        array = np.asarray(array, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below in one line
+            array = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         if isinstance(array, (list, tuple)) and "inhomogeneous" in str(exc):
             raise UsageError("{} has frames of different lengths: every frame needs the same number of "

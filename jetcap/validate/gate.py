@@ -110,6 +110,7 @@ def validate_bundle(opts, log=lambda message: None):
         raise UsageError("--tolerance names {} not among the bundle's outputs ({})".format(
             ", ".join(unknown), ", ".join(outputs)))
     reference = _load_reference(manifest)
+    entries = _entries_check(manifest, reference)  # before --seed adds its cases to the manifest in memory
     if opts.seed is not None and not opts.checkpoint:
         raise UsageError("--seed draws new random inputs, whose PyTorch reference needs --checkpoint")
     if opts.checkpoint:
@@ -121,6 +122,7 @@ def validate_bundle(opts, log=lambda message: None):
     report = ValidationReport(meta={"bundle": os.path.abspath(str(opts.bundle)), "family": manifest.family,
                                     "reference": "live PyTorch" if opts.checkpoint else "stored PyTorch outputs",
                                     "task_inputs": task["source"]})
+    report.add(entries)
     for backend in backends:
         for precision in precisions:
             if backend == "tensorrt" and tensorrt_refusal(precision):  # int8-cpu: a CPU variant
@@ -164,6 +166,24 @@ def _preflight_checks(manifest, precisions, opts, report, log):
                              checked.target, len(checked.warnings()))))
 
 
+def _entries_check(manifest, reference):
+    """Whether the manifest still has the entries the reference was made with (words, class names,
+    preprocessing, default search, tolerances, thresholds, reference cases): the reference feeds tensors
+    already preprocessed and compares token ids and class indices, so an edit of those entries changes
+    every answer a user sees and would pass every other check."""
+    recorded = reference.get(bundle_schema.ENTRIES_KEY)
+    if recorded is None:
+        return Check("bundle", "-", "manifest", "entries.unchanged", 0, 0, "==",
+                     detail="not recorded by the jetcap that exported this bundle: not checked (re-export to check)")
+    changed, unchecked = bundle_schema.changed_entries(manifest.data, recorded)
+    detail = ("changed since export: {} (the stored reference was not made with these: re-export)".format(
+        ", ".join(changed)) if changed else "labels, vocabulary, preprocessing, decoding, tolerances, thresholds as "
+              "exported")
+    if unchecked:  # recorded by another jetcap version, or unknown to the one that exported
+        detail += "; not checked (known to one jetcap version only): {}".format(", ".join(unchecked))
+    return Check("bundle", "-", "manifest", "entries.unchanged", len(changed), 0, "==", detail=detail)
+
+
 def _load_reference(manifest):
     path = manifest.reference_path()
     if path is None or not os.path.isfile(path):
@@ -197,7 +217,8 @@ def _stored_task(manifest, reference, limit):
     on how many there are (a reference that lost some must not pass by checking fewer)."""
     if manifest.family == "captioner":
         names = [str(n) for n in reference["task/names"]]
-        lengths = dict((key, len(reference[key])) for key in ("task/images", "task/greedy_tokens", "task/beam_tokens"))
+        lengths = dict((key, len(reference[key]) if np.ndim(reference[key]) else -1)  # -1: not an array of rows
+                       for key in ("task/images", "task/greedy_tokens", "task/beam_tokens"))
         if any(length != len(names) for length in lengths.values()):
             raise BundleError("reference.npz task arrays disagree on their count: task/names {}, {}".format(
                 len(names), ", ".join("{} {}".format(k, v) for k, v in sorted(lengths.items()))))
@@ -208,7 +229,8 @@ def _stored_task(manifest, reference, limit):
                 "beam_size": int(reference["task/beam_size"])}
     stored = int(reference["task/count"])
     present = sum(1 for key in reference if key.startswith("task/seq_"))
-    if stored != present or any("task/probs_{:03d}".format(i) not in reference for i in range(present)):
+    if stored != present or any("task/{}_{:03d}".format(kind, i) not in reference
+                                for i in range(present) for kind in ("seq", "probs")):
         raise BundleError("reference.npz says task/count {} but holds {} task sequences (with their "
                           "probabilities)".format(stored, present))
     count = stored if limit is None else min(limit, stored)

@@ -117,3 +117,68 @@ def test_package_imports_without_torch_or_onnx_and_names_onnx_when_absent(tmp_pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "onnx is required" in out.stdout and "pip install" in out.stdout
+
+
+def _rehashed(bundle):
+    """The manifest's checksums made to match the files as they are now (a consistent tampering)."""
+    from jetcap.util.fsio import sha256_file
+
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for variant in manifest["variants"].values():
+        for entry in variant["files"].values():
+            entry["sha256"], entry["bytes"] = sha256_file(bundle / entry["path"]), (bundle / entry["path"]).stat().st_size
+    path.write_text(json.dumps(manifest))
+
+
+def _swap(bundle):
+    encoder, step = bundle / "encoder.onnx", bundle / "decoder_step.onnx"
+    data = encoder.read_bytes()
+    encoder.write_bytes(step.read_bytes())
+    step.write_bytes(data)
+    _rehashed(bundle)
+
+
+def _empty(bundle):
+    (bundle / "encoder.onnx").write_bytes(b"")
+    _rehashed(bundle)
+
+
+def _modified(bundle):
+    with open(str(bundle / "decoder_step.onnx"), "ab") as handle:
+        handle.write(b"\0")
+
+
+@pytest.mark.parametrize("tamper, rule, message", [
+    (_swap, "graph.io", "is not the graph the manifest describes: inputs are"),
+    (_empty, "graph.io", "encoder.onnx is not the graph the manifest describes: it has no nodes"),
+    (_modified, "file.sha256", "does not match its manifest checksum"),
+], ids=["swapped", "empty", "modified"])
+def test_a_graph_that_is_not_the_bundles_is_an_error_not_a_plan(captioner_bundle, tmp_path, tamper, rule, message):
+    import shutil
+
+    bundle = tmp_path / "tampered"
+    shutil.copytree(str(captioner_bundle), str(bundle))
+    tamper(bundle)
+    report = preflight_bundle(str(bundle), target="nano", precisions=["fp32"])
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert not report and any(f.rule == rule and message in f.message for f in errors), errors
+    assert report.memory is None  # no plan for graphs that are not the bundle's
+    result = CliRunner().invoke(cli, ["check", str(bundle), "--target", "nano", "--precision", "fp32"])
+    assert result.exit_code == 1 and rule in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_graph_output_without_a_shape_is_not_taken_for_another_graph():
+    """Other exporters and custom ops leave some outputs without a shape: nothing to compare, no error;
+    the same graph with a wrong rank is one."""
+    from jetcap.check.preflight import graph_problems
+
+    proto = model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", F, ["batch", 4])],
+                  [tensor("y", F, ["batch", 4])])
+    spec = {"inputs": [{"name": "x", "shape": ["batch", 4]}], "outputs": [{"name": "y", "shape": ["batch", 4]}]}
+    assert graph_problems(proto, spec) == []
+    proto.graph.output[0].type.tensor_type.ClearField("shape")
+    assert graph_problems(proto, spec) == []
+    wrong = {"inputs": spec["inputs"], "outputs": [{"name": "y", "shape": ["batch", 4, 1]}]}
+    assert graph_problems(model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", F, ["batch", 4])],
+                                [tensor("y", F, ["batch", 4])]), wrong) == ["y has rank 2, the manifest says 3"]

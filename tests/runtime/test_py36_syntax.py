@@ -7,7 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PATHS = ["jetcap/runtime", "jetcap/serve", "jetcap/util", "jetcap/errors.py", "jetcap/cli.py", "jetcap/commands",
+PATHS = ["jetcap/runtime", "jetcap/serve", "jetcap/util", "jetcap/check", "jetcap/errors.py", "jetcap/cli.py",
+         "jetcap/commands",
          "jetcap/__init__.py", "jetcap/__main__.py", "jetcap/validate", "jetcap/samples/__init__.py",
          "jetcap/samples/shapes.py", "jetcap/samples/gestures.py"]
 

@@ -276,3 +276,72 @@ def test_a_preflight_record_that_is_not_an_object_is_not_a_crash(classifier_bund
     path.write_text(json.dumps(manifest))
     result = run(["validate", str(bundle), "--precision", "fp32"])
     assert "Traceback" not in result.output and "AttributeError" not in result.output, result.output
+
+
+def _edit_manifest(bundle, change):
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _loosen(manifest):
+    manifest["tolerances"]["fp32"].update(atol=1e300, rtol=0.0, min_cosine=-1.0)
+
+
+def _all_random(manifest):
+    for cases in manifest["reference"]["cases"].values():
+        for case in cases:
+            case["kind"] = "random"
+
+
+@pytest.mark.parametrize("fixture, change, entry", [
+    ("classifier_bundle", lambda m: m["labels"].reverse(), "labels"),
+    ("captioner_bundle", lambda m: m["vocabulary"].update(
+        itos=m["vocabulary"]["itos"][:4] + m["vocabulary"]["itos"][4:][::-1]), "vocabulary"),  # the words, not specials
+    ("captioner_bundle", lambda m: m["preprocessing"].update(mean=[0.0, 0.0, 0.0]), "preprocessing"),
+    ("classifier_bundle", _loosen, "tolerances"),
+    ("captioner_bundle", _all_random, "reference.cases"),
+    ("captioner_bundle", lambda m: m["decoding"].update(beam_size=3), "decoding"),
+    ("classifier_bundle", lambda m: m["task_thresholds"]["fp32"].update(min_top1_agreement=0.0), "task_thresholds"),
+    ("classifier_bundle", lambda m: m["config"].update(scores="probabilities"), "config.scores"),
+], ids=["labels", "vocabulary", "preprocessing", "tolerances", "case kinds", "decoding", "thresholds", "scores"])
+def test_manifest_entries_edited_after_export_fail_validation(request, tmp_path, fixture, change, entry):
+    """The reference feeds preprocessed tensors and compares token ids and class indices: an edited manifest
+    (reversed class names, a permuted vocabulary, another mean, looser tolerances ...) would change every
+    answer a user sees, or what validate checks, and pass every other check."""
+    bundle = _copy(request.getfixturevalue(fixture), tmp_path)
+    _edit_manifest(bundle, change)
+    result = run(["validate", str(bundle), "--precision", "fp32", "--no-check"])
+    assert result.exit_code == 1 and "entries.unchanged" in result.output, result.output
+    assert "changed since export: {}".format(entry) in result.output, result.output
+
+
+def _entries_detail(bundle):
+    """The detail of a passing validation's entries.unchanged check."""
+    result = run(["validate", str(bundle), "--precision", "fp32", "--no-check", "--json"])
+    assert result.exit_code == 0, result.output
+    return [c for c in json.loads(result.stdout)["checks"] if c["name"] == "entries.unchanged"][0]["detail"]
+
+
+def test_entries_not_recorded_or_known_to_one_jetcap_version_only_are_not_a_failure(classifier_bundle, tmp_path):
+    """A bundle exported before the record existed, or by a jetcap that records other entries (the PC and
+    the Jetson need not run the same version): said, not failed; a change among the common ones still fails."""
+    from jetcap.runtime import bundle_schema
+
+    bundle = _copy(classifier_bundle, tmp_path)
+    _rewrite_reference(bundle, lambda arrays: arrays.pop(bundle_schema.ENTRIES_KEY))
+    assert "not recorded" in _entries_detail(bundle)
+
+    def skewed(arrays):
+        record = json.loads(str(arrays[bundle_schema.ENTRIES_KEY]))
+        record["decoder.future_entry"] = "0" * 64  # a later jetcap's entry
+        del record["config.scores"]  # an entry this jetcap records and that one did not
+        arrays[bundle_schema.ENTRIES_KEY] = np.asarray(json.dumps(record))
+
+    bundle = _copy(classifier_bundle, tmp_path, name="skewed")
+    _rewrite_reference(bundle, skewed)
+    assert "not checked (known to one jetcap version only): config.scores, decoder.future_entry" in \
+        _entries_detail(bundle)
+    _edit_manifest(bundle, lambda m: m["labels"].reverse())
+    assert run(["validate", str(bundle), "--precision", "fp32", "--no-check"]).exit_code == 1
