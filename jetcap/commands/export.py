@@ -101,8 +101,6 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
     """
     from pathlib import Path
 
-    from jetcap.errors import JetcapError
-
     from jetcap.export import ExportOptions, export_bundle
     from jetcap.export.bundle import PartialBundle
 
@@ -138,12 +136,9 @@ def command(checkpoint, out_dir, family, opset, exporter, precisions, max_batch,
     except PartialBundle as error:  # --keep-passing: the bundle is written, without the failed variants
         if as_json:
             echo_json(dict(error.summary, error=str(error), exit_code=error.exit_code))
+            error.json_echoed = True  # json_option prints nothing more
         else:
             _echo_summary(error.summary)
-        raise
-    except JetcapError as error:
-        if as_json:  # --json output stays JSON on failure too
-            echo_json({"error": str(error), "exit_code": error.exit_code})
         raise
     if as_json:
         echo_json(summary)

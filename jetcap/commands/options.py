@@ -1,12 +1,30 @@
 """Click options shared by several commands (Python 3.6)."""
+import functools
 import json
 import math
 
 import click
 
+from jetcap.errors import JetcapError
 from jetcap.runtime.manifest import PRECISIONS
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")
+
+def json_option(command):
+    """``--json``: a machine-readable summary on stdout, and on a failure (a :class:`JetcapError`)
+    ``{"error", "exit_code"}`` there too, so stdout stays JSON either way; the one-line message still goes
+    to stderr, with the error's exit code.  A command that printed its own JSON for the error marks it
+    ``json_echoed``."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except JetcapError as error:
+            if kwargs.get("as_json") and not getattr(error, "json_echoed", False):
+                echo_json({"error": str(error), "exit_code": error.exit_code})
+            raise
+
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print a machine-readable JSON summary on stdout (on failure: the error).")(run)
 
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,

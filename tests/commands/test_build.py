@@ -63,7 +63,8 @@ def test_without_tensorrt_real_subprocess(bundle):
     result = subprocess.run([sys.executable, "-m", "jetcap", "build", bundle, "--json"], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert result.returncode == 2
-    assert result.stdout == ""
+    reply = json.loads(result.stdout)  # --json: the error as JSON on stdout, the one line on stderr
+    assert reply["exit_code"] == 2 and "pip install tensorrt" in reply["error"]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr

@@ -53,3 +53,21 @@ def test_user_errors_have_no_traceback(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "Error:" in out.stderr
+
+
+def test_json_output_stays_json_when_a_command_fails(tmp_path):
+    """Every command with --json prints the error as JSON on stdout (one document), exit code and
+    one-line message as without it."""
+    import json
+
+    missing = str(tmp_path / "missing")
+    runner = CliRunner()
+    for args in (["validate", missing], ["check", missing], ["caption", missing, "x.png"],
+                 ["predict", missing, "x.npy"], ["bench", missing], ["triton-repo", missing, str(tmp_path / "r")],
+                 ["build", missing]):
+        if args[0] not in COMMANDS:
+            continue
+        result = runner.invoke(cli, args + ["--json"])
+        assert result.exit_code == 2, (args, result.output)
+        reply = json.loads(result.stdout)
+        assert reply["exit_code"] == 2 and "not found" in reply["error"], (args, reply)
