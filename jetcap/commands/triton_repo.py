@@ -16,8 +16,8 @@ from jetcap.commands.options import echo_json, json_option, log, precision_optio
 @precision_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="max_batch_size of every model [default: the bundle's largest batch].")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Model instances per device (instance_group count).")
+@click.option("--instances", type=int, default=1, show_default=True,
+              help="Model instances per device (instance_group count, 1 to 64).")
 @click.option("--queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
               help="Dynamic batcher: most microseconds a request waits for others to batch with.")
 @click.option("--engine-cache", type=click.Path(file_okay=False), default=None,

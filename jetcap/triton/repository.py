@@ -38,6 +38,9 @@ LABELS_FILE = "labels.txt"
 VENDORED = ("__init__.py", "errors.py", "util", "runtime", "triton/__init__.py", "triton/bls.py", "triton/pymodels.py")
 
 
+MAX_INSTANCES = 64
+
+
 class RepositoryOptions(object):
     """How to write the repository.
 
@@ -59,8 +62,8 @@ class RepositoryOptions(object):
             raise UsageError("unknown Triton backend {!r} (one of {})".format(backend, ", ".join(BACKENDS)))
         if max_batch is not None and int(max_batch) < 1:
             raise UsageError("--max-batch must be at least 1")
-        if int(instances) < 1:
-            raise UsageError("--instances must be at least 1")
+        if not 1 <= int(instances) <= MAX_INSTANCES:  # each holds its own session or engine context
+            raise UsageError("--instances must be between 1 and {}, got {}".format(MAX_INSTANCES, instances))
         if int(queue_delay_us) < 0:
             raise UsageError("--queue-delay-us must not be negative")
         self.backend = backend
@@ -116,9 +119,11 @@ def _batch_max(manifest, options):
     bundle_max = int(manifest.axes.get("batch", {}).get("max", 1))
     if options.max_batch is None:
         return bundle_max
-    if options.backend == "tensorrt" and options.max_batch > bundle_max:
-        raise UsageError("--max-batch {} exceeds the engines' largest batch {} (the bundle's batch axis)".format(
-            options.max_batch, bundle_max))
+    if options.max_batch > bundle_max:  # engines are built, and every variant validated, up to it
+        raise UsageError("--max-batch {} exceeds the bundle's largest batch {} (its batch axis: what its TensorRT "
+                         "engines are built for and its variants were validated at)".format(options.max_batch,
+                                                                                           bundle_max),
+                         hint="re-export with --max-batch {} for larger batches".format(options.max_batch))
     return options.max_batch
 
 

@@ -140,13 +140,17 @@ def test_tensorrt_without_engines_is_a_clear_error_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "repo").exists()
 
 
-def test_tensorrt_max_batch_beyond_the_engine_profile_is_refused(tmp_path, classifier_bundle):
-    with pytest.raises(UsageError, match="exceeds the engines' largest batch"):
-        write_repository(classifier_bundle, tmp_path / "repo", RepositoryOptions(backend="tensorrt", max_batch=64))
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime", "python"])
+def test_max_batch_beyond_the_bundles_batch_axis_is_refused(tmp_path, classifier_bundle, backend):
+    """Engines are built, and every variant validated, up to the bundle's batch max: never beyond it."""
+    with pytest.raises(UsageError, match="exceeds the bundle's largest batch"):
+        write_repository(classifier_bundle, tmp_path / "repo", RepositoryOptions(backend=backend, max_batch=64))
+    assert not (tmp_path / "repo").exists()
 
 
 def test_bad_options_are_usage_errors():
-    for kwargs in ({"backend": "tflite"}, {"max_batch": 0}, {"instances": 0}, {"queue_delay_us": -1}):
+    for kwargs in ({"backend": "tflite"}, {"max_batch": 0}, {"instances": 0}, {"instances": 10 ** 8},
+                   {"queue_delay_us": -1}):
         with pytest.raises(UsageError):
             RepositoryOptions(**kwargs)
 
