@@ -123,7 +123,11 @@ def graph_problems(model, io_spec):
             out.append((value.name, shape))
         return out
 
-    inputs = [(name, shape) for name, shape in described(model.graph.input) if name in declared]
+    every = described(model.graph.input)
+    if not declared <= set(name for name, _ in every):  # another graph: say what it takes
+        return ["inputs are {}, the manifest says {}".format([name for name, _ in every],
+                                                             [t["name"] for t in io_spec["inputs"]])]
+    inputs = [(name, shape) for name, shape in every if name in declared]
     return io_mismatches(io_spec, inputs, described(model.graph.output), exact=False)
 
 

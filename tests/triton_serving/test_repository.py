@@ -184,3 +184,20 @@ def test_a_graph_model_answers_the_outputs_a_request_names_in_the_graphs_order()
     assert requested_outputs(names, ["topk_ids", "h_new", "c_new", "topk_log_probs", "alpha"]) == [
         "h_new", "c_new", "alpha", "topk_log_probs", "topk_ids"]
     assert requested_outputs(names, []) == names and requested_outputs(names, None) == names
+
+
+def test_a_graph_rewritten_with_a_recomputed_checksum_is_refused(tmp_path, classifier_bundle):
+    """The checksum only says the file is the one the manifest names; a rewritten one with its checksum
+    recomputed must still be the graph the manifest describes."""
+    from jetcap.util.fsio import sha256_file
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(str(classifier_bundle), str(bundle))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["variants"]["fp32"]["files"]["model"]
+    (bundle / entry["path"]).write_bytes(b"")
+    entry["sha256"], entry["bytes"] = sha256_file(bundle / entry["path"]), 0
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="is not the model graph the manifest describes: it has no nodes"):
+        write_repository(str(bundle), str(tmp_path / "repo"), RepositoryOptions(backend="onnxruntime"))
+    assert not (tmp_path / "repo").exists()
