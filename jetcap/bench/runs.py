@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from jetcap.bench import devices
-from jetcap.errors import BundleError, MissingDependencyError, UsageError
+from jetcap.errors import MissingDependencyError, UsageError
+from jetcap.check.preflight import verify_graph
 from jetcap.runtime import bundle_schema
 from jetcap.runtime.manifest import Manifest
 from jetcap.util.fsio import sha256_file
@@ -347,19 +348,6 @@ def _sizes(manifest, **fixed):
     return sizes
 
 
-def _parses(path):
-    """BundleError unless the ONNX file ``path`` parses (its checksum may match a rewritten file)."""
-    try:
-        onnx = __import__("onnx")
-    except ImportError:
-        return  # nothing reads it here before ONNX Runtime, which says so itself
-    try:
-        onnx.load(path, load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends: one line
-        raise BundleError("{} is not a readable ONNX graph: {}: {}".format(
-            path, type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")) from None
-
-
 def count_graph_flops(manifest, log):
     """``{key: GraphFlops JSON}`` of the FP32 graphs at the benchmarked shapes (empty without onnx).
 
@@ -528,8 +516,7 @@ def run_benchmark(options, log=lambda message: None):
     try:
         inputs = prepare_inputs(manifest, workdir, options.data)
         for graph in manifest.graph_names:  # a damaged or replaced graph: one line, before anything reads it
-            manifest.verify_file("fp32", graph)
-            _parses(manifest.graph_path("fp32", graph))
+            verify_graph(manifest, "fp32", graph)
         log("counting FLOPs")
         try:
             flops = count_graph_flops(manifest, log)

@@ -131,6 +131,24 @@ def graph_problems(model, io_spec):
     return io_mismatches(io_spec, inputs, described(model.graph.output), exact=False)
 
 
+def verify_graph(manifest, precision, graph):
+    """BundleError unless the graph file is the bundle's: its checksum, and -- where onnx is installed --
+    that it parses and is the graph the manifest describes (a rewrite may come with a recomputed checksum)."""
+    import importlib.util
+
+    manifest.verify_file(precision, graph)
+    if importlib.util.find_spec("onnx") is None:
+        return  # ONNX Runtime or Triton, loading it, then says what is wrong
+    path = manifest.graph_path(precision, graph)
+    try:
+        model = load_onnx().load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends: one line
+        raise BundleError("{} is not a readable ONNX graph: {}".format(path, type(exc).__name__)) from None
+    problems = graph_problems(model, manifest.graph(graph))
+    if problems:
+        raise BundleError("{} is not the {} graph the manifest describes: {}".format(path, graph, "; ".join(problems)))
+
+
 def _capped(findings):
     """At most MAX_PER_RULE findings per (rule, graph, precision, severity), plus one that counts the rest."""
     groups = collections.OrderedDict()

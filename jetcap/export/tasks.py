@@ -425,8 +425,7 @@ class ClassifierExport(FamilyExport):
         arrays: Dict[str, np.ndarray] = task_source_entries(opts.calibration_data, held_out, len(seqs))
         for i, seq in enumerate(seqs):
             arrays["task/seq_{:03d}".format(i)] = seq
-            arrays["task/probs_{:03d}".format(i)] = class_probabilities(subject.logits(seq[None]),
-                                                                        class_scores(subject.config))[0]
+            arrays["task/probs_{:03d}".format(i)] = subject_probabilities(subject, seq[None])[0]
         return arrays
 
     def calibration_feeds(self, subject, config, opts):
@@ -437,6 +436,12 @@ class ClassifierExport(FamilyExport):
             shortest = min(len(s) for s in seqs)
             seqs = [s[:shortest] for s in seqs]
         return {"model": [{"sequence": s[None]} for s in seqs]}
+
+
+def subject_probabilities(subject, batch) -> np.ndarray:
+    """Class probabilities of the user's classifier on ``batch``: a softmax of its logits, or the
+    probabilities its forward returns when it ends in a softmax (config ``scores``), as the bundle reads them."""
+    return class_probabilities(subject.logits(batch), class_scores(subject.config))
 
 
 def synthetic_sequences(count: int, width: int, low: int, high: int, seed: int) -> List[np.ndarray]:

@@ -157,7 +157,11 @@ def check_manifest(data, bundle_dir):
             _fail("'graph_order'", "lists a graph twice")
     _check_variants(data["variants"], graphs, bundle_dir)
     if data.get("preprocessing") is not None:
-        _check_preprocessing(data["preprocessing"])
+        size = _check_preprocessing(data["preprocessing"])
+        _agrees(graphs, "encoder", "images", {2: size[0], 3: size[1]}, "preprocessing.image_size {}".format(size))
+    if data["config"].get("input_size") is not None:
+        width = _int(data["config"]["input_size"], "config.input_size", 1, 1 << 20)
+        _agrees(graphs, "model", "sequence", {2: width}, "config.input_size {}".format(width))
     if data.get("vocabulary") is not None:
         _check_vocabulary(data["vocabulary"], family, graphs, data.get("decoder"))
     if data.get("labels") is not None:
@@ -166,8 +170,8 @@ def check_manifest(data, bundle_dir):
         decoding = _dict(data["decoding"], "'decoding'")
         if decoding.get("max_len") is not None:
             _int(decoding["max_len"], "decoding.max_len", 1, 10000)
-        if decoding.get("beam_size") is not None:
-            _int(decoding["beam_size"], "decoding.beam_size", 1, 1024)
+        if decoding.get("beam_size") is not None:  # a beam's rows run in one step call: at most the max batch
+            _int(decoding["beam_size"], "decoding.beam_size", 1, axes.get("batch", {}).get("max", 1024))
     if data.get("tolerances") is not None:
         _check_tolerances(data["tolerances"])
     if data.get("reference") is not None:
@@ -268,6 +272,7 @@ def _check_variants(variants, graphs, bundle_dir):
 
 
 def _check_preprocessing(pre):
+    """Check the preprocessing entry; returns its ``image_size``."""
     pre = _dict(pre, "'preprocessing'")
     size = _list(pre.get("image_size"), "preprocessing.image_size")
     if len(size) != 2:
@@ -298,6 +303,7 @@ def _check_preprocessing(pre):
                 _bounded(value, "preprocessing.std", PIXEL_STD_RANGE)
             elif abs(value) > PIXEL_STD_RANGE[1]:
                 _fail("preprocessing.mean", "must be within +-{:g}, got {!r}".format(PIXEL_STD_RANGE[1], value))
+    return size
 
 
 # pixel scale (1/255 or 1) and std (0.229 or 58.4) far outside these would overflow float32 or divide by ~0
@@ -384,49 +390,30 @@ REQUIRED = {
 }
 
 
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _agrees(manifest, graph, name, dims, what):
-    """BundleError when graph input ``name``'s fixed dimensions ``{axis: size}`` differ from what the manifest
-    says elsewhere (``what``): every request would then be refused by the graph (a dynamic axis agrees)."""
-    for tensor in manifest.data.get("graphs", {}).get(graph, {}).get("inputs", []):
+def _agrees(graphs, graph, name, dims, what):
+    """Fail when graph input ``name``'s fixed dimensions ``{axis: size}`` differ from what the manifest says
+    elsewhere (``what``): every request would then be refused by the graph (a dynamic axis agrees)."""
+    for tensor in graphs.get(graph, {}).get("inputs", []):
         if tensor.get("name") == name:
             shape = tensor.get("shape") or []
             for axis, size in dims.items():
                 if axis < len(shape) and isinstance(shape[axis], int) and shape[axis] != size:
-                    raise BundleError("malformed manifest: {} disagrees with the {} graph's input {} {}".format(
-                        what, graph, name, shape), hint="re-export the bundle")
+                    _fail(what, "disagrees with the {} graph's input {} {}".format(graph, name, shape))
 
 
 def require_entries(manifest, purpose):
     """BundleError naming the first manifest entry that ``purpose`` ("caption", "predict", "validate",
-    "bench") needs and ``manifest`` (a :class:`Manifest`) lacks, or that disagrees with the graphs (an image
-    size, a feature count, a default beam every request would be refused for); for validate also a
-    tolerance and task thresholds per variant."""
+    "bench") needs and ``manifest`` (a :class:`Manifest`) lacks; for validate also a tolerance and task
+    thresholds per variant.  (Entries that disagree with the graphs are refused at load, by :func:`check_manifest`.)"""
     data = manifest.data
     for key in REQUIRED.get((manifest.family, purpose), ()):
         if data.get(key) in (None, [], {}):
             raise BundleError("malformed manifest: {} bundle lacks {!r}, needed to {}".format(
                 manifest.family, key, purpose), hint="re-export the bundle")
-    if manifest.family == "captioner" and purpose in ("caption", "validate", "bench"):
-        size = data["preprocessing"].get("image_size") if isinstance(data["preprocessing"], dict) else None
-        if not (isinstance(size, list) and len(size) == 2 and all(_positive_int(v) for v in size)):
-            raise BundleError("malformed manifest: preprocessing.image_size is {!r}, not [height, width]".format(size),
-                              hint="re-export the bundle")
-        _agrees(manifest, "encoder", "images", {2: size[0], 3: size[1]}, "preprocessing.image_size {}".format(size))
-        decoding = data.get("decoding") or {}
-        beam, most = decoding.get("beam_size", 1), (data.get("axes") or {}).get("batch", {}).get("max")
-        if not _positive_int(beam) or (_positive_int(most) and beam > most):
-            raise BundleError("malformed manifest: decoding.beam_size {!r} is not a beam the bundle's max batch {} "
-                              "can run".format(beam, most), hint="re-export the bundle")
-    if manifest.family == "classifier" and purpose in ("predict", "validate", "bench"):
-        width = (data.get("config") or {}).get("input_size") if isinstance(data.get("config"), dict) else None
-        if not _positive_int(width):
-            raise BundleError("malformed manifest: config.input_size is {!r}, not the features per frame".format(
-                width), hint="re-export the bundle")
-        _agrees(manifest, "model", "sequence", {2: width}, "config.input_size {}".format(width))
+    if manifest.family == "classifier" and purpose in ("predict", "validate", "bench") and \
+            data["config"].get("input_size") is None:  # checked against the graph at load when present
+        raise BundleError("malformed manifest: classifier bundle lacks config.input_size, needed to {}".format(
+            purpose), hint="re-export the bundle")
     if purpose == "validate":
         for precision in data["variants"]:
             for key in ("tolerances", "task_thresholds"):

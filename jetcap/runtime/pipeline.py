@@ -256,6 +256,11 @@ class ClassifierPipeline(object):
     def check(self, sequence, name="sequence"):
         return check_sequence(sequence, name, width=self.width, max_len=self.max_len, min_len=self.min_len)
 
+    def run_probabilities(self, batch):
+        """Class probabilities (float64, one row per sequence) of a ``(batch, T, F)`` array, unchecked: what
+        the graph says, NaN included (validate compares it; :meth:`probabilities` refuses it)."""
+        return class_probabilities(self.runner.infer({"sequence": batch})["logits"], self.scores)
+
     def probabilities(self, sequence, name="sequence"):
         """Class probabilities (float64) of one sequence."""
         sequence = self.check(sequence, name)

@@ -352,11 +352,6 @@ class DecodeScheduler(object):
         began = self._iteration_began
         return time.perf_counter() - began if began is not None else 0.0
 
-    @property
-    def alive(self):
-        """False once the loop stopped on a failure (``failure`` says why)."""
-        return self.failure is None
-
     # -- the loop -----------------------------------------------------------------------------------
     def _loop(self):
         try:

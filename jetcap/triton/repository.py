@@ -23,6 +23,7 @@ import os
 import shutil
 
 from jetcap.errors import BundleError, MissingDependencyError, UsageError
+from jetcap.check.preflight import verify_graph
 from jetcap.runtime import bundle_schema
 from jetcap.runtime.manifest import MANIFEST_NAME, Manifest, rows_independent
 from jetcap.triton import config as pbtxt
@@ -113,28 +114,6 @@ class TritonPythonModel({base}):
     pb_utils = pb_utils
     model_dir = HERE
 '''
-
-
-def _check_graph(manifest, precision, graph):
-    """BundleError when the graph file does not parse or is not the graph the manifest describes (its
-    checksum may have been recomputed after a rewrite); skipped where onnx is not installed (Triton's
-    own load then says it)."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnx") is None:
-        return
-    import onnx
-
-    from jetcap.check.preflight import graph_problems
-
-    path = manifest.graph_path(precision, graph)
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends: one line
-        raise BundleError("{} is not a readable ONNX graph: {}".format(path, type(exc).__name__)) from None
-    problems = graph_problems(model, manifest.graph(graph))
-    if problems:
-        raise BundleError("{} is not the {} graph the manifest describes: {}".format(path, graph, "; ".join(problems)))
 
 
 def _batch_max(manifest, options):
@@ -368,8 +347,7 @@ def write_repository(bundle_dir, out_dir, options=None):
     plans = find_plans(manifest, options.precision, options.engine_cache) if options.backend == "tensorrt" else {}
     if options.backend != "python":
         for graph in manifest.graph_names:
-            manifest.verify_file(options.precision, graph)
-            _check_graph(manifest, options.precision, graph)
+            verify_graph(manifest, options.precision, graph)
     record = {"bundle": manifest.bundle_dir, "family": manifest.family, "backend": options.backend,
               "precision": options.precision, "max_batch_size": max_batch, "instances": options.instances,
               "queue_delay_us": options.queue_delay_us, "entry_model": name, "models": {}}

@@ -11,7 +11,7 @@ import numpy as np
 from jetcap.errors import UsageError
 from jetcap.runtime import preprocess
 from jetcap.runtime.preprocess import IMAGE_SUFFIXES
-from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, class_probabilities, open_onnxruntime
+from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime
 from jetcap.runtime.sequences import SEQUENCE_SUFFIXES, SequenceLengthError, load_sequence
 from jetcap.util.fsio import list_inputs
 
@@ -49,8 +49,7 @@ def task_from_folder(manifest, opts):
         source = "{} ({} sequences{}), PyTorch reference".format(opts.data, len(paths), skipped)
     else:
         runners["model"].activate()
-        probs = [class_probabilities(runners["model"].infer({"sequence": s[None]})["logits"], pipeline.scores)[0]
-                 for s in sequences]
+        probs = [pipeline.run_probabilities(s[None])[0] for s in sequences]
         source = "{} ({} sequences{}), ONNX Runtime FP32 reference".format(opts.data, len(paths), skipped)
     return {"source": source, "names": [os.path.basename(p) for p in paths], "sequences": sequences,
             "probs": [np.asarray(p) for p in probs]}

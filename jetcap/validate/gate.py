@@ -13,7 +13,7 @@ from jetcap.errors import BundleError, JetcapError, MissingDependencyError, Usag
 from jetcap.runtime import bundle_schema
 from jetcap.runtime.backends.base import io_mismatches
 from jetcap.runtime.manifest import Manifest, tensorrt_refusal
-from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, class_probabilities, open_onnxruntime
+from jetcap.runtime.pipeline import CaptionPipeline, ClassifierPipeline, open_onnxruntime
 from jetcap.util.isolate import probe_onnx_session
 from jetcap.util.lazy import available, require
 from jetcap.util.npz import load_npz
@@ -355,9 +355,7 @@ def task_level(manifest, task, runners, backend, precision, report):
                 report.add(check)
         else:
             pipeline = ClassifierPipeline(manifest, runners)
-            probs = [class_probabilities(pipeline.runner.infer(
-                {"sequence": np.asarray(s, dtype=np.float32)[None]})["logits"], pipeline.scores)[0]
-                for s in task["sequences"]]
+            probs = [pipeline.run_probabilities(np.asarray(s, dtype=np.float32)[None])[0] for s in task["sequences"]]
             agreements.append(label_agreement(np.stack(probs), np.stack(task["probs"])))
             report.extend(label_checks(backend, precision, agreements[-1], thresholds, labels=task["names"]))
     except Exception as exc:  # a crash in decoding is a task failure to report, not to hide

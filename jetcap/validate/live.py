@@ -104,7 +104,7 @@ def live_reference(manifest, stored, checkpoint, checkpoint_options, seed=None):
     import numpy as np
 
     from jetcap.export.sweep import torch_outputs
-    from jetcap.export.tasks import _pad
+    from jetcap.export.tasks import _pad, subject_probabilities
 
     subject = load_reference_subject(manifest, checkpoint, checkpoint_options)
     _same_graphs(manifest, subject)
@@ -143,17 +143,11 @@ def live_reference(manifest, stored, checkpoint, checkpoint_options, seed=None):
     return out
 
 
-def subject_probabilities(subject, batch):
-    """Class probabilities of the user's classifier on ``batch``: a softmax of its logits, or the
-    probabilities its forward returns when it ends in a softmax (as the bundle reads them)."""
-    from jetcap.runtime.pipeline import class_probabilities, class_scores
-
-    return class_probabilities(subject.logits(batch), class_scores(subject.config))
-
-
 def torch_task_reference(subject, manifest, images=None, sequences=None, beam_size=3):
     """PyTorch task results of the user's model: captions (greedy, beam) of images or probabilities of
     sequences (``validate --data``)."""
+    from jetcap.export.tasks import subject_probabilities
+
     if images is not None:
         max_len = int(manifest.decoding.get("max_len", 20))
         return {"greedy": [h.tokens for h in subject.caption(images, max_len)],
